@@ -1,0 +1,5 @@
+import sys
+
+from dynapose4d.cli import main
+
+sys.exit(main())

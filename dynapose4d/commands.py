@@ -1,0 +1,116 @@
+"""Sub-command arguments. Each handler imports its implementation lazily, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scene", help="scene folder (DESIGN §5)")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--config", default=None, help="YAML preset, e.g. configs/cpu.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set static.steps=200 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip finished stages with unchanged config; resume an interrupted stage")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dynapose4d.runner import run_cli
+
+    return run_cli(args)
+
+
+def _make_scene(args: argparse.Namespace) -> int:
+    from dynapose4d.data.synthetic import make_scene_cli
+
+    return make_scene_cli(args)
+
+
+def _train_cape(args: argparse.Namespace) -> int:
+    from dynapose4d.cape.train import train_cape_cli
+
+    return train_cape_cli(args)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from dynapose4d.evaluate import render_cli
+
+    return render_cli(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from dynapose4d.evaluate import eval_cli
+
+    return eval_cli(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dynapose4d.export import export_cli
+
+    return export_cli(args)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from dynapose4d.experiments import experiment_cli
+
+    return experiment_cli(args)
+
+
+def add_all(sub: argparse._SubParsersAction) -> None:
+    """Register every sub-command on `sub`."""
+    p = sub.add_parser("run", help="run the pipeline (static -> cape -> dynamic) on a scene")
+    _run_args(p)
+    p.add_argument("--stages", default=None, help="comma list of stages, e.g. static,cape (default: config)")
+    p.set_defaults(func=_run)
+
+    for name, stage in (("fit-static", "static"), ("fit-dynamic", "dynamic")):
+        p = sub.add_parser(name, help=f"run the {stage} stage alone (same as `run --stages {stage}`)")
+        _run_args(p)
+        p.set_defaults(func=_run, stages=stage)
+
+    p = sub.add_parser("train-cape", help="train the generic CAPE model on procedural data (writes a checkpoint)")
+    p.add_argument("--out", default="dynapose4d/assets/cape_small.ckpt", help="checkpoint to write")
+    p.add_argument("--config", default=None, help="YAML with CAPE training settings")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_train_cape)
+
+    p = sub.add_parser("render", help="render a run's Gaussians for a camera list (gt/cameras.json format)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--cameras", required=True, help="cameras JSON: [{name, elevation, azimuth, radius, fov_y}]")
+    p.add_argument("--frames", default="all", help="'all' or a comma list of frame indices, e.g. 0,3,7")
+    p.add_argument("--out", required=True, help="output folder: OUT/<camera>/<frame:03d>.png (RGBA)")
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("eval", help="evaluate a run against ground truth (PSNR, SSIM, LPIPS, PCK, jitter)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--gt", required=True, help="the scene's gt/ folder")
+    p.add_argument("--protocol", choices=["gt", "consistent4d"], default="gt",
+                   help="'gt': the gt cameras; 'consistent4d': its 4 cameras, white background, 512 px")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("make-scene", help="write a synthetic articulated scene with ground truth")
+    p.add_argument("name", nargs="?", default=None, help="template name (see --list)")
+    p.add_argument("--out", default=None, help="scene folder to write")
+    p.add_argument("--seed", type=int, default=0, help="varies proportions, colours and motion")
+    p.add_argument("--frames", type=int, default=16, help="number of frames T")
+    p.add_argument("--size", type=int, default=128, help="image size in pixels (square)")
+    p.add_argument("--list", action="store_true", help="list the templates and exit")
+    p.add_argument("--orbit-video", action="store_true",
+                   help="also write an orbit video (mp4 + gif) of the ground-truth animation")
+    p.set_defaults(func=_make_scene)
+
+    p = sub.add_parser("export", help="export a run's 4D result")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", choices=["ply-sequence"], default="ply-sequence",
+                   help="ply-sequence: one 3DGS PLY per frame")
+    p.add_argument("--out", default=None, help="output folder (default RUN/export/<format>)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("experiment", help="run an experiment file (ablation variants x scenes) and tabulate")
+    p.add_argument("file", help="experiments/*.yaml")
+    p.add_argument("--out", default="runs/experiments", help="parent folder of the variant runs")
+    p.add_argument("--gpus", type=int, default=0, help="run variants in parallel, one per GPU")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every variant (e.g. static.steps=2 for a smoke run)")
+    p.set_defaults(func=_experiment)

@@ -1,0 +1,1 @@
+"""Scene folders (loading, validation) and synthetic articulated scenes with ground truth."""

@@ -1,0 +1,106 @@
+"""Image and video files: PNG read/write (float [0, 1] tensors), mp4 (imageio-ffmpeg) and gif, atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from dynapose4d.errors import InputError
+
+
+def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Float image(s) in [0, 1] (any leading dims, channels last) -> uint8 numpy."""
+    if torch.is_tensor(img):
+        img = img.detach().float().cpu().numpy()
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Read a PNG/JPEG as float32 [H, W, C] in [0, 1] (C = 3 or 4; grey becomes RGB)."""
+    path = Path(path)
+    try:
+        arr = iio.imread(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as e:  # imageio raises many types for corrupt files
+        raise InputError(f"{path}: unreadable image ({type(e).__name__})") from None
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise InputError(f"{path}: expected an RGB or RGBA image, got array of shape {arr.shape}")
+    scale = 65535.0 if arr.dtype == np.uint16 else 255.0
+    return torch.from_numpy(arr.astype(np.float32) / scale)
+
+
+def write_image(path: str | Path, img: torch.Tensor | np.ndarray) -> None:
+    """Write a float [H, W, C] image in [0, 1] as PNG (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    iio.imwrite(tmp, to_uint8(img))
+    os.replace(tmp, path)
+
+
+def over_background(rgba: torch.Tensor, bg: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Composite straight RGBA [..., 4] over a background colour -> RGB [..., 3]."""
+    a = rgba[..., 3:4]
+    return rgba[..., :3] * a + (1.0 - a) * bg
+
+
+def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 12) -> Path:
+    """Write frames [T, H, W, 3] (float in [0, 1] or uint8) as .mp4 (H.264 via imageio-ffmpeg) or .gif,
+    chosen by the suffix. Sizes are padded to even numbers for H.264. Atomic. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = frames if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 else to_uint8(frames)
+    arr = arr[..., :3]
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    if path.suffix == ".mp4":
+        h, w = arr.shape[1:3]
+        arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        import imageio_ffmpeg
+
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+            macro_block_size=1, quality=8, ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for f in arr:
+            writer.send(np.ascontiguousarray(f))
+        writer.close()
+    elif path.suffix == ".gif":
+        iio.imwrite(tmp, arr, extension=".gif", duration=int(1000 / fps), loop=0)
+    else:
+        raise ValueError(f"{path}: video suffix must be .mp4 or .gif")
+    os.replace(tmp, path)
+    return path
+
+
+def read_video(path: str | Path) -> torch.Tensor:
+    """Read an mp4 (or gif) as float32 [T, H, W, 3] in [0, 1]."""
+    path = Path(path)
+    try:
+        arr = _read_ffmpeg(path)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+    if arr.shape[0] == 0:
+        raise InputError(f"{path}: the video has 0 frames")
+    return torch.from_numpy(arr[..., :3].astype(np.float32) / 255.0)
+
+
+def _read_ffmpeg(path: Path) -> np.ndarray:
+    import imageio_ffmpeg
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(gen)
+    w, h = meta["size"]
+    frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
+    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)

@@ -1,0 +1,1 @@
+"""One LightningModule per stage (thin: losses + steps), and each stage's `run(ctx, cfg)` entry."""
