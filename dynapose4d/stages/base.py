@@ -39,3 +39,44 @@ class StageContext:
         d = self.run_dir / stage
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: bool = True, **kwargs: Any):
+    """A Lightning Trainer for one stage: step-based, checkpoints to RUN/<stage>/checkpoints/last.ckpt,
+    the stage's W&B logger (if any), CPU/GPU per `ctx.trainer`. `multi_device=False` pins one device
+    (the static stage). Extra kwargs go to `lightning.Trainer`."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dynapose4d.logging import make_logger
+
+    tc = ctx.trainer
+    devices = tc.devices if (multi_device and tc is not None) else 1
+    ckpt = ModelCheckpoint(
+        dirpath=ctx.stage_dir(stage) / "checkpoints",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=max(1, getattr(tc, "checkpoint_every_n_steps", 50)),
+    )
+    args: dict[str, Any] = dict(
+        max_steps=max_steps,
+        accelerator=getattr(tc, "accelerator", "auto"),
+        devices=devices,
+        strategy=getattr(tc, "strategy", "auto") if devices != 1 else "auto",
+        precision=getattr(tc, "precision", "32-true"),
+        logger=make_logger(ctx, stage),
+        callbacks=[ckpt],
+        log_every_n_steps=getattr(tc, "log_every_n_steps", 10),
+        enable_progress_bar=getattr(tc, "progress_bar", True),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(ctx.stage_dir(stage)),
+    )
+    args.update(kwargs)
+    return L.Trainer(**args)
+
+
+def resume_checkpoint(ctx: StageContext, stage: str) -> str | None:
+    """Path of the stage's last checkpoint when resuming an interrupted stage, else None."""
+    last = ctx.run_dir / stage / "checkpoints" / "last.ckpt"
+    return str(last) if ctx.resume and last.is_file() else None
