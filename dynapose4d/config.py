@@ -43,7 +43,8 @@ class WandbConfig:
     enabled: bool = True  # log to W&B at all (files in the run folder are written either way)
     project: str = "dynapose4d"  # W&B project
     entity: str | None = None  # W&B entity (team/user); None = the default one
-    mode: str = "offline"  # "offline" (default; `wandb sync RUN/wandb/offline-run-*` uploads later), "online", "disabled"
+    # "offline" (default; `wandb sync RUN/wandb/offline-run-*` uploads later), "online" or "disabled"
+    mode: str = "offline"
     group: str | None = None  # W&B group; None = the run folder's name (one group per pipeline run)
     tags: list[str] = field(default_factory=list)  # W&B tags
 

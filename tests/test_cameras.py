@@ -97,9 +97,11 @@ def test_consistent4d_preset():
     assert [c.azimuth for c in CONSISTENT4D_CAMERAS] == [-75, 15, 105, 195]
     assert all(c.elevation == 0 and c.radius == 2.0 and c.fov_y == 49.1 for c in CONSISTENT4D_CAMERAS)
     # a point on +x is seen from azimuth 105 almost head-on (near the image centre), from -75 behind the origin
-    p, z = project(torch.tensor([[0.5, 0.0, 0.0]]), CONSISTENT4D_CAMERAS[2].viewmat(), CONSISTENT4D_CAMERAS[2].K(64, 64))
+    point = torch.tensor([[0.5, 0.0, 0.0]])
+    c105, cm75 = CONSISTENT4D_CAMERAS[2], CONSISTENT4D_CAMERAS[0]
+    p, z = project(point, c105.viewmat(), c105.K(64, 64))
     assert abs(p[0, 0].item() - 32) < 6 and z.item() < 2.0
-    _, z = project(torch.tensor([[0.5, 0.0, 0.0]]), CONSISTENT4D_CAMERAS[0].viewmat(), CONSISTENT4D_CAMERAS[0].K(64, 64))
+    _, z = project(point, cm75.viewmat(), cm75.K(64, 64))
     assert z.item() > 2.0
 
 

@@ -57,7 +57,8 @@ def test_from_points():
     pts, rgb = torch.rand(10, 3), torch.rand(10, 3)
     a = GaussianModel.from_points(pts, rgb, scale=0.05, opacity=0.3).activated()
     assert torch.allclose(a["means"], pts) and torch.allclose(a["colors"], rgb, atol=1e-6)
-    assert torch.allclose(a["scales"], torch.full((10, 3), 0.05)) and torch.allclose(a["opacities"], torch.full((10,), 0.3))
+    assert torch.allclose(a["scales"], torch.full((10, 3), 0.05))
+    assert torch.allclose(a["opacities"], torch.full((10,), 0.3))
 
 
 def test_state_dict_reload_resizes():
