@@ -24,7 +24,7 @@ setup: $(STAMP) ## create .venv: torch 2.13.0 (CPU) first, then the package with
 
 demo: setup ## the whole pipeline on the built-in example scene (configs/cpu.yaml), then its metrics table
 	$(BIN)/dynapose4d make-scene humanoid --out runs/demo/scene --seed 0 --orbit-video
-	$(BIN)/dynapose4d run runs/demo/scene --out runs/demo/run --config configs/cpu.yaml
+	$(BIN)/dynapose4d run runs/demo/scene --out runs/demo/run --config configs/cpu.yaml --resume
 	$(BIN)/dynapose4d eval runs/demo/run --gt runs/demo/scene/gt
 
 test: setup ## unit + smoke tests on CPU (< 10 min; excludes slow and gpu)
@@ -45,8 +45,9 @@ lint: setup ## ruff
 format: setup ## ruff format + import sort
 	$(BIN)/ruff check --fix --select I dynapose4d tests
 
-train-cape: setup ## train the shipped CAPE checkpoint on procedural data (dynapose4d/assets/cape_small.ckpt)
-	$(BIN)/dynapose4d train-cape --out dynapose4d/assets/cape_small.ckpt
+CAPE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),configs/cape/gpu.yaml,configs/cape/cpu.yaml)
+train-cape: setup ## train the shipped CAPE checkpoint (dynapose4d/assets/cape_small.ckpt; GPU preset when nvidia-smi exists)
+	$(BIN)/dynapose4d train-cape --out dynapose4d/assets/cape_small.ckpt --config $(CAPE_CONFIG)
 
 clean: ## remove runs, caches and the virtual environment
 	rm -rf runs .pytest_cache .ruff_cache $(VENV) build *.egg-info

@@ -9,8 +9,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", help="scene folder (DESIGN §5)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--config", default=None, help="YAML preset, e.g. configs/cpu.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set static.steps=200 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set static.steps=200 dynamic.lambda_kml=0 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="skip finished stages with unchanged config; resume an interrupted stage")
 
@@ -71,8 +71,9 @@ def add_all(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train-cape", help="train the generic CAPE model on procedural data (writes a checkpoint)")
     p.add_argument("--out", default="dynapose4d/assets/cape_small.ckpt", help="checkpoint to write")
-    p.add_argument("--config", default=None, help="YAML with CAPE training settings")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--config", default=None, help="YAML with CAPE training settings, e.g. configs/cape/gpu.yaml")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides, e.g. --set steps=200 trainer.accelerator=gpu (repeatable)")
     p.set_defaults(func=_train_cape)
 
     p = sub.add_parser("render", help="render a run's Gaussians for a camera list (gt/cameras.json format)")
@@ -111,6 +112,6 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="experiments/*.yaml")
     p.add_argument("--out", default="runs/experiments", help="parent folder of the variant runs")
     p.add_argument("--gpus", type=int, default=0, help="run variants in parallel, one per GPU")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override applied to every variant (e.g. static.steps=2 for a smoke run)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides applied to every variant (e.g. static.steps=2 for a smoke run)")
     p.set_defaults(func=_experiment)

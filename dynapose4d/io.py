@@ -104,3 +104,20 @@ def _read_ffmpeg(path: Path) -> np.ndarray:
     w, h = meta["size"]
     frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
     return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (temporary name in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """Write JSON atomically (see `write_text`)."""
+    import json
+
+    return write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")

@@ -1,62 +1,243 @@
-"""Media and metrics to W&B through Lightning's WandbLogger (rank zero), and the same files into the run folder.
+"""Media and metrics of a stage: into the run folder, and to W&B (one run per stage) when enabled.
 
-PLACEHOLDER API (being completed): stages call these helpers and never `wandb.log` directly.
+Stages never call `wandb` directly: they get a `RunLogger` from `build_trainer` (it is `self.logger` in
+their LightningModule) and call the helpers below. Everything is written on rank zero only.
+
+Files, per stage (always written, W&B or not):
+  RUN/<stage>/logs/metrics.jsonl   every scalar Lightning logs, one JSON object per line ({"step": .., key: ..})
+  RUN/<stage>/media/<key>/<step>_<i>.png   images given to `log_images`
+  RUN/<stage>/summary.json         final metrics given to `log_summary`
+W&B: project/entity/mode from the config's `wandb:` section, group = run folder name (or `wandb.group`),
+job_type = stage, name = "<run>-<stage>", the resolved config as the W&B config; offline by default, the
+offline run lands in RUN/wandb/offline-run-*/ (upload later with `wandb sync`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from dynapose4d.io import write_image, write_json
+
+_ACTIVE: dict[tuple[str, str], RunLogger] = {}  # (run_dir, stage) -> the stage's logger in this process
+_SWEEP_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
 
 
-def make_logger(ctx: Any, stage: str):
-    """The stage's WandbLogger (offline by default; group = run name, job_type = stage), or False."""
+def _scalar(v: Any) -> Any:
+    if torch.is_tensor(v):
+        return v.detach().float().item() if v.numel() == 1 else v.detach().float().cpu().tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _safe(key: str) -> str:
+    """A metric key as a relative folder path ('static/render grid' -> 'static/render_grid')."""
+    parts = [re.sub(r"[^A-Za-z0-9_.=+-]+", "_", p).strip("._") or "_" for p in key.split("/")]
+    return "/".join(parts)
+
+
+class RunLogger(Logger):
+    """The Lightning logger of one stage: the run-folder files above, plus a `WandbLogger` when enabled."""
+
+    def __init__(self, run_dir: str | Path, stage: str, wandb_logger: Any = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self.wandb = wandb_logger  # lightning WandbLogger or None
+        self.last_step = 0
+
+    # Lightning's Logger interface ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.stage
+
+    @property
+    def version(self) -> str:
+        return str(self.wandb.version) if self.wandb is not None else "local"
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.run_dir / self.stage)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The stage's W&B run (None when W&B is off)."""
+        return self.wandb.experiment if self.wandb is not None else None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        if self.wandb is not None:
+            self.wandb.log_hyperparams(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        metrics = {k: _scalar(v) for k, v in metrics.items()}
+        if step is not None:
+            self.last_step = int(step)
+        path = self.run_dir / self.stage / "logs" / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": self.last_step, **metrics}, default=str) + "\n")
+        if self.wandb is not None:
+            self.wandb.log_metrics(metrics, step=step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self.wandb is not None:
+            self.wandb.finalize(status)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        if self.wandb is not None:
+            self.wandb.after_save_checkpoint(checkpoint_callback)
+
+
+def make_logger(ctx: Any, stage: str) -> RunLogger:
+    """The stage's logger (one per stage and process; the same object for every Trainer of the stage).
+
+    With `wandb.enabled` and a mode other than "disabled" it carries a WandbLogger (group = run name,
+    job_type = stage) whose run starts here on rank zero with the resolved config (`ctx.config`)."""
+    run_dir = Path(ctx.run_dir)
+    key = (str(run_dir.resolve()), stage)
+    if key in _ACTIVE:
+        return _ACTIVE[key]
     wc = getattr(ctx, "wandb", None)
-    if wc is None or not wc.enabled or wc.mode == "disabled":
-        return False
+    wl = None
+    if wc is not None and wc.enabled and wc.mode != "disabled":
+        wl = _make_wandb_logger(ctx, stage, wc)
+    logger = RunLogger(run_dir, stage, wl)
+    _ACTIVE[key] = logger
+    return logger
+
+
+def _make_wandb_logger(ctx: Any, stage: str, wc: Any) -> Any:
     from lightning.pytorch.loggers import WandbLogger
 
     run_dir = Path(ctx.run_dir)
-    return WandbLogger(
+    wl = WandbLogger(
         project=wc.project, entity=wc.entity, group=wc.group or run_dir.name, job_type=stage,
         name=f"{run_dir.name}-{stage}", save_dir=str(run_dir), mode=wc.mode, tags=list(wc.tags),
     )
+    # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning per run
+    getattr(wl, "_wandb_init", {}).pop("anonymous", None)
+    if rank_zero_only.rank == 0:
+        # Under `wandb agent` only the last stage reports into the sweep's run; the others get runs of their own.
+        with _sweep_env(keep=getattr(ctx, "is_last", True)):
+            exp = wl.experiment  # start the run now, with the resolved config
+        cfg = getattr(ctx, "config", None)
+        if cfg is not None and exp is not None:
+            from dynapose4d.config import to_dict
+
+            exp.config.update({**to_dict(cfg), "stage": stage, "run_dir": str(run_dir)}, allow_val_change=True)
+    return wl
 
 
-def _wandb_logger(logger: Any):
+@contextlib.contextmanager
+def _sweep_env(keep: bool):
+    saved = {k: os.environ[k] for k in _SWEEP_ENV if k in os.environ}
+    if not keep:
+        for k in saved:
+            del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def finish_stage(run_dir: str | Path, stage: str) -> None:
+    """End the stage's W&B run (so the next stage starts its own) and forget its logger. Rank zero."""
+    logger = _ACTIVE.pop((str(Path(run_dir).resolve()), stage), None)
+    if logger is None or logger.wandb is None or rank_zero_only.rank != 0:
+        return
+    exp = getattr(logger.wandb, "_experiment", None)
+    if exp is not None:
+        exp.finish()
+
+
+def _parts(logger: Any) -> tuple[RunLogger | None, Any]:
+    """(RunLogger or None, WandbLogger or None) behind whatever a stage passes as `logger`."""
     from lightning.pytorch.loggers import WandbLogger
 
-    return logger if isinstance(logger, WandbLogger) else None
+    if isinstance(logger, RunLogger):
+        return logger, logger.wandb
+    if isinstance(logger, WandbLogger):
+        return None, logger
+    return None, None
 
 
+@rank_zero_only
 def log_images(logger: Any, key: str, images: list[torch.Tensor | np.ndarray], step: int | None = None,
                captions: list[str] | None = None) -> None:
-    """Log float [H, W, 3] images in [0, 1] to W&B (no-op without a WandbLogger)."""
-    wl = _wandb_logger(logger)
-    if wl is None:
-        return
-    from dynapose4d.io import to_uint8
+    """Log float [H, W, 3|4] images in [0, 1]: PNGs under RUN/<stage>/media/<key>/, and to W&B."""
+    rl, wl = _parts(logger)
+    if rl is not None:
+        s = rl.last_step if step is None else int(step)
+        for i, img in enumerate(images):
+            write_image(Path(rl.save_dir) / "media" / _safe(key) / f"{s:06d}_{i}.png", img)
+    if wl is not None:
+        from dynapose4d.io import to_uint8
 
-    wl.log_image(key=key, images=[to_uint8(i) for i in images], step=step, caption=captions)
+        kw = {"caption": captions} if captions is not None else {}
+        wl.log_image(key=key, images=[to_uint8(i) for i in images], step=step, **kw)
 
 
+@rank_zero_only
 def log_videos(logger: Any, key: str, paths: list[str | Path], step: int | None = None) -> None:
-    """Log video files (mp4 or gif) already written to the run folder to W&B."""
-    wl = _wandb_logger(logger)
-    if wl is None:
-        return
-    import wandb
+    """Log video files (mp4 or gif). Files outside the run folder are copied to RUN/<stage>/media/<key>/."""
+    rl, wl = _parts(logger)
+    if rl is not None:
+        root = rl.run_dir.resolve()
+        for p in paths:
+            p = Path(p).resolve()
+            if root not in p.parents:
+                dst = Path(rl.save_dir) / "media" / _safe(key) / p.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dst)
+    if wl is not None:
+        import wandb
 
-    wl.experiment.log({key: [wandb.Video(str(p)) for p in paths]}, step=step)
+        # through log_metrics, as WandbLogger.log_image does: the step goes in "trainer/global_step", since
+        # wandb's own step counts log calls and would drop a smaller explicit step
+        wl.log_metrics({key: [wandb.Video(str(p)) for p in paths]},
+                       step=step if step is not None else (rl.last_step if rl is not None else None))
 
 
+@rank_zero_only
 def log_summary(logger: Any, metrics: dict[str, float]) -> None:
-    """Put final metrics in the W&B run summary."""
-    wl = _wandb_logger(logger)
-    if wl is None:
-        return
-    for k, v in metrics.items():
-        wl.experiment.summary[k] = v
+    """Final metrics: merged into RUN/<stage>/summary.json and the W&B run summary."""
+    rl, wl = _parts(logger)
+    metrics = {k: _scalar(v) for k, v in metrics.items()}
+    if rl is not None:
+        path = Path(rl.save_dir) / "summary.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        write_json(path, {**old, **metrics})
+    if wl is not None:
+        for k, v in metrics.items():
+            wl.experiment.summary[k] = v
+
+
+def read_stage_logs(run_dir: str | Path, stage: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """(last value of every logged scalar, summary.json) of a stage from its run-folder files."""
+    d = Path(run_dir) / stage
+    last: dict[str, float] = {}
+    path = d / "logs" / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            last.update({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")})
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
+    return last, summary

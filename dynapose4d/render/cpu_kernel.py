@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 TILE_SIZE = 16
 _SOURCE = Path(__file__).with_name("csrc") / "rasterize_cpu.cpp"
@@ -32,7 +33,10 @@ def _build_dir() -> Path:
 
 
 def load_extension(verbose: bool = False):
-    """The compiled module (built on the first call, cached on disk), or None if it cannot be built."""
+    """The compiled ops namespace `torch.ops.dynapose4d_raster` (built on the first call, cached on disk).
+
+    None if it cannot be built (one RuntimeWarning says why).
+    """
     if os.environ.get("DYNAPOSE4D_NO_CPP_RASTERIZER", "") not in ("", "0"):
         return None
     with _lock:
@@ -48,14 +52,16 @@ def load_extension(verbose: bool = False):
                 os.environ["PATH"] = bindir + os.pathsep + path
             build_dir = _build_dir()
             build_dir.mkdir(parents=True, exist_ok=True)
-            _state["ext"] = cpp_extension.load(
-                name="dynapose4d_rasterize_cpu",
+            cpp_extension.load(
+                name="dynapose4d_raster",
                 sources=[str(_SOURCE)],
                 extra_cflags=["-O3", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),
+                is_python_module=False,  # registers torch.ops.dynapose4d_raster.*
                 verbose=verbose,
             )
+            _state["ext"] = torch.ops.dynapose4d_raster
         except Exception as exc:  # no compiler / ninja / headers: fall back to pure torch
             _state["error"] = exc
             warnings.warn(
@@ -90,6 +96,7 @@ class _CompositeCpp(torch.autograd.Function):
         return render, alphas, trans
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, v_render, v_alphas, _v_trans):
         means2d, conics, colors, opacities, backgrounds, offsets, ids, trans, last = ctx.saved_tensors
         width, height = ctx.size

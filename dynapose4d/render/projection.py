@@ -62,7 +62,10 @@ def project_gaussians(
 
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
-    tx, ty, tz = mc.unbind(-1)  # [C, N]
+    tx, ty, tz_raw = mc.unbind(-1)  # [C, N]
+    depth_ok = (tz_raw >= near_plane) & (tz_raw <= far_plane)  # gsplat culls z < near or z > far
+    # culled Gaussians get z = 1 so that nothing divides by ~0 (their gradients are then exactly zero, not NaN)
+    tz = torch.where(depth_ok, tz_raw, torch.ones_like(tz_raw))
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
     lim_x_neg = cx / fx + 0.3 * tan_fovx
@@ -92,8 +95,7 @@ def project_gaussians(
         mx, my = means2d.detach().unbind(-1)
         valid = (
             (det.detach() > 0)
-            & (tz.detach() > near_plane)
-            & (tz.detach() < far_plane)
+            & depth_ok
             & (o >= ALPHA_THRESHOLD)
             & ((rx > 0) | (ry > 0))
             & (mx + rx > 0)
@@ -103,4 +105,4 @@ def project_gaussians(
         )
         radii = torch.stack([rx, ry], dim=-1) * valid.unsqueeze(-1)
         radii = radii.to(torch.int32)
-    return Projected(means2d=means2d, conics=conics, depths=tz, radii=radii)
+    return Projected(means2d=means2d, conics=conics, depths=tz_raw, radii=radii)

@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 
+from dynapose4d.render.cpu_kernel import composite_cpp, extension_available
 from dynapose4d.render.projection import project_gaussians, quat_scale_to_covar
-from dynapose4d.render.torch_backend import composite_torch
+from dynapose4d.render.torch_backend import TILE_SIZE, composite_torch
 
 RenderMode = Literal["RGB", "RGB+ED"]
 Backend = Literal["auto", "torch", "gsplat"]
@@ -42,8 +43,8 @@ def rasterize(
     if backend == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                  backgrounds, render_mode)
-    return _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                          backgrounds, render_mode)
+    return rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                         backgrounds, render_mode)
 
 
 def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
@@ -59,37 +60,70 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, wid
     return render, alphas, info
 
 
-def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
-                   render_mode):
-    C = viewmats.shape[0]
+Compositor = Literal["auto", "cpp", "torch"]
+
+
+def rasterize_cpu(
+    means: torch.Tensor,  # [N, 3]
+    quats: torch.Tensor,  # [N, 4]
+    scales: torch.Tensor,  # [N, 3]
+    opacities: torch.Tensor,  # [N]
+    colors: torch.Tensor,  # [N, D]
+    viewmats: torch.Tensor,  # [C, 4, 4]
+    Ks: torch.Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    backgrounds: torch.Tensor | None = None,  # [C, D]
+    render_mode: RenderMode = "RGB",
+    compositor: Compositor = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The project's own backend (any device torch runs on; meant for CPU), same outputs as `rasterize()`.
+
+    Projection in torch (autograd); compositing in the compiled C++ kernel (`compositor="cpp"`), the pure-torch
+    tile compositor (`"torch"`), or the first that is available (`"auto"`: C++ unless it cannot be built).
+    """
+    if compositor not in ("auto", "cpp", "torch"):
+        raise ValueError(f"compositor must be 'auto', 'cpp' or 'torch', got {compositor!r}")
+    C, N, D = viewmats.shape[0], means.shape[0], colors.shape[-1]
     covars = quat_scale_to_covar(quats, scales)  # [N, 3, 3]
     proj = project_gaussians(means, covars, opacities, viewmats, Ks, width, height)
-    renders, alphas = [], []
-    for c in range(C):
-        feats = colors
-        if render_mode == "RGB+ED":
-            feats = torch.cat([colors, proj.depths[c, :, None]], dim=-1)  # [N, D+1]
-        visible = (proj.radii[c] > 0).all(dim=-1)
-        img, alpha = composite_torch(proj.means2d[c], proj.conics[c], feats, opacities, proj.depths[c],
-                                     visible, width, height)
-        if backgrounds is not None:
-            bg = backgrounds[c]
-            if render_mode == "RGB+ED":
-                bg = torch.cat([bg, bg.new_zeros(1)])
-            img = img + (1.0 - alpha) * bg
-        if render_mode == "RGB+ED":
-            img = torch.cat([img[..., :-1], img[..., -1:] / alpha.clamp(min=1e-10)], dim=-1)
-        renders.append(img)
-        alphas.append(alpha)
+    feats = colors.to(proj.means2d.dtype).expand(C, N, D)  # [C, N, D]
+    bg = backgrounds
+    if render_mode == "RGB+ED":
+        feats = torch.cat([feats, proj.depths[..., None]], dim=-1)  # [C, N, D+1]
+        if bg is not None:
+            bg = torch.cat([bg, bg.new_zeros(C, 1)], dim=-1)  # [C, D+1]: no background depth
+    ops = opacities.to(proj.means2d.dtype).expand(C, N)  # [C, N]
+
+    use_cpp = compositor == "cpp" or (compositor == "auto" and means.device.type == "cpu" and extension_available())
+    if use_cpp:
+        if not extension_available():
+            raise RuntimeError("the compiled CPU rasterizer is not available (see the warning above)")
+        render, alphas = composite_cpp(proj.means2d, proj.conics, feats, ops, bg, proj.radii, proj.depths,
+                                       width, height)  # [C, H, W, D'], [C, H, W, 1]
+    else:
+        renders, alphas_l = [], []
+        for c in range(C):
+            img, alpha = composite_torch(proj.means2d[c], proj.conics[c], feats[c], ops[c], proj.radii[c],
+                                         proj.depths[c], width, height)  # [H, W, D'], [H, W, 1]
+            if bg is not None:
+                img = img + (1.0 - alpha) * bg[c]
+            renders.append(img)
+            alphas_l.append(alpha)
+        render, alphas = torch.stack(renders), torch.stack(alphas_l)
+    if render_mode == "RGB+ED":
+        render = torch.cat([render[..., :-1], render[..., -1:] / alphas.clamp(min=1e-10)], dim=-1)
     meta = {
-        "means2d": proj.means2d,
-        "radii": proj.radii,
-        "depths": proj.depths,
-        "conics": proj.conics,
+        "means2d": proj.means2d,  # [C, N, 2], non-leaf: DefaultStrategy calls retain_grad() on it
+        "radii": proj.radii,  # [C, N, 2] int32
+        "depths": proj.depths,  # [C, N]
+        "conics": proj.conics,  # [C, N, 3]
+        "opacities": ops,  # [C, N]
         "width": width,
         "height": height,
         "n_cameras": C,
         "gaussian_ids": None,
-        "tile_size": 16,
+        "tile_size": TILE_SIZE,
+        "compositor": "cpp" if use_cpp else "torch",
     }
-    return torch.stack(renders), torch.stack(alphas), meta
+    return render, alphas, meta

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import TQDMProgressBar
+
 from dynapose4d.data.scene import Scene
+from dynapose4d.errors import InputError
 
 
 @dataclass
@@ -25,13 +28,19 @@ class StageContext:
     wandb: Any = None  # dynapose4d.config.WandbConfig
     seed: int = 0
     resume: bool = False  # resume an interrupted stage from RUN/<stage>/checkpoints/last.ckpt
+    config: Any = None  # the whole resolved dynapose4d.config.RunConfig (logged as the W&B config)
+    is_last: bool = True  # the last stage of this invocation (under `wandb agent` it reports to the sweep's run)
+
+    @property
+    def run_name(self) -> str:
+        return self.run_dir.name
 
     def artifact(self, stage: str, name: str) -> Path:
         """Absolute path of an earlier stage's artifact; a clear error if that stage has not run."""
         try:
             return self.run_dir / self.artifacts[stage][name]
         except KeyError:
-            raise RuntimeError(
+            raise InputError(
                 f"{self.run_dir}/manifest.json: stage '{stage}' has no artifact '{name}' (run that stage first)"
             ) from None
 
@@ -57,7 +66,10 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         save_last=True,
         save_top_k=0,
         every_n_train_steps=max(1, getattr(tc, "checkpoint_every_n_steps", 50)),
+        enable_version_counter=False,  # a resumed stage keeps writing last.ckpt, never last-v1.ckpt
     )
+    show_bar = bool(getattr(tc, "progress_bar", True))
+    callbacks: list[Any] = [ckpt] + ([StageProgressBar(stage)] if show_bar else [])
     args: dict[str, Any] = dict(
         max_steps=max_steps,
         accelerator=getattr(tc, "accelerator", "auto"),
@@ -65,13 +77,16 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         strategy=getattr(tc, "strategy", "auto") if devices != 1 else "auto",
         precision=getattr(tc, "precision", "32-true"),
         logger=make_logger(ctx, stage),
-        callbacks=[ckpt],
+        callbacks=callbacks,
         log_every_n_steps=getattr(tc, "log_every_n_steps", 10),
-        enable_progress_bar=getattr(tc, "progress_bar", True),
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(ctx.stage_dir(stage)),
     )
+    if "callbacks" in kwargs:
+        kwargs = dict(kwargs)
+        args["callbacks"] = callbacks + list(kwargs.pop("callbacks"))
     args.update(kwargs)
     return L.Trainer(**args)
 
@@ -80,3 +95,52 @@ def resume_checkpoint(ctx: StageContext, stage: str) -> str | None:
     """Path of the stage's last checkpoint when resuming an interrupted stage, else None."""
     last = ctx.run_dir / stage / "checkpoints" / "last.ckpt"
     return str(last) if ctx.resume and last.is_file() else None
+
+
+class StageProgressBar(TQDMProgressBar):
+    """One bar per stage over its optimisation steps (global_step / max_steps), showing the current losses
+    (every logged metric whose name contains "loss", plus those logged with prog_bar=True)."""
+
+    def __init__(self, stage: str, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.stage = stage
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        items = dict(super().get_metrics(trainer, pl_module))
+        items.pop("v_num", None)
+        for k, v in trainer.callback_metrics.items():
+            if "loss" in k and k not in items and getattr(v, "numel", lambda: 1)() == 1:
+                items[k] = float(v)
+        return {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in items.items()}
+
+    def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
+        bar = self.train_progress_bar
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        if bar.total != total:
+            bar.reset(total=total)
+            bar.n = trainer.global_step  # a resumed stage starts where it stopped
+        bar.set_description(self.stage)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *_: Any) -> None:
+        bar = self.train_progress_bar
+        n = trainer.global_step
+        if bar.disable or not self._should_update(n, bar.total or n):
+            return
+        bar.n = n
+        bar.set_postfix(self.get_metrics(trainer, pl_module))
+        bar.refresh()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+def summary_line(stage: str, seconds: float, losses: dict[str, float], metrics: dict[str, Any],
+                 max_items: int = 6) -> str:
+    """The one-line report of a finished stage: time, final losses, then metrics (scalars only)."""
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    items = [f"{k}={fmt(v)}" for k, v in losses.items() if "loss" in k][:max_items]
+    items += [f"{k}={fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float))][:max_items]
+    return f"[{stage}] done in {seconds:.1f} s" + ("  " + "  ".join(items) if items else "")

@@ -1,12 +1,448 @@
-"""The dynamic stage. PLACEHOLDER: being implemented (see its issue)."""
+"""The dynamic stage: a deformation φ(S, τ) moves the static stage's Gaussians to follow the driving video.
+
+Losses (each with its λ, logged separately under dynamic/loss_*):
+  L_ref  MSE of RGB (λ_rgb) and alpha (λ_alpha) at the reference camera over a batch of frames;
+  KML    keypoint match: CAPE (frozen, eval mode) on the render at τ against CAPE on driving frame τ
+         (computed once per run; coordinates normalised by the image size, confidence-weighted); the
+         gradient flows through CAPE into the render and the Gaussians; no CAPE forward when λ_kml = 0;
+  SCL    spatio-temporal consistency: mean over Gaussians of ‖P_{τ+1} − P_τ‖² on centres;
+  SDS    optional novel-view score distillation with the static stage's Zero-1-to-3 prior (λ_sds, default 0).
+PAL = λ_kml · KML + λ_scl · SCL. Writes RUN/dynamic/deform.ckpt, keypoints.json, videos/, metrics.json.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from dynapose4d.cameras import Camera
+from dynapose4d.deform import (
+    DEFORM_KINDS,
+    ControlConfig,
+    Deformation,
+    HexPlaneConfig,
+    build_deformation,
+    gaussians_at,
+    load_dynamic,
+    save_dynamic,
+)
+from dynapose4d.errors import ConfigError, InputError
+from dynapose4d.gaussians import GaussianModel, load_ply
+from dynapose4d.losses import KeypointFn, keypoint_match_loss, knn_indices, reference_loss, rigidity_loss, scl_pairs
+from dynapose4d.priors.sds import SDSConfig
+from dynapose4d.priors.svd import SVDConfig, driving_video
+from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
+from dynapose4d.render import rasterize
+
+__all__ = ["DynamicConfig", "DynamicGaussianModule", "gaussians_at", "load_dynamic", "run"]
 
 
 @dataclass
 class DynamicConfig:
     """Settings of the dynamic stage."""
 
-    steps: int = 100  # optimisation steps
+    steps: int = 500  # optimisation steps (DynaPose4D: 500)
+    batch_frames: int = 4  # driving frames per step (DynaPose4D: 16, DreamGaussian4D: all 14)
+    deform: str = "hexplane"  # deformation φ: "hexplane" (DreamGaussian4D) or "control" (SC4D sparse controls)
+    hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)  # used when deform = "hexplane"
+    control: ControlConfig = field(default_factory=ControlConfig)  # used when deform = "control"
+    train_canonical: bool = False  # also train the canonical Gaussians (at the low rates below); False = frozen
+    canonical_lr: float = 0.0001  # Adam rate of canonical means, log-scales and rotations (train_canonical)
+    canonical_color_lr: float = 0.001  # Adam rate of canonical colours and opacities (train_canonical)
+    lambda_rgb: float = 1.0  # L_ref: weight of the RGB MSE at the reference camera
+    lambda_alpha: float = 0.1  # L_ref: weight of the alpha MSE at the reference camera
+    lambda_kml: float = 1.0  # KML weight (0 = off: no CAPE forward); KML is in image-size-normalised units
+    lambda_scl: float = 1.0  # SCL weight (0 = off); SCL is in world units squared
+    lambda_rigid: float = 0.0  # local isometry of deformed centres vs canonical (not in the paper; 0 = off)
+    rigid_neighbours: int = 8  # neighbours per Gaussian for the rigidity loss
+    lambda_sds: float = 0.0  # novel-view Zero-1-to-3 SDS weight (needs dynapose4d.priors.zero123 and weights)
+    sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
+    sds: SDSConfig = field(default_factory=SDSConfig)  # SDS timesteps / guidance (t annealed 0.98 -> 0.02)
+    zero123_model: str = DEFAULT_ZERO123_MODEL  # Zero-1-to-3 Hugging Face id (local cache when offline)
+    zero123_path: str = ""  # local Zero-1-to-3 folder; overrides zero123_model when set
+    zero123_size: int = 256  # Zero-1-to-3's input resolution
+    background: float = 1.0  # background grey level of renders and targets (1 = white, as DreamGaussian4D)
+    svd: SVDConfig = field(default_factory=SVDConfig)  # driving-video generation when the scene has no video
+    track_neighbours: int = 8  # Gaussians each 3D keypoint is attached to
+    evaluate: bool = True  # metrics against the scene's gt/ (when present) into RUN/dynamic/metrics.json
+    video_fps: int = 8  # frame rate of the written videos
+    orbit_frames: int = 36  # frames of the orbit video (one turn; the motion loops meanwhile)
+
+    def validate(self) -> None:
+        if self.deform not in DEFORM_KINDS:
+            raise ConfigError(f"config key 'dynamic.deform': {self.deform!r} is not one of {list(DEFORM_KINDS)}")
+        for k in ("steps", "batch_frames"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
+        for k in ("lambda_rgb", "lambda_alpha", "lambda_kml", "lambda_scl", "lambda_rigid", "lambda_sds"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"config key 'dynamic.{k}': must be >= 0, got {getattr(self, k)}")
+
+
+class _FrameBatches(IterableDataset):
+    """An endless stream of random frame-index batches [B] (without replacement within a batch)."""
+
+    def __init__(self, num_frames: int, batch: int, seed: int) -> None:
+        self.num_frames, self.batch, self.seed = num_frames, min(batch, num_frames), seed
+
+    def __iter__(self):
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        g = torch.Generator().manual_seed(self.seed * 1009 + rank)
+        while True:
+            yield torch.randperm(self.num_frames, generator=g)[: self.batch]
+
+
+class DynamicGaussianModule(L.LightningModule):
+    """The canonical Gaussians + φ trained on the driving video with L_ref, KML, SCL (and optional SDS).
+
+    `keypoints_fn` (images [B,3,H,W] in [0,1] -> (points [B,N,2] px, confidence [B,N])) is the frozen CAPE
+    (or any differentiable detector); `kp_targets` [T,N,2] px and `kp_confidence` [T,N] are its detections on
+    the driving frames. Frozen priors are held outside the module's children, so they never reach a checkpoint.
+    """
+
+    def __init__(
+        self,
+        cfg: DynamicConfig,
+        canonical: GaussianModel,
+        phi: Deformation,
+        video: torch.Tensor,  # [T, H, W, 4] RGBA driving frames
+        camera: Camera,
+        kp_targets: torch.Tensor | None = None,  # [T, N, 2] pixels
+        kp_confidence: torch.Tensor | None = None,  # [T, N]
+        keypoints_fn: KeypointFn | None = None,
+        sds_fn: Any = None,  # callable(images [B,3,h,w], frames [B], Δelev [B], Δazim [B], progress) -> loss
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.canonical = canonical
+        self.phi = phi
+        self.camera = camera
+        self.num_frames, self.height, self.width = int(video.shape[0]), int(video.shape[1]), int(video.shape[2])
+        self.register_buffer("video", video.float(), persistent=False)
+        self.register_buffer("viewmats", camera.viewmat()[None], persistent=False)
+        self.register_buffer("Ks", camera.K(self.width, self.height)[None], persistent=False)
+        self.register_buffer("bg", torch.full((1, 3), float(cfg.background)), persistent=False)
+        self.register_buffer("kp_targets", kp_targets.float() if kp_targets is not None else None, persistent=False)
+        conf = kp_confidence if kp_confidence is not None or kp_targets is None else torch.ones(kp_targets.shape[:2])
+        self.register_buffer("kp_confidence", conf.float() if conf is not None else None, persistent=False)
+        self._frozen = {"keypoints_fn": keypoints_fn, "sds_fn": sds_fn}  # not nn children: never checkpointed
+        if cfg.lambda_kml > 0 and (keypoints_fn is None or kp_targets is None):
+            raise ConfigError("dynamic.lambda_kml > 0 needs a keypoint detector (CAPE) and driving keypoints")
+        if cfg.lambda_sds > 0 and sds_fn is None:
+            raise ConfigError("dynamic.lambda_sds > 0 needs the Zero-1-to-3 prior (dynapose4d.priors.zero123)")
+        self.canonical.requires_grad_(cfg.train_canonical)
+        nb = knn_indices(canonical.means, cfg.rigid_neighbours) if cfg.lambda_rigid > 0 else None
+        self.register_buffer("neighbours", nb, persistent=False)
+
+    # rendering ----------------------------------------------------------------------------------
+    def taus(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.float() / max(self.num_frames - 1, 1)
+
+    def render_frame(self, g: dict[str, torch.Tensor], b: int | None, viewmats: torch.Tensor | None = None,
+                     Ks: torch.Tensor | None = None, width: int | None = None, height: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render element b of a batched `gaussians_at` dict (b=None: an unbatched one) -> rgb [C,H,W,3], alpha."""
+        pick = (lambda x: x[b]) if b is not None else (lambda x: x)
+        vm = self.viewmats if viewmats is None else viewmats
+        K = self.Ks if Ks is None else Ks
+        rgb, alpha, _ = rasterize(pick(g["means"]), pick(g["quats"]), pick(g["scales"]), g["opacities"], g["colors"],
+                                  vm, K, width or self.width, height or self.height,
+                                  backgrounds=self.bg.expand(vm.shape[0], 3))
+        return rgb, alpha
+
+    # training -----------------------------------------------------------------------------------
+    def training_step(self, frames: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        cfg, T = self.cfg, self.num_frames
+        frames = frames.to(self.device).long()  # [B]
+        B = frames.shape[0]
+        use_scl = cfg.lambda_scl > 0 and T > 1
+        partner = torch.where(frames < T - 1, frames + 1, frames - 1)  # consecutive frame for SCL
+        all_frames = torch.cat([frames, partner]) if use_scl else frames
+        g = gaussians_at(self.canonical, self.phi, self.taus(all_frames))  # means [B(+B), N, 3] ...
+        rgbs, alphas = [], []
+        for b in range(B):
+            rgb, alpha = self.render_frame(g, b)
+            rgbs.append(rgb[0])
+            alphas.append(alpha[0])
+        rgb, alpha = torch.stack(rgbs), torch.stack(alphas)  # [B, H, W, 3], [B, H, W, 1]
+        l_rgb, l_alpha = reference_loss(rgb, alpha, self.video[frames], cfg.background)
+        loss = cfg.lambda_rgb * l_rgb + cfg.lambda_alpha * l_alpha
+        logs = {"loss_rgb": l_rgb, "loss_alpha": l_alpha}
+        if cfg.lambda_kml > 0:
+            pred, _ = self._frozen["keypoints_fn"](rgb.permute(0, 3, 1, 2))
+            kml = keypoint_match_loss(pred, self.kp_targets[frames], self.kp_confidence[frames], self.width,
+                                      self.height)
+            loss = loss + cfg.lambda_kml * kml
+            logs["loss_kml"] = kml
+        if use_scl:
+            scl = scl_pairs(g["means"][:B], g["means"][B:])
+            loss = loss + cfg.lambda_scl * scl
+            logs["loss_scl"] = scl
+        if cfg.lambda_rigid > 0:
+            rig = rigidity_loss(g["means"], self.canonical.means, self.neighbours)
+            loss = loss + cfg.lambda_rigid * rig
+            logs["loss_rigid"] = rig
+        if cfg.lambda_sds > 0:
+            sds = self._sds(g, frames)
+            loss = loss + cfg.lambda_sds * sds
+            logs["loss_sds"] = sds
+        logs["loss"] = loss
+        self.log_dict({f"dynamic/{k}": v.detach() for k, v in logs.items()}, prog_bar=False, batch_size=B)
+        return loss
+
+    def _sds(self, g: dict[str, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+        """Novel-view SDS on one random camera per frame of the batch, the prior conditioned on that driving frame."""
+        B = frames.shape[0]
+        lo, hi = self.cfg.sds_elevation_range
+        d_elev = torch.empty(B).uniform_(lo, hi)
+        d_azim = torch.empty(B).uniform_(-180.0, 180.0)
+        imgs = []
+        for b in range(B):
+            cam = Camera("sds", self.camera.elevation + float(d_elev[b]), self.camera.azimuth + float(d_azim[b]),
+                         self.camera.radius, self.camera.fov_y)
+            rgb, _ = self.render_frame(g, b, cam.viewmat()[None].to(self.device),
+                                       cam.K(self.width, self.height)[None].to(self.device))
+            imgs.append(rgb[0])
+        progress = min(1.0, self.global_step / max(1, self.cfg.steps))
+        return self._frozen["sds_fn"](torch.stack(imgs).permute(0, 3, 1, 2), frames, d_elev, d_azim, progress)
+
+    def configure_optimizers(self):
+        groups = list(self.phi.param_groups())
+        if self.cfg.train_canonical:
+            s = self.canonical.splats
+            groups.append({"params": [s["means"], s["scales"], s["quats"]], "lr": self.cfg.canonical_lr,
+                           "name": "canonical_geometry"})
+            groups.append({"params": [s["sh0"], s["opacities"]], "lr": self.cfg.canonical_color_lr,
+                           "name": "canonical_appearance"})
+        return torch.optim.Adam(groups, eps=1e-15)
+
+    # inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_video(self, camera: Camera | None = None, taus: torch.Tensor | None = None, width: int | None = None,
+                     height: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB [F, H, W, 3] and alpha [F, H, W, 1] of the 4D model at `taus` (default: every frame) from `camera`."""
+        taus = self.taus(torch.arange(self.num_frames)) if taus is None else taus
+        w, h = width or self.width, height or self.height
+        cam = camera or self.camera
+        vm, K = cam.viewmat()[None].to(self.device), cam.K(w, h)[None].to(self.device)
+        rgbs, alphas = [], []
+        for t in taus.tolist():
+            g = gaussians_at(self.canonical, self.phi, t)
+            rgb, alpha = self.render_frame(g, None, vm, K, w, h)
+            rgbs.append(rgb[0].cpu())
+            alphas.append(alpha[0].cpu())
+        return torch.stack(rgbs), torch.stack(alphas)
+
+
+# ------------------------------------------------------------------------------------------------
+# wiring: CAPE, driving keypoints, SDS
+# ------------------------------------------------------------------------------------------------
+class CapeKeypoints:
+    """The frozen CAPE model as a `KeypointFn`: support = the scene's image + keypoints, queries = renders."""
+
+    def __init__(self, model: Any, support_image: torch.Tensor, support_keypoints: torch.Tensor,
+                 skeleton: list[tuple[int, int]]) -> None:
+        self.model = model
+        self.support_image = support_image  # [3, H, W] over the background
+        self.support_keypoints = support_keypoints  # [N, 2] px
+        self.skeleton = skeleton
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from dynapose4d import cape
+
+        dev = images.device
+        if next(self.model.parameters()).device != dev:
+            self.model.to(dev)
+        return cape.predict(self.support_image.to(dev), self.support_keypoints.to(dev), self.skeleton, images,
+                            checkpoint=self.model)
+
+
+def _cape_keypoints(ctx: Any, background: float) -> CapeKeypoints:
+    from dynapose4d import cape
+
+    model = cape.load_cape(ctx.artifact("cape", "model"))
+    model.eval()
+    model.requires_grad_(False)
+    img = ctx.scene.image
+    support = (img[..., :3] * img[..., 3:] + (1 - img[..., 3:]) * background).permute(2, 0, 1).contiguous()
+    return CapeKeypoints(model, support, ctx.scene.keypoints.float(), list(ctx.scene.skeleton))
+
+
+def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn | None, background: float
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """p_τ for every driving frame: the cape stage's driving_keypoints.json when it matches the video, else
+    CAPE run once here on the driving frames. None when neither is available."""
+    import json
+
+    T, N = video.shape[0], ctx.scene.num_keypoints
+    try:
+        path = ctx.artifact("cape", "driving_keypoints")
+    except InputError:
+        path = None
+    if path is not None and Path(path).is_file():
+        d = json.loads(Path(path).read_text())
+        pts, conf = torch.tensor(d["points"], dtype=torch.float32), torch.tensor(d["confidence"], dtype=torch.float32)
+        if pts.shape == (T, N, 2) and conf.shape == (T, N):
+            return pts, conf
+    if keypoints_fn is None:
+        return None
+    a = video[..., 3:]
+    imgs = (video[..., :3] * a + (1 - a) * background).permute(0, 3, 1, 2)
+    pts, conf = [], []
+    with torch.no_grad():
+        for i in range(0, T, 8):
+            p, c = keypoints_fn(imgs[i:i + 8])
+            pts.append(p.cpu())
+            conf.append(c.cpu())
+    return torch.cat(pts).float(), torch.cat(conf).float()
+
+
+class Zero123PerFrame:
+    """The static stage's Zero-1-to-3 prior conditioned per driving frame: `(images [B,3,h,w], frames [B],
+    Δelevation [B], Δazimuth [B], progress) -> SDS loss` (mean over the batch). Built lazily on first use, held
+    outside the LightningModule's children (never checkpointed)."""
+
+    def __init__(self, cfg: DynamicConfig, video: torch.Tensor) -> None:
+        self.cfg, self.video = cfg, video  # [T, H, W, 4]
+        self.prior: Any = None
+        self.refs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, images: torch.Tensor, frames: torch.Tensor, d_elev: torch.Tensor, d_azim: torch.Tensor,
+                 progress: float) -> torch.Tensor:
+        from dynapose4d.priors.zero123 import Zero123Prior
+
+        c = self.cfg
+        if self.prior is None:
+            self.prior = Zero123Prior.from_pretrained(c.zero123_path or c.zero123_model, device=images.device,
+                                                      size=c.zero123_size)
+        losses = []
+        for b, f in enumerate(frames.tolist()):
+            if f not in self.refs:
+                fr = self.video[f]
+                rgb = (fr[..., :3] * fr[..., 3:] + (1 - fr[..., 3:])).permute(2, 0, 1)[None]  # over white
+                self.prior.set_reference(rgb.to(images.device))
+                self.refs[f] = (self.prior.clip_embedding, self.prior.ref_latent)
+            self.prior.clip_embedding, self.prior.ref_latent = self.refs[f]
+            losses.append(self.prior.sds(images[b:b + 1], d_elev[b:b + 1], d_azim[b:b + 1],
+                                         torch.zeros(1), progress, c.sds))
+        return torch.stack(losses).mean()
+
+
+def _sds_fn(cfg: DynamicConfig, video: torch.Tensor) -> Zero123PerFrame:
+    """Fail before training when the Zero-1-to-3 weights are missing; the prior itself loads on first use."""
+    from dynapose4d.priors.zero123 import resolve_zero123
+
+    resolve_zero123(cfg.zero123_path or cfg.zero123_model)
+    return Zero123PerFrame(cfg, video)
+
+
+# ------------------------------------------------------------------------------------------------
+# the stage
+# ------------------------------------------------------------------------------------------------
+def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor,
+                 keypoints_fn: KeypointFn | None = None) -> DynamicGaussianModule:
+    """The stage's LightningModule from the static stage's Gaussians, the driving video and (λ_kml > 0) CAPE."""
+    targets = conf = None
+    if cfg.lambda_kml > 0:  # CAPE first: a missing cape stage fails before anything else
+        keypoints_fn = keypoints_fn or _cape_keypoints(ctx, cfg.background)
+        kp = _driving_keypoints(ctx, video, keypoints_fn, cfg.background)
+        if kp is None:
+            raise ConfigError("dynamic.lambda_kml > 0 needs the cape stage (RUN/cape/): run it, or set "
+                              "dynamic.lambda_kml=0")
+        targets, conf = kp
+    sds = _sds_fn(cfg, video) if cfg.lambda_sds > 0 else None
+    canonical = load_ply(ctx.artifact("static", "gaussians"))
+    phi = build_deformation(cfg.deform, canonical.means, video.shape[0], cfg.hexplane, cfg.control, seed=ctx.seed)
+    return DynamicGaussianModule(cfg, canonical, phi, video, ctx.scene.camera, targets, conf,
+                                 keypoints_fn if cfg.lambda_kml > 0 else None, sds)
+
+
+def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None) -> dict[str, str]:
+    """Train φ on the driving video, then write RUN/dynamic/{deform.ckpt, keypoints.json, videos/, metrics.json}.
+
+    `keypoints_fn` replaces CAPE (tests; any differentiable detector). Returns the artifacts."""
+    import warnings
+
+    from dynapose4d.stages.base import build_trainer, resume_checkpoint
+
+    cfg.validate()
+    if cfg.lambda_kml > 0 and keypoints_fn is None:
+        ctx.artifact("cape", "model")  # fails now (clear message) rather than after the driving video
+    scene = ctx.scene
+    video = driving_video(scene, ctx.run_dir, cfg.svd, seed=ctx.seed)  # [T, H, W, 4]
+    if tuple(video.shape[1:3]) != (scene.height, scene.width):
+        raise InputError(f"{scene.root}: driving video frames are {tuple(video.shape[1:3])}, the image is "
+                         f"{(scene.height, scene.width)}")
+    module = build_module(ctx, cfg, video, keypoints_fn)
+    ctx.stage_dir("dynamic")
+    trainer = build_trainer(ctx, "dynamic", cfg.steps)
+    loader = DataLoader(_FrameBatches(module.num_frames, cfg.batch_frames, ctx.seed), batch_size=None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+        trainer.fit(module, loader, ckpt_path=resume_checkpoint(ctx, "dynamic"))
+    artifacts = {"deform": "dynamic/deform.ckpt", "keypoints": "dynamic/keypoints.json", "videos": "dynamic/videos"}
+    if trainer.is_global_zero:
+        metrics = write_outputs(ctx, cfg, module, trainer.logger)
+        if metrics:
+            artifacts["metrics"] = "dynamic/metrics.json"
+    return artifacts
+
+
+def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, logger: Any = None
+                  ) -> dict[str, Any]:
+    """deform.ckpt, keypoints.json (3D tracks + their reference-view projections), videos and, when the scene
+    has gt/, metrics.json beside the no-motion baselines. Returns the metrics ({} without gt/)."""
+    from dynapose4d.dynamic_report import evaluate_4d, flat_metrics, write_videos
+    from dynapose4d.io import write_json
+    from dynapose4d.logging import log_images, log_summary, log_videos
+    from dynapose4d.tracks import keypoint_tracks, project_tracks
+
+    out = ctx.stage_dir("dynamic")
+    module.eval()
+    scene, T, W, H = ctx.scene, module.num_frames, module.width, module.height
+    save_module(out / "deform.ckpt", module)
+    with torch.no_grad():
+        tracks = keypoint_tracks(module.canonical, module.phi, scene.keypoints, scene.camera, W, H, T,
+                                 cfg.track_neighbours).cpu()  # [T, N, 3]
+    conf = module.kp_confidence.cpu() if module.kp_confidence is not None else torch.ones(T, scene.num_keypoints)
+    write_json(out / "keypoints.json", {
+        "names": list(scene.names),
+        "world": tracks.tolist(),
+        "reference_2d": project_tracks(tracks, scene.camera, W, H).tolist(),
+        "confidence": conf.tolist(),
+    })
+    kp_targets = module.kp_targets.cpu() if module.kp_targets is not None else None
+    paths = write_videos(out / "videos", module.canonical, module.phi, scene.camera, module.video.cpu(), tracks,
+                         kp_targets, cfg.background, cfg.video_fps, cfg.orbit_frames)
+    log_videos(logger, "dynamic/videos", list(paths.values()))
+    from dynapose4d.dynamic_report import over, render_4d
+
+    last = [0.0, 1.0] if T > 1 else [0.0]
+    rgb, _ = render_4d(module.canonical, module.phi, scene.camera, last, W, H, cfg.background)
+    drive = over(module.video[[0, T - 1] if T > 1 else [0]].cpu(), cfg.background)
+    log_images(logger, "dynamic/reference_first_last", [torch.cat([r, d], 1) for r, d in zip(rgb, drive)],
+               captions=["frame 0: render | driving", f"frame {T - 1}: render | driving"][: len(last)])
+    metrics: dict[str, Any] = {}
+    gt_dir = getattr(scene, "gt_dir", None)
+    if cfg.evaluate and gt_dir is not None and Path(gt_dir).is_dir():
+        with torch.no_grad():
+            metrics = evaluate_4d(module.canonical, module.phi, gt_dir, tracks, scene.camera, cfg.background)
+        write_json(out / "metrics.json", metrics)
+        log_summary(logger, {f"dynamic/{k}": v for k, v in flat_metrics(metrics).items()})
+    return metrics
+
+
+def save_module(path: str | Path, module: DynamicGaussianModule) -> None:
+    """deform.ckpt of a trained module (canonical Gaussians + φ + the reference camera and image size)."""
+    save_dynamic(path, module.canonical, module.phi, extra={
+        "camera": module.camera.to_dict(), "width": module.width, "height": module.height,
+        "background": float(module.cfg.background), "num_frames": module.num_frames,
+    })
+

@@ -1,12 +1,394 @@
-"""The static stage. PLACEHOLDER: being implemented (see its issue)."""
+"""The static stage: fit 3D Gaussians to the single input image (DreamGaussian's stage 1).
+
+Losses per step: reference-view RGB and mask MSE at the scene's reference camera (DreamGaussian's weights
+10000 / 1000, both ramped up linearly with training progress as DreamGaussian does), plus a novel-view prior:
+  - "zero123": Zero-1-to-3 score distillation on random novel views (DreamGaussian: Δelevation in [−30, 30],
+    Δazimuth in [−180, 180), render size 128 → 256 → 512 at 30% / 60% of training, background black with
+    probability 0.5, guidance scale 5, t annealed 0.98 → 0.02, w = 1 − ᾱ_t, weight 1);
+  - "views": the same RGB and mask losses on the scene's views/ images (a multi-view prior's output or a real
+    capture), weighted by `lambda_views` relative to the reference-view losses;
+  - "none": reference view only.
+Optimisation: one Adam per Gaussian attribute (gsplat's contract; DreamGaussian's learning rates, the means'
+decaying exponentially), densification by gsplat's DefaultStrategy through `Densifier`, which also resets
+opacities on its own schedule. Outputs: RUN/static/gaussians.ply, orbit.mp4 / orbit.gif, grid.png and, when the
+scene has gt/, metrics.json with PSNR / SSIM per gt camera at frame 0 (over a white background).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from dynapose4d.cameras import Camera, load_cameras, stack_cameras
+from dynapose4d.data.scene import Scene
+from dynapose4d.errors import ConfigError, InputError
+from dynapose4d.gaussians.densify import Densifier, DensifyConfig
+from dynapose4d.gaussians.init import image_init, sphere_init
+from dynapose4d.gaussians.model import GaussianModel
+from dynapose4d.gaussians.ply import save_ply
+from dynapose4d.io import over_background, read_image, write_image, write_json
+from dynapose4d.metrics import psnr as metrics_psnr
+from dynapose4d.metrics import ssim as metrics_ssim
+from dynapose4d.priors.sds import SDSConfig
+from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
+from dynapose4d.render import rasterize
+from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint
+
+STAGE = "static"
+PRIORS = ("zero123", "views", "none")
+INITS = ("image", "sphere")
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
 @dataclass
 class StaticConfig:
-    """Settings of the static stage."""
+    """Settings of the static stage (defaults: DreamGaussian's image-to-3D stage 1 where it has one)."""
 
-    steps: int = 100  # optimisation steps
+    steps: int = 500  # optimisation steps (DreamGaussian: 500)
+    init: str = "sphere"  # "sphere": random ball (DreamGaussian); "image": inflated lift of the input mask
+    num_points: int = 5000  # initial Gaussians (DreamGaussian: 5000)
+    init_radius: float = 0.5  # ball radius of the "sphere" init (DreamGaussian: 0.5)
+    init_opacity: float = 0.1  # initial opacity (DreamGaussian: 0.1)
+    inflate: float = 1.0  # thickness of the "image" init: 1 lifts a disc to a sphere
+    ref_size: int = 0  # training resolution (longer side) of the reference and views images; 0 = scene size
+    prior: str = "zero123"  # novel-view prior: "zero123", "views" (scene views/) or "none"
+    view_names: list[str] = field(default_factory=list)  # views/ cameras the "views" prior uses; [] = all
+    lambda_rgb: float = 10000.0  # reference-view RGB MSE weight (DreamGaussian: 10000)
+    lambda_mask: float = 1000.0  # reference-view alpha MSE weight (DreamGaussian: 1000)
+    ref_warmup: bool = True  # ramp the reference losses with progress (step / steps), as DreamGaussian
+    lambda_views: float = 1.0  # "views" prior: weight of each view's RGB + mask losses relative to the reference
+    lambda_sds: float = 1.0  # "zero123" prior: SDS weight (DreamGaussian: 1)
+    lr_means: float = 0.01  # initial learning rate of the means (DreamGaussian: 0.001 x spatial_lr_scale 10)
+    lr_means_final: float = 2e-4  # final one, exponential decay over `steps` (DreamGaussian: 0.00002 x 10)
+    lr_sh0: float = 0.01  # colour learning rate (DreamGaussian: 0.01; higher SH degrees use lr_sh0 / 20)
+    lr_opacities: float = 0.05  # (DreamGaussian: 0.05)
+    lr_scales: float = 0.005  # (DreamGaussian: 0.005)
+    lr_quats: float = 0.005  # (DreamGaussian: 0.005)
+    novel_views: int = 1  # "zero123": novel views per step (DreamGaussian: batch_size 1)
+    novel_elevation: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # Δelevation range (degrees)
+    novel_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])  # novel-view render sizes ...
+    novel_size_until: list[float] = field(default_factory=lambda: [0.3, 0.6])  # ... used until these progresses
+    black_background: float = 0.5  # "zero123": probability of a black (not white) background on a novel view
+    zero123_model: str = DEFAULT_ZERO123_MODEL  # Hugging Face id (read from the local cache when offline)
+    zero123_path: str = ""  # local Zero-1-to-3 folder (diffusers layout); overrides zero123_model when set
+    zero123_fp16: bool = True  # fp16 weights on CUDA
+    zero123_size: int = 256  # Zero-1-to-3's input resolution
+    sds: SDSConfig = field(default_factory=SDSConfig)  # guidance scale and timestep schedule
+    densify: DensifyConfig = field(default_factory=DensifyConfig)  # densification / pruning / opacity reset
+    render_size: int = 0  # size of the output renders (orbit video, grid); 0 = the scene's image height
+    orbit_frames: int = 36  # frames of the 360° orbit video
+    orbit_elevation: float = 0.0  # elevation of the orbit video (degrees)
+    video_fps: int = 12  # orbit video frame rate
+
+
+def check_config(cfg: StaticConfig) -> None:
+    """ConfigError naming the key on values the dataclass types cannot rule out."""
+    if cfg.prior not in PRIORS:
+        raise ConfigError(f"config key 'static.prior': {cfg.prior!r} is not one of {list(PRIORS)}")
+    if cfg.init not in INITS:
+        raise ConfigError(f"config key 'static.init': {cfg.init!r} is not one of {list(INITS)}")
+    if cfg.steps < 1:
+        raise ConfigError(f"config key 'static.steps': must be >= 1, got {cfg.steps}")
+    if len(cfg.novel_sizes) != len(cfg.novel_size_until) + 1:
+        raise ConfigError("config key 'static.novel_size_until': needs one entry fewer than static.novel_sizes")
+    if len(cfg.novel_elevation) != 2 or cfg.novel_elevation[0] > cfg.novel_elevation[1]:
+        raise ConfigError("config key 'static.novel_elevation': expected [min, max] degrees")
+
+
+def _targets(images: list[torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB over white [V, h, w, 3] and alpha [V, h, w, 1] of straight RGBA images [H, W, 4], resized so that
+    the longer side is `size` (0 = unchanged)."""
+    x = torch.stack(images).float()  # [V, H, W, 4]
+    rgb, alpha = over_background(x, 1.0), x[..., 3:4]
+    H, W = x.shape[1:3]
+    if size > 0 and size != max(H, W):
+        h, w = round(H * size / max(H, W)), round(W * size / max(H, W))
+        def rs(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t.permute(0, 3, 1, 2), (h, w), mode="bilinear", align_corners=False,
+                                 antialias=True).permute(0, 2, 3, 1).contiguous()
+        rgb, alpha = rs(rgb), rs(alpha)
+    return rgb.clamp(0, 1), alpha.clamp(0, 1)
+
+
+def supervised_views(scene: Scene, cfg: StaticConfig) -> list[tuple[Camera, torch.Tensor]]:
+    """The (camera, RGBA) pairs of the "views" prior: scene views/ filtered by `view_names`."""
+    if cfg.prior != "views":
+        return []
+    if not scene.views:
+        raise InputError(f"{scene.root}/views: the 'views' prior (static.prior=views) needs views/cameras.json and "
+                         f"views/<name>.png; use static.prior=none or zero123 instead")
+    names = [c.name for c, _ in scene.views]
+    if not cfg.view_names:
+        return list(scene.views)
+    unknown = [n for n in cfg.view_names if n not in names]
+    if unknown:
+        raise ConfigError(f"config key 'static.view_names': {unknown} not in {scene.root}/views ({names})")
+    return [v for v in scene.views if v[0].name in cfg.view_names]
+
+
+class _Steps(IterableDataset):
+    """An endless stream of dummy batches: the stage samples its own cameras."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+class StaticGaussianModule(L.LightningModule):
+    """Fits `gaussians` to the reference image (+ the prior). Manual optimisation, one Adam per attribute."""
+
+    def __init__(self, cfg: StaticConfig, scene: Scene, gaussians: GaussianModel, seed: int = 0) -> None:
+        super().__init__()
+        check_config(cfg)
+        self.automatic_optimization = False
+        self.cfg = cfg
+        self.seed = seed
+        self.gaussians = gaussians
+        self.reference = scene.camera
+        views = supervised_views(scene, cfg)
+        self.cameras = [scene.camera] + [c for c, _ in views]  # supervised cameras: reference first
+        rgb, alpha = _targets([scene.image] + [v for _, v in views], cfg.ref_size)
+        self.height, self.width = int(rgb.shape[1]), int(rgb.shape[2])
+        viewmats, Ks = stack_cameras(self.cameras, self.width, self.height)
+        self.register_buffer("target_rgb", rgb, persistent=False)  # [V, h, w, 3] over white
+        self.register_buffer("target_alpha", alpha, persistent=False)  # [V, h, w, 1]
+        self.register_buffer("viewmats", viewmats, persistent=False)  # [V, 4, 4]
+        self.register_buffer("Ks", Ks, persistent=False)  # [V, 3, 3]
+        self.densifier = Densifier(cfg.densify)
+        self.prior: Any = None  # Zero123Prior, built in on_fit_start; a plain object, never in a checkpoint
+
+    # optimisers ---------------------------------------------------------------------------------
+    def _lrs(self) -> dict[str, float]:
+        c = self.cfg
+        return {"means": c.lr_means, "scales": c.lr_scales, "quats": c.lr_quats, "opacities": c.lr_opacities,
+                "sh0": c.lr_sh0, "shN": c.lr_sh0 / 20.0}
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        lrs = self._lrs()
+        return [torch.optim.Adam([self.gaussians.splats[n]], lr=lrs[n], eps=1e-15) for n in PARAM_NAMES]
+
+    def _optimizer_dict(self) -> dict[str, torch.optim.Optimizer]:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        return {n: getattr(o, "optimizer", o) for n, o in zip(PARAM_NAMES, opts)}
+
+    def means_lr(self, step: int) -> float:
+        """Exponential decay from lr_means to lr_means_final over the stage's steps."""
+        c = self.cfg
+        t = min(max(step / max(c.steps, 1), 0.0), 1.0)
+        return math.exp((1 - t) * math.log(c.lr_means) + t * math.log(c.lr_means_final))
+
+    # lifecycle ----------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        check = self._optimizer_dict()
+        self.densifier.check(self.gaussians.splats, check)
+        if self.cfg.prior == "zero123" and self.prior is None:
+            from dynapose4d.priors.zero123 import Zero123Prior
+
+            c = self.cfg
+            self.prior = Zero123Prior.from_pretrained(c.zero123_path or c.zero123_model, device=self.device,
+                                                      fp16=c.zero123_fp16, size=c.zero123_size)
+            ref = self.target_rgb[:1].permute(0, 3, 1, 2)  # [1, 3, h, w] over white
+            self.prior.set_reference(ref)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["densifier"] = self.densifier.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "densifier" in checkpoint:
+            self.densifier.load_state_dict(checkpoint["densifier"], device=self.device)
+
+    # training -----------------------------------------------------------------------------------
+    def render(self, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
+               backgrounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        g = self.gaussians.activated()
+        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks,
+                         width, height, backgrounds=backgrounds)
+
+    def novel_size(self, progress: float) -> int:
+        c = self.cfg
+        for size, until in zip(c.novel_sizes, c.novel_size_until):
+            if progress < until:
+                return int(size)
+        return int(c.novel_sizes[-1])
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        c = self.cfg
+        step = int(self.global_step)  # completed steps before this one
+        progress = min(1.0, (step + 1) / c.steps)
+        opts = self._optimizer_dict()
+        for group in opts["means"].param_groups:
+            group["lr"] = self.means_lr(step)
+
+        # reference view (+ supervised views), one rasterizer call
+        v = self.viewmats.shape[0]
+        white = torch.ones(v, 3, device=self.device)
+        rgb, alpha, meta = self.render(self.viewmats, self.Ks, self.width, self.height, white)
+        se_rgb = ((rgb - self.target_rgb) ** 2).mean(dim=(1, 2, 3))  # [V]
+        se_mask = ((alpha - self.target_alpha) ** 2).mean(dim=(1, 2, 3))  # [V]
+        warm = progress if c.ref_warmup else 1.0
+        loss = warm * (c.lambda_rgb * se_rgb[0] + c.lambda_mask * se_mask[0])
+        logs = {"loss_rgb": se_rgb[0].detach(), "loss_mask": se_mask[0].detach()}
+        if v > 1:
+            views = (c.lambda_rgb * se_rgb[1:] + c.lambda_mask * se_mask[1:]).mean()
+            loss = loss + warm * c.lambda_views * views
+            logs["loss_views_rgb"] = se_rgb[1:].mean().detach()
+        metas = [meta]
+
+        if self.prior is not None:
+            sds, meta_novel = self._sds_step(step, progress)
+            loss = loss + c.lambda_sds * sds
+            logs["loss_sds"] = sds.detach()
+            metas.append(meta_novel)
+
+        splats = self.gaussians.splats
+        self.densifier.before_backward(splats, opts, step + 1, metas)
+        self.manual_backward(loss)
+        lightning_opts = self.optimizers()
+        lightning_opts[0].step()  # the Lightning wrapper counts global_step once per training step ...
+        for o in list(opts.values())[1:]:
+            o.step()  # ... the other attributes' optimisers are stepped directly
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        dstats = self.densifier.after_backward(splats, opts, step + 1, metas)
+
+        logs["loss"] = loss.detach()
+        self.log_dict({f"{STAGE}/{k}": v for k, v in logs.items()}, prog_bar=False)
+        self.log(f"{STAGE}/num_gaussians", float(dstats["num_gaussians"]))
+        return loss.detach()
+
+    def _sds_step(self, step: int, progress: float) -> tuple[torch.Tensor, dict]:
+        """Zero-1-to-3 SDS on `novel_views` random cameras around the reference (deterministic per step)."""
+        c = self.cfg
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        b = c.novel_views
+        ref = self.reference
+        lo = max(c.novel_elevation[0], -80.0 - ref.elevation)  # keep the absolute elevation in [-80, 80]
+        hi = min(c.novel_elevation[1], 80.0 - ref.elevation)
+        d_elev = lo + (hi - lo) * torch.rand(b, generator=g)
+        d_azim = -180.0 + 360.0 * torch.rand(b, generator=g)
+        cams = [Camera("novel", ref.elevation + float(e), ref.azimuth + float(a), ref.radius, ref.fov_y)
+                for e, a in zip(d_elev, d_azim)]
+        size = self.novel_size(progress)
+        viewmats, Ks = stack_cameras(cams, size, size, device=self.device)
+        black = torch.rand(b, generator=g) < c.black_background
+        bg = (~black).float()[:, None].expand(b, 3).to(self.device)
+        rgb, _, meta = self.render(viewmats, Ks, size, size, bg.contiguous())
+        sds = self.prior.sds(rgb.permute(0, 3, 1, 2), d_elev, d_azim, torch.zeros(b), progress, c.sds)
+        return sds, meta
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+
+def initial_gaussians(scene: Scene, cfg: StaticConfig, seed: int) -> GaussianModel:
+    """The configured initialisation ("image" lift of the mask, or "sphere")."""
+    g = torch.Generator().manual_seed(seed)
+    if cfg.init == "sphere":
+        return sphere_init(cfg.num_points, cfg.init_radius, cfg.init_opacity, generator=g)
+    try:
+        return image_init(scene.image, scene.camera, cfg.num_points, cfg.inflate, cfg.init_opacity, generator=g)
+    except ValueError as e:
+        raise InputError(f"{scene.root}/image.png: {e}") from None
+
+
+def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float], list[tuple[str, torch.Tensor,
+                                                                                               torch.Tensor]]]:
+    """PSNR / SSIM per gt camera at frame 0 (RGB over white, whole image). Returns (metrics, [(name, render
+    [H,W,3], gt [H,W,3])]). Empty when the scene has no gt/."""
+    from dynapose4d.visualize import render_cameras
+
+    if scene.gt_dir is None or not (scene.gt_dir / "cameras.json").is_file():
+        return {}, []
+    cams = load_cameras(scene.gt_dir / "cameras.json")
+    metrics: dict[str, float] = {}
+    pairs = []
+    for cam in cams:
+        path = scene.gt_dir / cam.name / "000.png"
+        if not path.is_file():
+            continue
+        gt = read_image(path)
+        gt_rgb = over_background(gt, 1.0) if gt.shape[-1] == 4 else gt
+        pred, _ = render_cameras(gaussians, [cam], gt.shape[1], gt.shape[0], background=1.0)
+        psnr, ssim = metrics_psnr(pred, gt_rgb[None]), metrics_ssim(pred, gt_rgb[None])
+        metrics[f"{STAGE}/psnr/{cam.name}"] = psnr
+        metrics[f"{STAGE}/ssim/{cam.name}"] = ssim
+        pairs.append((cam.name, pred[0], gt_rgb))
+    return metrics, pairs
+
+
+def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig, logger: Any,
+                  seconds: float) -> dict[str, str]:
+    """PLY, orbit video (mp4 + gif), render grid, metrics.json; logged through `logger`. Returns artifacts."""
+    from dynapose4d.logging import log_images, log_summary, log_videos
+    from dynapose4d.visualize import image_grid, orbit_cameras, render_cameras, write_orbit_video
+
+    scene = ctx.scene
+    out = ctx.stage_dir(STAGE)
+    gaussians = gaussians.cpu()
+    save_ply(gaussians, out / "gaussians.ply")
+    size = cfg.render_size or scene.height
+    ref = scene.camera
+    frames = write_orbit_video(gaussians, out / "orbit.mp4", size, cfg.orbit_frames, cfg.orbit_elevation,
+                               ref.radius, ref.fov_y, fps=cfg.video_fps)
+    from dynapose4d.io import write_video
+
+    write_video(out / "orbit.gif", frames, fps=cfg.video_fps)
+    metrics, pairs = evaluate_gt(gaussians, scene)
+    if pairs:  # top row ground truth, bottom row renders
+        h, w = pairs[0][1].shape[:2]
+        same = [p for p in pairs if p[1].shape[:2] == (h, w)]
+        grid = image_grid(torch.stack([p[2] for p in same] + [p[1] for p in same]), cols=len(same))
+    else:
+        cams = orbit_cameras(8, cfg.orbit_elevation, ref.radius, ref.fov_y, start_azimuth=ref.azimuth)
+        grid = image_grid(render_cameras(gaussians, cams, size, size)[0], cols=4)
+    write_image(out / "grid.png", grid)
+    novel = [v for k, v in metrics.items() if k.startswith(f"{STAGE}/psnr/")]
+    summary = dict(metrics)
+    if novel:
+        summary[f"{STAGE}/psnr_mean"] = sum(novel) / len(novel)
+    summary[f"{STAGE}/num_gaussians"] = len(gaussians)
+    summary[f"{STAGE}/seconds"] = round(seconds, 2)
+    write_json(out / "metrics.json", summary)
+    if logger is not None:
+        if metrics:
+            logger.log_metrics(metrics)
+        log_summary(logger, summary)
+        log_images(logger, f"{STAGE}/grid", [grid])
+        log_videos(logger, f"{STAGE}/orbit", [out / "orbit.mp4"])
+    return {"gaussians": f"{STAGE}/gaussians.ply", "orbit": f"{STAGE}/orbit.mp4", "orbit_gif": f"{STAGE}/orbit.gif",
+            "grid": f"{STAGE}/grid.png", "metrics": f"{STAGE}/metrics.json"}
+
+
+def run(ctx: StageContext, cfg: StaticConfig) -> dict[str, str]:
+    """Fit the static Gaussians for `ctx.scene` and write RUN/static/ (see the module docstring)."""
+    check_config(cfg)
+    if cfg.prior == "zero123":  # fail before any training when the weights are missing
+        from dynapose4d.priors.zero123 import resolve_zero123
+
+        resolve_zero123(cfg.zero123_path or cfg.zero123_model)
+    t0 = time.perf_counter()
+    module = StaticGaussianModule(cfg, ctx.scene, initial_gaussians(ctx.scene, cfg, ctx.seed), seed=ctx.seed)
+    trainer = fit(module, ctx, cfg.steps, ckpt_path=resume_checkpoint(ctx, STAGE))
+    return write_outputs(module.gaussians, ctx, cfg, trainer.logger, time.perf_counter() - t0)
+
+
+def fit(module: StaticGaussianModule, ctx: StageContext, max_steps: int, ckpt_path: str | None = None) -> Any:
+    """Train `module` up to `max_steps` with the stage's Trainer (resuming from `ckpt_path`); returns the Trainer."""
+    trainer = build_trainer(ctx, STAGE, max_steps=max_steps, multi_device=False, max_epochs=-1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+        # the checkpoint holds the state after the step, which is what resuming needs
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None), ckpt_path=ckpt_path)
+    return trainer

@@ -1,0 +1,145 @@
+"""Category-agnostic pose estimation (CAPE): a PoseAnything-style graph model, its checkpoints and inference.
+
+  - `predict(support_image, support_keypoints, skeleton, query_images, checkpoint=None) -> (points, confidence)`
+  - `load_cape(path) -> CAPEModel` (eval mode), `save_cape(path, model, ...)`, `SHIPPED_CHECKPOINT`
+  - model: `dynapose4d.cape.model`; procedural data: `.data`; MP-100: `.mp100`; evaluation: `.evaluation`;
+    training (`dynapose4d train-cape`): `.train`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dynapose4d.cape.model import CAPEModel, CAPEModelConfig, skeleton_adjacency
+from dynapose4d.errors import InputError, MissingWeightsError
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "cape_small.ckpt"
+CHECKPOINT_FORMAT = "dynapose4d-cape"
+_cache: dict[tuple[str, float], CAPEModel] = {}
+
+__all__ = ["CAPEModel", "CAPEModelConfig", "SHIPPED_CHECKPOINT", "load_cape", "save_cape", "predict",
+           "read_checkpoint_info", "letterbox"]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_cape(path: str | Path, model: CAPEModel, extra: dict[str, Any] | None = None) -> Path:
+    """Write a CAPE checkpoint atomically: {"format", "model_config", "state_dict", **extra} (e.g. "config",
+    "metrics"). Float32 weights; the small preset is ~8 MB."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": asdict(model.cfg),
+            "state_dict": {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()},
+            **(extra or {})}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        if path.resolve() == SHIPPED_CHECKPOINT:
+            raise MissingWeightsError(f"{path}: the shipped CAPE checkpoint is missing; train it with "
+                                      "`make train-cape` (or `dynapose4d train-cape --out {path}`)")
+        raise MissingWeightsError(f"{path}: CAPE checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable CAPE checkpoint ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a dynapose4d CAPE checkpoint")
+    return data
+
+
+def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """Everything in a checkpoint except the weights (model_config, config, metrics, ...)."""
+    return {k: v for k, v in _read(path).items() if k != "state_dict"}
+
+
+def load_cape(path: str | Path | None = None) -> CAPEModel:
+    """A CAPEModel from a checkpoint (None = the shipped one), in eval mode on CPU.
+
+    Raises MissingWeightsError when the file is absent, InputError when it is not a CAPE checkpoint."""
+    path = Path(path) if path is not None else SHIPPED_CHECKPOINT
+    data = _read(path)
+    try:
+        model = CAPEModel(CAPEModelConfig(**data["model_config"]))
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise InputError(f"{path}: CAPE checkpoint does not match the model ({str(e).splitlines()[0][:120]})") from None
+    return model.eval()
+
+
+def _model_for(checkpoint: str | Path | CAPEModel | None) -> CAPEModel:
+    if isinstance(checkpoint, CAPEModel):
+        return checkpoint
+    path = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
+    key = (str(path.resolve()), path.stat().st_mtime if path.is_file() else 0.0)
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = load_cape(path)
+    return _cache[key]
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+
+def letterbox(images: torch.Tensor, size: int) -> tuple[torch.Tensor, float, tuple[float, float]]:
+    """Pad images [B, 3, H, W] to a centred square with white, then resize to size x size (differentiable).
+
+    Returns (images [B, 3, size, size], scale, (ox, oy)): a pixel point p of the input maps to
+    (p + (ox, oy)) * scale in the output."""
+    H, W = images.shape[-2:]
+    L = max(H, W)
+    ox, oy = (L - W) // 2, (L - H) // 2
+    if L != W or L != H:
+        images = F.pad(images, (ox, L - W - ox, oy, L - H - oy), value=1.0)
+    if L != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=L > size)
+    return images, size / L, (float(ox), float(oy))
+
+
+def predict(support_image: torch.Tensor, support_keypoints: torch.Tensor, skeleton: list[tuple[int, int]] | list,
+            query_images: torch.Tensor, checkpoint: str | Path | CAPEModel | None = None,
+            support_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Find the support's keypoints on query images.
+
+    support_image [3, H, W] and query_images [B, 3, H', W'] float in [0, 1], RGB over a white background, any
+    size; support_keypoints [N, 2] pixels (centres at +0.5); skeleton 0-based index pairs; checkpoint: a path,
+    a loaded CAPEModel, or None for the shipped checkpoint; support_mask [N] bool (default all present).
+    Returns points [B, N, 2] in query pixels and confidence [B, N] in [0, 1]. Runs in the model's current mode
+    on its device and is differentiable with respect to the query images (no torch.no_grad inside).
+    """
+    if support_image.ndim != 3 or support_image.shape[0] != 3:
+        raise InputError(f"cape.predict: support_image must be [3, H, W], got {tuple(support_image.shape)}")
+    if query_images.ndim != 4 or query_images.shape[1] != 3:
+        raise InputError(f"cape.predict: query_images must be [B, 3, H, W], got {tuple(query_images.shape)}")
+    kps = torch.as_tensor(support_keypoints, dtype=torch.float32)
+    if kps.ndim != 2 or kps.shape[-1] != 2 or not 1 <= kps.shape[0] <= 100:
+        raise InputError(f"cape.predict: support_keypoints must be [N, 2] with 1 <= N <= 100, got {tuple(kps.shape)}")
+    model = _model_for(checkpoint)
+    param = next(model.parameters())
+    dev, dt = param.device, param.dtype
+    S = model.cfg.input_size
+    N = kps.shape[0]
+    try:
+        adj = skeleton_adjacency([tuple(e) for e in skeleton], N)
+    except ValueError as e:
+        raise InputError(f"cape.predict: {e}") from None
+    s_img, s_scale, s_off = letterbox(support_image[None].to(dev, dt), S)
+    k = ((kps.to(dev, dt) + torch.tensor(s_off, device=dev, dtype=dt)) * s_scale / S)  # normalised
+    q_img, q_scale, q_off = letterbox(query_images.to(dev, dt), S)
+    mask = torch.ones(1, N, dtype=torch.bool, device=dev) if support_mask is None else \
+        torch.as_tensor(support_mask, dtype=torch.bool, device=dev)[None]
+    out = model(s_img, k[None], mask, adj[None].to(dev, dt), q_img)
+    pts = out["points"][-1] * S / q_scale - torch.tensor(q_off, device=dev, dtype=dt)  # [B, N, 2] px
+    return pts, out["confidence"]

@@ -1,0 +1,133 @@
+"""Per-object CAPE training pairs from a scene's static Gaussians (the cape stage's fine-tuning data).
+
+The support keypoints (pixels on the scene image) are lifted to 3D with the expected depth the Gaussians render
+at the reference camera, then projected into random views of the Gaussians; a keypoint is visible in a view when
+it is inside the image and not behind the rendered surface (depth test with a tolerance). The result is a
+one-object `RenderSet` in the model's square input frame: view 0 = the scene image (the support, every keypoint
+present), views 1.. = renders (the queries).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from dynapose4d.cameras import Camera, project, stack_cameras, unproject
+from dynapose4d.cape import letterbox
+from dynapose4d.cape.data import RenderSet
+from dynapose4d.render import rasterize
+
+
+@torch.no_grad()
+def render_rgbd(g: dict[str, torch.Tensor], cameras: list[Camera], width: int, height: int, chunk: int = 8
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGB over white [C, H, W, 3], expected depth [C, H, W] and alpha [C, H, W] of Gaussians (rasterize inputs)."""
+    dev = g["means"].device
+    rgbs, eds, als = [], [], []
+    for i in range(0, len(cameras), chunk):
+        vm, K = stack_cameras(list(cameras[i:i + chunk]), width, height)
+        r, a, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], vm.to(dev), K.to(dev),
+                            width, height, render_mode="RGB+ED")
+        r, a = r.float().cpu(), a.float().cpu()
+        rgbs.append((r[..., :3] + (1.0 - a)).clamp(0, 1))
+        eds.append(r[..., 3])
+        als.append(a[..., 0])
+    return torch.cat(rgbs), torch.cat(eds), torch.cat(als)
+
+
+def keypoint_depths(ed: torch.Tensor, alpha: torch.Tensor, keypoints: torch.Tensor, max_radius: int = 6
+                    ) -> torch.Tensor:
+    """Surface depth [N] under each keypoint [N, 2] px: the median expected depth of the covered pixels
+    (alpha > 0.5) in the smallest window (radius 1 .. max_radius) that has any; else the median over the object."""
+    H, W = ed.shape
+    covered = alpha > 0.5
+    fallback = ed[covered].median() if covered.any() else torch.tensor(float("nan"))
+    out = []
+    for x, y in keypoints.tolist():
+        c, r0 = int(min(max(math.floor(x), 0), W - 1)), int(min(max(math.floor(y), 0), H - 1))
+        d = fallback
+        for rad in range(1, max_radius + 1):
+            sl = (slice(max(r0 - rad, 0), r0 + rad + 1), slice(max(c - rad, 0), c + rad + 1))
+            m = covered[sl]
+            if m.any():
+                d = ed[sl][m].median()
+                break
+        out.append(d)
+    return torch.stack(out)
+
+
+def lift_keypoints(g: dict[str, torch.Tensor], camera: Camera, width: int, height: int, keypoints: torch.Tensor
+                   ) -> torch.Tensor:
+    """3D world points [N, 3] of the support keypoints [N, 2] px, at the Gaussians' rendered surface depth."""
+    _, ed, alpha = render_rgbd(g, [camera], width, height)
+    depth = keypoint_depths(ed[0], alpha[0], keypoints.float())
+    if torch.isnan(depth).any():  # nothing rendered: the camera's distance to the origin
+        depth = torch.where(torch.isnan(depth), torch.full_like(depth, camera.radius), depth)
+    return unproject(keypoints.double(), depth.double(), camera.viewmat(torch.float64),
+                     camera.K(width, height, torch.float64)).float()
+
+
+def random_cameras(reference: Camera, num: int, elevation: tuple[float, float], seed: int,
+                   reference_views: int = 0) -> list[Camera]:
+    """`reference_views` copies of the reference camera, then random cameras around the object: azimuth
+    uniform over the orbit, elevation in `elevation` (absolute degrees), radius x [0.9, 1.1], same fov."""
+    rng = np.random.default_rng(seed)
+    cams = [reference] * reference_views
+    for i in range(num):
+        elev, az = float(rng.uniform(*elevation)), float(reference.azimuth + rng.uniform(-180, 180))
+        cams.append(Camera(f"ft{i:03d}", elev, az, float(reference.radius * rng.uniform(0.9, 1.1)), reference.fov_y))
+    return cams
+
+
+def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, alpha: torch.Tensor, width: int,
+               height: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels [C, N, 2], visible [C, N] and inside [C, N] of world points [N, 3] in views with rendered expected
+    depth ed [C, H, W] and alpha: visible = inside and not more than `tolerance` behind the covered surface."""
+    pts, vis, ins = [], [], []
+    for c, cam in enumerate(cameras):
+        px, depth = project(points3d.double(), cam.viewmat(torch.float64), cam.K(width, height, torch.float64))
+        inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height) & (depth > 0)
+        col = px[:, 0].floor().long().clamp(0, width - 1)
+        row = px[:, 1].floor().long().clamp(0, height - 1)
+        hidden = (alpha[c, row, col] > 0.5) & (ed[c, row, col].double() < depth - tolerance)
+        pts.append(px.float())
+        vis.append(inside & ~hidden)
+        ins.append(inside)
+    return torch.stack(pts), torch.stack(vis), torch.stack(ins)
+
+
+def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: torch.Tensor,
+                      support_alpha: torch.Tensor, keypoints: torch.Tensor, skeleton: list[tuple[int, int]],
+                      size: int, num_views: int, elevation: tuple[float, float], reference_views: int = 4,
+                      tolerance: float = 0.05, seed: int = 0) -> tuple[RenderSet, torch.Tensor]:
+    """The fine-tuning set of one object: (RenderSet with 1 object, 1 + views images at `size`, the lifted
+    keypoints [N, 3]). support_rgb [H, W, 3] over white, support_alpha [H, W], keypoints [N, 2] px."""
+    H, W = support_rgb.shape[:2]
+    N = keypoints.shape[0]
+    kp3 = lift_keypoints(g, camera, W, H, keypoints)
+    cams = random_cameras(camera, num_views, elevation, seed, reference_views)
+    rgb, ed, alpha = render_rgbd(g, cams, W, H)
+    px, vis, ins = visibility(kp3, cams, ed, alpha, W, H, tolerance)
+    imgs = torch.cat([support_rgb[None], rgb]).permute(0, 3, 1, 2)  # [V, 3, H, W]
+    als = torch.cat([support_alpha[None], alpha])[:, None]  # [V, 1, H, W]
+    # letterbox colour over white and alpha (padded with 0) into the model's square frame
+    rgb_s, scale, off = letterbox(imgs, size)
+    al_s, _, _ = letterbox(als.expand(-1, 3, -1, -1) * -1.0 + 1.0, size)
+    al_s = 1.0 - al_s[:, :1]
+    images = torch.cat([rgb_s, al_s], 1).permute(0, 2, 3, 1)  # [V, S, S, 4]
+    kps = torch.cat([keypoints[None].float(), px]) + torch.tensor(off)  # [V, N, 2] in the padded frame
+    kps = kps * scale
+    vis = torch.cat([torch.ones(1, N, dtype=torch.bool), vis])
+    ins = torch.cat([torch.ones(1, N, dtype=torch.bool), ins])
+    adj = torch.zeros(N, N, dtype=torch.bool)
+    for i, j in skeleton:
+        adj[i, j] = adj[j, i] = True
+    meta = torch.tensor([[0.0, c.elevation, c.azimuth - camera.azimuth] for c in [camera] + cams])
+    rs = RenderSet(
+        images=(images.clamp(0, 1) * 255 + 0.5).to(torch.uint8)[None], keypoints=kps[None], visible=vis[None],
+        inside=ins[None], num_keypoints=torch.tensor([N]), adjacency=adj[None], meta=meta[None].float(),
+        templates=["scene"], seeds=[0],
+    )
+    return rs, kp3

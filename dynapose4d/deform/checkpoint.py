@@ -1,0 +1,88 @@
+"""The 4D model on disk (RUN/dynamic/deform.ckpt) and the Gaussians it gives at a time τ.
+
+`load_dynamic(run_dir) -> (canonical GaussianModel, deformation)` rebuilds what the dynamic stage trained;
+`gaussians_at(canonical, deformation, tau)` gives the rasterizer inputs at normalised time τ = f / (T − 1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynapose4d.deform import Deformation, deformation_from_state, deformation_state
+from dynapose4d.errors import InputError
+from dynapose4d.gaussians import GaussianModel, sh_to_rgb
+
+CHECKPOINT_FORMAT = "dynapose4d-dynamic/1"
+
+
+def save_dynamic(path: str | Path, canonical: GaussianModel, phi: Deformation, extra: dict[str, Any] | None = None
+                 ) -> None:
+    """Write the canonical Gaussians, the deformation and `extra` (plain data) to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format": CHECKPOINT_FORMAT,
+        "canonical": {k: v.detach().cpu() for k, v in canonical.splats.items()},
+        "deformation": deformation_state(phi),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+
+
+def read_dynamic(path: str | Path) -> dict[str, Any]:
+    """The raw content of a deform.ckpt (InputError when missing or not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no dynamic-stage checkpoint (run the dynamic stage first)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a dynapose4d dynamic checkpoint")
+    return data
+
+
+def load_dynamic(run_dir: str | Path) -> tuple[GaussianModel, Deformation]:
+    """(canonical GaussianModel, deformation φ in eval mode) from RUN/dynamic/deform.ckpt, on the CPU.
+
+    `phi.num_frames` is T; frame f is at τ = f / (T − 1). Extra settings (reference camera, image size,
+    background) are in `read_dynamic(path)["extra"]`."""
+    data = read_dynamic(Path(run_dir) / "dynamic" / "deform.ckpt")
+    canonical = GaussianModel(**data["canonical"])
+    phi = deformation_from_state(data["deformation"]).eval()
+    return canonical, phi
+
+
+def gaussians_at(canonical: GaussianModel, deform: Deformation | None, tau: float | torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+    """Activated rasterizer inputs (means, quats, scales, opacities, colors) of the Gaussians at time `tau`.
+
+    `tau` a float (or 0-d tensor) gives means [N,3], quats [N,4], scales [N,3]; a 1-d tensor [B] gives them with a
+    leading B. opacities [N] and colors [N,3] do not change over time. `deform=None` gives the canonical Gaussians.
+    Differentiable (call under `torch.no_grad()` for rendering only)."""
+    s = canonical.splats
+    out = {
+        "opacities": torch.sigmoid(s["opacities"]),
+        "colors": torch.clamp_min(sh_to_rgb(s["sh0"][:, 0, :]), 0.0),
+    }
+    t = torch.as_tensor(tau, dtype=torch.float32, device=s["means"].device)
+    single = t.dim() == 0
+    if deform is None:
+        means, scales, quats = s["means"], s["scales"], s["quats"]
+        if not single:
+            B = t.shape[0]
+            means, scales, quats = (x.unsqueeze(0).expand(B, *x.shape) for x in (means, scales, quats))
+    else:
+        d = deform(s["means"], s["scales"], s["quats"], t.reshape(-1))
+        means, scales, quats = d["means"], d["scales"], d["quats"]
+        if single:
+            means, scales, quats = means[0], scales[0], quats[0]
+    out.update(means=means, quats=quats, scales=torch.exp(scales))
+    return out

@@ -1,0 +1,188 @@
+"""Reporting of a 4D model (canonical Gaussians + φ): videos, and metrics against a scene's gt/ folder.
+
+Used by the dynamic stage at its end; plain torch (no Lightning). Metrics (`evaluate_4d`, with
+dynapose4d.metrics and the conventions of `dynapose4d eval`), per gt camera over all gt frames, each beside
+its no-motion baseline:
+  psnr, ssim           whole frame, mean over frames            (*_no_motion: gt frame 0 held still)
+  psnr_moving          PSNR on the moving pixels (gt frame f differs from gt frame 0), mean over frames
+  pck                  PCK@0.2 of the 3D tracks projected into the camera (bbox-normalised; *_no_motion: gt
+                       frame-0 keypoints held still)
+  *_static             the canonical Gaussians held still (the static stage's result without any motion)
+"novel" averages the gt cameras other than the reference camera (never seen moving); "mean" all of them, plus
+kp_error_3d (mean ‖track − gt‖, world units; *_no_motion: gt frame 0 held; *_frame0: the lifting error at
+frame 0) and jitter (mean ‖x_{t+1} − 2 x_t + x_{t−1}‖; jitter_gt: of the gt tracks).
+Renders and gt are compared as RGB over the same background.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynapose4d.cameras import Camera, load_cameras, project
+from dynapose4d.deform import gaussians_at
+from dynapose4d.io import read_image, to_uint8, write_video
+from dynapose4d.render import rasterize
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def render_4d(canonical: Any, phi: Any, camera: Camera, taus: list[float] | torch.Tensor, width: int, height: int,
+              background: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB [F, H, W, 3] (over `background`) and alpha [F, H, W, 1] at times `taus` from `camera`, on the CPU."""
+    dev = canonical.splats["means"].device
+    vm, K = camera.viewmat()[None].to(dev), camera.K(width, height)[None].to(dev)
+    bg = torch.full((1, 3), float(background), device=dev)
+    rgbs, alphas = [], []
+    for t in (taus.tolist() if torch.is_tensor(taus) else list(taus)):
+        g = gaussians_at(canonical, phi, float(t))
+        rgb, alpha, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], vm, K, width,
+                                  height, backgrounds=bg)
+        rgbs.append(rgb[0].cpu())
+        alphas.append(alpha[0].cpu())
+    return torch.stack(rgbs), torch.stack(alphas)
+
+
+def over(rgba: torch.Tensor, background: float) -> torch.Tensor:
+    """Straight RGBA [..., 4] over a grey level -> RGB [..., 3]."""
+    a = rgba[..., 3:4]
+    return rgba[..., :3] * a + (1.0 - a) * background
+
+
+def draw_points(img: np.ndarray, points: np.ndarray, colour: tuple[int, int, int], radius: int = 1) -> np.ndarray:
+    """Draw filled squares at pixel points [N, 2] on a uint8 image [H, W, 3] (in place; returns it)."""
+    H, W = img.shape[:2]
+    for x, y in np.asarray(points, dtype=np.float64):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        j, i = int(np.floor(x)), int(np.floor(y))
+        img[max(i - radius, 0):min(i + radius + 1, H), max(j - radius, 0):min(j + radius + 1, W)] = colour
+    return img
+
+
+def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video: torch.Tensor,
+                 tracks: torch.Tensor | None, kp_targets: torch.Tensor | None, background: float = 1.0,
+                 fps: int = 8, orbit_frames: int = 36) -> dict[str, Path]:
+    """reference (render | driving frame), orbit (one turn while moving) and keypoints (render with the
+    projected 3D tracks in red, CAPE's driving keypoints in green) as .mp4, plus .gif of the first two."""
+    T, H, W = video.shape[:3]
+    taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
+    rgb, _ = render_4d(canonical, phi, camera, taus, W, H, background)
+    driving = over(video.cpu().float(), background)
+    paths: dict[str, Path] = {}
+    ref = torch.cat([rgb, driving], dim=2)  # [T, H, 2W, 3]
+    paths["reference"] = write_video(out_dir / "reference.mp4", ref, fps=fps)
+    write_video(out_dir / "reference.gif", ref, fps=fps)
+    orbit_taus = [(i % T) / max(T - 1, 1) for i in range(orbit_frames)]
+    frames = []
+    for i, t in enumerate(orbit_taus):
+        cam = Camera("orbit", camera.elevation, camera.azimuth + 360.0 * i / orbit_frames, camera.radius,
+                     camera.fov_y)
+        frames.append(render_4d(canonical, phi, cam, [t], W, H, background)[0][0])
+    orbit = torch.stack(frames)
+    paths["orbit"] = write_video(out_dir / "orbit.mp4", orbit, fps=fps)
+    write_video(out_dir / "orbit.gif", orbit, fps=fps)
+    r = max(1, H // 96)
+    overlay = to_uint8(torch.cat([rgb, driving], dim=2))
+    for f in range(T):
+        if tracks is not None:
+            px, _ = project(tracks[f].cpu().float(), camera.viewmat(), camera.K(W, H))
+            draw_points(overlay[f], px.numpy(), (230, 30, 30), r)
+        if kp_targets is not None:
+            draw_points(overlay[f, :, W:], kp_targets[f].cpu().numpy(), (30, 200, 30), r)
+    paths["keypoints"] = write_video(out_dir / "keypoints.mp4", overlay, fps=fps)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_gt_frames(folder: Path) -> torch.Tensor:
+    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
+    frames = [read_image(f) for f in files]
+    return torch.stack([f if f.shape[-1] == 4 else torch.cat([f, torch.ones_like(f[..., :1])], -1) for f in frames])
+
+
+def _same_camera(a: Camera, b: Camera) -> bool:
+    return (abs(a.elevation - b.elevation) < 1e-3 and abs((a.azimuth - b.azimuth + 180) % 360 - 180) < 1e-3
+            and abs(a.radius - b.radius) < 1e-6 and abs(a.fov_y - b.fov_y) < 1e-6)
+
+
+def _mean(xs: list[float | None]) -> float:
+    v = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor | None,
+                reference: Camera, background: float = 1.0, pck_threshold: float = 0.2) -> dict[str, Any]:
+    """Metrics of the 4D model against gt/ beside the no-motion baselines (module docstring), with the
+    conventions of `dynapose4d eval` (dynapose4d.metrics): {"mean", "novel", "per_view": {camera: ...}}."""
+    from dynapose4d import metrics as M
+
+    gt_dir = Path(gt_dir)
+    cams = load_cameras(gt_dir / "cameras.json")
+    kp_gt = None
+    if (gt_dir / "keypoints3d.json").is_file():
+        kp_gt = torch.tensor(json.loads((gt_dir / "keypoints3d.json").read_text())["frames"], dtype=torch.float32)
+    vis2d: dict[str, torch.Tensor] = {}
+    if (gt_dir / "keypoints2d.json").is_file():
+        vis2d = {k: torch.tensor(v["visible"], dtype=torch.bool)
+                 for k, v in json.loads((gt_dir / "keypoints2d.json").read_text()).items() if "visible" in v}
+    per_view: dict[str, dict[str, float]] = {}
+    for cam in cams:
+        gt_rgba = _read_gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
+        T, H, W = gt_rgba.shape[:3]
+        taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
+        pred, _ = render_4d(canonical, phi, cam, taus, W, H, background)
+        static = render_4d(canonical, None, cam, [0.0], W, H, background)[0].expand(T, H, W, 3).contiguous()
+        gt = over(gt_rgba, background)
+        still = gt[:1].expand_as(gt).contiguous()
+        mask = M.moving_mask(gt_rgba)  # [T, H, W]
+        v: dict[str, float] = {}
+        for tag, img in (("", pred), ("_no_motion", still), ("_static", static)):
+            v["psnr" + tag] = M.psnr(img, gt)
+            v["ssim" + tag] = M.ssim(img, gt)
+            v["psnr_moving" + tag] = M.psnr(img, gt, mask)
+        if tracks is not None and kp_gt is not None and kp_gt.shape[0] == T and tracks.shape[0] == T:
+            vm, K = cam.viewmat(), cam.K(W, H)
+            gt2d = project(kp_gt, vm, K)[0]  # [T, N, 2]
+            vis = vis2d.get(cam.name)
+            vis = vis if vis is not None and tuple(vis.shape) == tuple(gt2d.shape[:2]) else None
+            norm = M.bbox_size(gt2d, vis).clamp(min=1e-6)
+            v["pck"] = M.pck(project(tracks.cpu().float(), vm, K)[0], gt2d, norm, pck_threshold, vis)
+            v["pck_no_motion"] = M.pck(gt2d[:1].expand_as(gt2d), gt2d, norm, pck_threshold, vis)
+        v["novel"] = float(not _same_camera(cam, reference))
+        per_view[cam.name] = v
+    keys = sorted({k for v in per_view.values() for k in v if k != "novel"})
+    mean = {k: _mean([v.get(k) for v in per_view.values()]) for k in keys}
+    novel = {k: _mean([v.get(k) for v in per_view.values() if v["novel"]]) for k in keys}
+    if tracks is not None and kp_gt is not None and kp_gt.shape[0] == tracks.shape[0]:
+        tr = tracks.cpu().float()
+        mean["kp_error_3d"] = M.keypoint_error_3d(tr, kp_gt)
+        mean["kp_error_3d_no_motion"] = M.keypoint_error_3d(kp_gt[:1].expand_as(kp_gt), kp_gt)
+        mean["kp_error_3d_frame0"] = M.keypoint_error_3d(tr[:1], kp_gt[:1])
+        mean["jitter"] = M.jitter(tr)
+        mean["jitter_gt"] = M.jitter(kp_gt)
+
+    def clean(d: dict[str, float]) -> dict[str, float | None]:
+        return {k: (round(float(x), 5) if x is not None and math.isfinite(x) else None) for k, x in d.items()}
+
+    return {"mean": clean(mean), "novel": clean(novel), "per_view": {k: clean(v) for k, v in per_view.items()}}
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """{"mean/psnr": …, "novel/psnr": …, "az090/psnr": …} of an `evaluate_4d` result (for logs and tables)."""
+    out = {f"{g}/{k}": v for g in ("mean", "novel") for k, v in metrics.get(g, {}).items() if v is not None}
+    for cam, v in metrics.get("per_view", {}).items():
+        out.update({f"{cam}/{k}": x for k, x in v.items() if x is not None and k != "novel"})
+    return out

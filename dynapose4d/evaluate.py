@@ -1,0 +1,349 @@
+"""`dynapose4d render` and `dynapose4d eval`: images of a run from any camera list, and metrics against ground truth.
+
+Render uses the latest finished stage that has Gaussians: dynamic (canonical Gaussians moved by φ to τ = f/(T−1))
+or, after static alone, the static Gaussians at every frame. Images are straight (not premultiplied) RGBA PNGs
+at the scene's image size: OUT/<camera>/<frame:03d>.png.
+
+Eval renders the gt cameras at every gt frame and compares, over a white background:
+  PSNR, SSIM (torchmetrics), LPIPS (only when its weights are present locally, else "unavailable"), PSNR on the
+  moving pixels (where gt frame f differs from gt frame 0), PCK@0.2 of the 3D keypoint tracks projected into
+  each camera, the 3D keypoint error (world units) and jitter — each beside the no-motion baseline: gt frame 0
+  held still (images, PCK, 3D error; jitter's reference is the gt tracks' own jitter).
+Averages: over frames, then over views (then over objects, in `dynapose4d experiment`).
+Protocol "consistent4d": only its four cameras (azimuths −75, 15, 105, 195; gt/cameras.json must have them),
+images resized to 512×512. Output: RUN/metrics.json + RUN/metrics.md (RUN/metrics_consistent4d.* for that
+protocol), and the table printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras, project
+from dynapose4d.errors import InputError
+from dynapose4d.gaussians import GaussianModel
+from dynapose4d.io import read_image, write_image, write_json, write_text
+
+BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
+C4D_SIZE = 512
+
+
+@dataclass
+class RunModel:
+    """The Gaussians of a run: canonical + deformation (None after static alone)."""
+
+    canonical: GaussianModel
+    deform: Any  # dynapose4d.deform.Deformation or None
+    stage: str  # "dynamic" or "static"
+    num_frames: int
+    width: int
+    height: int
+    manifest: dict[str, Any]
+    run_dir: Path
+
+    @torch.no_grad()
+    def gaussians(self, tau: float) -> dict[str, torch.Tensor]:
+        from dynapose4d.deform import gaussians_at
+
+        return gaussians_at(self.canonical, self.deform, float(tau))
+
+    def tau(self, frame: int, num_frames: int | None = None) -> float:
+        T = num_frames or self.num_frames
+        return frame / (T - 1) if T > 1 else 0.0
+
+
+def load_run(run_dir: str | Path) -> RunModel:
+    """The latest finished stage's Gaussians of a run folder (InputError when it has none)."""
+    from dynapose4d.runner import read_manifest
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise InputError(f"{run_dir}: not a run folder (no manifest.json)")
+    stages = manifest.get("stages", {})
+    W, H = manifest.get("image_size") or (None, None)
+    if W is None:
+        img = read_image(Path(manifest["scene"]) / "image.png")
+        H, W = img.shape[:2]
+    if stages.get("dynamic", {}).get("status") == "done":
+        from dynapose4d.deform import load_dynamic
+
+        canonical, phi = load_dynamic(run_dir)
+        return RunModel(canonical, phi, "dynamic", int(phi.num_frames), int(W), int(H), manifest, run_dir)
+    if stages.get("static", {}).get("status") == "done":
+        from dynapose4d.gaussians import load_ply
+
+        rel = stages["static"].get("artifacts", {}).get("gaussians", "static/gaussians.ply")
+        canonical = load_ply(run_dir / rel)
+        T = int(manifest.get("num_frames") or 1)
+        return RunModel(canonical, None, "static", T, int(W), int(H), manifest, run_dir)
+    raise InputError(f"{run_dir}/manifest.json: no finished stage with Gaussians (run the static stage first)")
+
+
+@torch.no_grad()
+def render_rgba(model: RunModel, cameras: list[Camera] | tuple[Camera, ...], tau: float, width: int, height: int
+                ) -> torch.Tensor:
+    """Straight RGBA [C, H, W, 4] of the run's Gaussians at time τ from `cameras`."""
+    from dynapose4d.cameras import stack_cameras
+    from dynapose4d.render import rasterize
+
+    g = model.gaussians(tau)
+    viewmats, Ks = stack_cameras(cameras, width, height, device=g["means"].device)
+    rgb, alpha, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks,
+                              width, height)  # premultiplied [C, H, W, 3], [C, H, W, 1]
+    straight = torch.where(alpha > 1e-6, rgb / alpha.clamp(min=1e-6), torch.zeros_like(rgb)).clamp(0, 1)
+    return torch.cat([straight, alpha.clamp(0, 1)], dim=-1).cpu()
+
+
+def parse_frames(spec: str, num_frames: int) -> list[int]:
+    """'all' or '0,3,7' -> frame indices, each checked against [0, num_frames)."""
+    if spec.strip() == "all":
+        return list(range(num_frames))
+    try:
+        frames = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--frames {spec!r}: expected 'all' or a comma list of integers") from None
+    bad = [f for f in frames if not 0 <= f < num_frames]
+    if bad or not frames:
+        raise InputError(f"--frames {spec!r}: frames must be in [0, {num_frames}) for this run, got {bad or spec}")
+    return frames
+
+
+def render_cli(args: argparse.Namespace) -> int:
+    """`dynapose4d render RUN --cameras FILE --frames all|0,3,7 --out DIR`."""
+    model = load_run(args.run)
+    cams = load_cameras(args.cameras)
+    frames = parse_frames(args.frames, model.num_frames)
+    out = Path(args.out)
+    for f in frames:
+        rgba = render_rgba(model, cams, model.tau(f), model.width, model.height)
+        for cam, img in zip(cams, rgba):
+            write_image(out / cam.name / f"{f:03d}.png", img)
+    print(f"rendered {len(cams)} camera(s) x {len(frames)} frame(s) of the {model.stage} stage "
+          f"({model.width}x{model.height}) to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def _same_camera(a: Camera, b: Camera) -> bool:
+    da = (a.azimuth - b.azimuth + 180.0) % 360.0 - 180.0
+    return (abs(a.elevation - b.elevation) < 1e-3 and abs(da) < 1e-3 and abs(a.radius - b.radius) < 1e-3
+            and abs(a.fov_y - b.fov_y) < 1e-3)
+
+
+def _gt_cameras(gt_dir: Path, protocol: str) -> list[Camera]:
+    cams = load_cameras(gt_dir / "cameras.json")
+    if protocol == "gt":
+        return cams
+    picked, missing = [], []
+    for want in CONSISTENT4D_CAMERAS:
+        hit = next((c for c in cams if _same_camera(c, want)), None)
+        (picked.append(hit) if hit else missing.append(f"azimuth {want.azimuth:g}"))
+    if missing:
+        raise InputError(f"{gt_dir / 'cameras.json'}: the consistent4d protocol needs its four cameras "
+                         f"(elevation 0, radius 2, fov_y 49.1); missing {', '.join(missing)}")
+    return picked
+
+
+def _gt_frames(folder: Path) -> torch.Tensor:
+    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
+    if not files:
+        raise InputError(f"{folder}: no gt frames (000.png ...)")
+    imgs = [read_image(f) for f in files]
+    if any(i.shape != imgs[0].shape for i in imgs):
+        raise InputError(f"{folder}: gt frames of different sizes")
+    return torch.stack([i if i.shape[-1] == 4 else torch.cat([i, torch.ones_like(i[..., :1])], -1) for i in imgs])
+
+
+def _over_white(rgba: torch.Tensor) -> torch.Tensor:
+    a = rgba[..., 3:4]
+    return rgba[..., :3] * a + (1.0 - a) * BACKGROUND
+
+
+def _resize(rgb: torch.Tensor, size: int) -> torch.Tensor:
+    """[F, H, W, 3] -> [F, size, size, 3] (bilinear, antialiased)."""
+    x = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    return x.permute(0, 2, 3, 1).clamp(0, 1)
+
+
+def _mean(xs: list[float | None]) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def _read_tracks(model: RunModel) -> torch.Tensor | None:
+    """The run's 3D keypoint tracks [T, N, 3] (dynamic/keypoints.json 'world'), or None."""
+    if model.stage != "dynamic":
+        return None
+    rel = model.manifest["stages"]["dynamic"].get("artifacts", {}).get("keypoints", "dynamic/keypoints.json")
+    path = model.run_dir / rel
+    if not path.is_file():
+        return None
+    return torch.tensor(json.loads(path.read_text())["world"], dtype=torch.float32)
+
+
+def _reference_camera(model: RunModel) -> Camera:
+    path = Path(model.manifest.get("scene", "")) / "camera.json"
+    return load_camera(path) if path.is_file() else REFERENCE_CAMERA
+
+
+def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") -> dict[str, Any]:
+    """Metrics of a run against a gt/ folder (module docstring). Returns the metrics.json content."""
+    from dynapose4d import metrics as M
+
+    if protocol not in ("gt", "consistent4d"):
+        raise InputError(f"--protocol {protocol!r}: choose 'gt' or 'consistent4d'")
+    gt_dir = Path(gt_dir)
+    if not (gt_dir / "cameras.json").is_file():
+        raise InputError(f"{gt_dir}: not a gt folder (no cameras.json)")
+    model = load_run(run_dir)
+    cams = _gt_cameras(gt_dir, protocol)
+    ref = _reference_camera(model)
+    use_lpips = M.lpips_available()
+    kp_gt = None
+    if (gt_dir / "keypoints3d.json").is_file():
+        kp_gt = torch.tensor(json.loads((gt_dir / "keypoints3d.json").read_text())["frames"], dtype=torch.float32)
+    tracks = _read_tracks(model)
+
+    kp2d_vis = {}
+    if (gt_dir / "keypoints2d.json").is_file():
+        kp2d_vis = {k: torch.tensor(v["visible"], dtype=torch.bool)
+                    for k, v in json.loads((gt_dir / "keypoints2d.json").read_text()).items() if "visible" in v}
+
+    per_view: dict[str, dict[str, float]] = {}
+    T_gt = None
+    for cam in cams:
+        gt_rgba = _gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
+        T, H, W = gt_rgba.shape[:3]
+        if T_gt is not None and T != T_gt:
+            raise InputError(f"{gt_dir / cam.name}: {T} frames, but other cameras have {T_gt}")
+        T_gt = T
+        pred = torch.stack([render_rgba(model, [cam], model.tau(f, T), W, H)[0] for f in range(T)])
+        gt, pr = _over_white(gt_rgba), _over_white(pred)  # [T, H, W, 3]
+        if protocol == "consistent4d":
+            gt, pr = _resize(gt, C4D_SIZE), _resize(pr, C4D_SIZE)
+        still = gt[:1].expand_as(gt).contiguous()
+        mask = M.moving_mask(torch.cat([gt, torch.ones_like(gt[..., :1])], -1))  # [T, H, W]
+        v: dict[str, float | None] = {}
+        for tag, img in (("", pr), ("_no_motion", still)):
+            v["psnr" + tag] = M.psnr(img, gt)
+            v["ssim" + tag] = M.ssim(img, gt)
+            v["psnr_moving" + tag] = M.psnr(img, gt, mask)
+            if use_lpips:
+                v["lpips" + tag] = M.lpips(img, gt)
+        if kp_gt is not None and tracks is not None:
+            vm, K = cam.viewmat(), cam.K(W, H)
+            gt2d = project(kp_gt, vm, K)[0]  # [T, N, 2]
+            vis = kp2d_vis.get(cam.name)
+            vis = vis if vis is not None and tuple(vis.shape) == tuple(gt2d.shape[:2]) else None
+            norm = M.bbox_size(gt2d, vis).clamp(min=1e-6)  # [T]
+            pred2d = project(tracks[_time_index(tracks.shape[0], T)], vm, K)[0]
+            v["pck"] = M.pck(pred2d, gt2d, norm, 0.2, vis)
+            v["pck_no_motion"] = M.pck(gt2d[:1].expand_as(gt2d), gt2d, norm, 0.2, vis)
+        v["novel"] = float(not _same_camera(cam, ref))
+        per_view[cam.name] = v
+
+    keys = sorted({k for v in per_view.values() for k in v if k != "novel"})
+    mean = {k: _mean([v.get(k) for v in per_view.values()]) for k in keys}
+    novel = {k: _mean([v.get(k) for v in per_view.values() if v["novel"]]) for k in keys}
+    if kp_gt is not None and tracks is not None:
+        tr = tracks[_time_index(tracks.shape[0], kp_gt.shape[0])]
+        mean["kp_error_3d"] = M.keypoint_error_3d(tr, kp_gt)
+        mean["kp_error_3d_no_motion"] = M.keypoint_error_3d(kp_gt[:1].expand_as(kp_gt), kp_gt)
+        mean["jitter"] = M.jitter(tr)
+        mean["jitter_gt"] = M.jitter(kp_gt)
+    return {
+        "protocol": protocol, "run": str(Path(run_dir)), "gt": str(gt_dir), "stage": model.stage,
+        "frames": T_gt, "cameras": [c.name for c in cams], "background": "white",
+        "image_size": [C4D_SIZE, C4D_SIZE] if protocol == "consistent4d" else None,
+        "lpips": "available" if use_lpips else "unavailable (no local weights)",
+        "keypoints": "available" if tracks is not None and kp_gt is not None else
+        "unavailable (" + ("no dynamic/keypoints.json" if tracks is None else "no gt/keypoints3d.json") + ")",
+        "mean": _clean(mean), "novel": _clean(novel), "per_view": {k: _clean(v) for k, v in per_view.items()},
+    }
+
+
+def _time_index(t_run: int, t_gt: int) -> torch.Tensor:
+    """Indices into a run's T_run frames for each of T_gt gt frames (same normalised time)."""
+    if t_run == t_gt:
+        return torch.arange(t_gt)
+    return torch.tensor([round(f * (t_run - 1) / max(t_gt - 1, 1)) for f in range(t_gt)])
+
+
+def _clean(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), 5))
+            for k, v in d.items()}
+
+
+#: (row label, metric key, baseline key, higher is better)
+TABLE_ROWS: tuple[tuple[str, str, str, bool], ...] = (
+    ("PSNR (dB)", "psnr", "psnr_no_motion", True),
+    ("SSIM", "ssim", "ssim_no_motion", True),
+    ("LPIPS", "lpips", "lpips_no_motion", False),
+    ("PSNR moving pixels (dB)", "psnr_moving", "psnr_moving_no_motion", True),
+    ("PCK@0.2 (projected tracks)", "pck", "pck_no_motion", True),
+    ("3D keypoint error", "kp_error_3d", "kp_error_3d_no_motion", False),
+    ("jitter (baseline: gt tracks)", "jitter", "jitter_gt", False),
+)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def metrics_table(result: dict[str, Any]) -> str:
+    """Markdown table: metric | run | no-motion baseline | difference, over all views and over novel views."""
+    lines = [f"Metrics of {result['run']} ({result['stage']} stage) against {result['gt']}, protocol "
+             f"{result['protocol']}: {len(result['cameras'])} views x {result['frames']} frames, white background.",
+             "", "| metric | run | no-motion baseline | run - baseline |", "|---|---|---|---|"]
+    for label, key, base, higher in TABLE_ROWS:
+        label = f"{label} {'↑' if higher else '↓'}"
+        for scope, title in (("mean", "all views"), ("novel", "novel views")):
+            d = result[scope]
+            if scope == "novel" and (key not in d or key.startswith(("kp_", "jitter"))):
+                continue
+            if key == "lpips" and key not in d:
+                if scope == "mean":
+                    lines.append(f"| {label} | unavailable | unavailable | – |")
+                continue
+            if key not in d:
+                if scope == "mean":
+                    lines.append(f"| {label} | unavailable | – | – |")
+                continue
+            a, b = d.get(key), d.get(base)
+            diff = a - b if isinstance(a, float) and isinstance(b, float) else None
+            name = label if key.startswith(("kp_", "jitter")) else f"{label}, {title}"
+            lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(diff)} |")
+    if result["lpips"] != "available":
+        lines.append("\nLPIPS: " + result["lpips"] + ".")
+    if result["keypoints"] != "available":
+        lines.append("Keypoint metrics: " + result["keypoints"] + ".")
+    return "\n".join(lines) + "\n"
+
+
+def eval_cli(args: argparse.Namespace) -> int:
+    """`dynapose4d eval RUN --gt SCENE/gt [--protocol gt|consistent4d]`."""
+    protocol = getattr(args, "protocol", "gt") or "gt"
+    result = evaluate_run(args.run, args.gt, protocol)
+    table = metrics_table(result)
+    stem = "metrics" if protocol == "gt" else f"metrics_{protocol}"
+    run_dir = Path(args.run)
+    write_json(run_dir / f"{stem}.json", result)
+    write_text(run_dir / f"{stem}.md", table)
+    print(table)
+    from dynapose4d.runner import run_videos
+
+    for v in run_videos(run_dir):
+        print(f"video: {v}")
+    print(f"metrics: {run_dir / f'{stem}.json'}, {run_dir / f'{stem}.md'}")
+    return 0

@@ -1,0 +1,445 @@
+"""StageRunner: runs static -> cape -> dynamic (or a subset) on a scene, hands artifacts from one stage to the next
+through RUN/manifest.json, resumes, and gives every stage its own W&B run in one group per pipeline run.
+
+RUN/manifest.json (written atomically after every change):
+  {"version": 1, "run_name", "scene", "scene_fingerprint", "image_size": [W, H], "num_frames", "seed",
+   "created", "updated",
+   "stages": {<stage>: {"status": "pending"|"running"|"done"|"failed"|"stale", "artifacts": {name: path},
+                        "config_hash", "upstream": {stage: hash}, "config": {...}, "resume_from_checkpoint",
+                        "started", "ended", "seconds", "final_losses": {...}, "metrics": {...}, "error",
+                        "attempts"}}}
+A stage's config hash covers its config section, the seed, the scene's content and the hashes of the stages
+before it. `--resume` skips a done stage whose hash is unchanged (when nothing before it reran), resumes an
+interrupted or failed stage from RUN/<stage>/checkpoints/last.ckpt, and reruns from scratch a stage whose
+config changed, and every stage after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dynapose4d import logging as dlog
+from dynapose4d.config import RunConfig, config_hash, load_config, save_config
+from dynapose4d.data import scene as scene_io
+from dynapose4d.data.scene import Scene
+from dynapose4d.errors import InputError
+from dynapose4d.io import write_json, write_text
+from dynapose4d.stages import cape, dynamic, static
+from dynapose4d.stages.base import StageContext, summary_line
+
+StageFn = Callable[[StageContext, Any], dict]  # run(ctx, stage config) -> {artifact name: path relative to RUN}
+StageSpec = tuple[str, StageFn, Callable[[RunConfig], Any]]  # (name, run function, its config section)
+
+#: The pipeline, in order. Explicit functions, no registry; tests pass their own tuple.
+DEFAULT_STAGES: tuple[StageSpec, ...] = (
+    ("static", lambda ctx, cfg: static.run(ctx, cfg), lambda c: c.static),
+    ("cape", lambda ctx, cfg: cape.run(ctx, cfg), lambda c: c.cape),
+    ("dynamic", lambda ctx, cfg: dynamic.run(ctx, cfg), lambda c: c.dynamic),
+)
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _rank() -> int:
+    """Global rank of this process when a launcher (Lightning's DDP subprocess launcher, torchrun, SLURM) set it."""
+    for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if k in os.environ:
+            return int(os.environ[k])
+    return 0
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run folder's manifest, or None when it has none. A corrupt one is an InputError naming it."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(data, dict) or "stages" not in data:
+        raise InputError(f"{path}: not a dynapose4d manifest (no 'stages')")
+    return data
+
+
+def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = _now()
+    write_json(Path(run_dir) / MANIFEST, manifest)
+
+
+def scene_fingerprint(scene: Scene) -> str:
+    """Hash of what the stages read from a scene (image, keypoints, skeleton, camera, video, views)."""
+    h = hashlib.sha256()
+    for t in (scene.image, scene.keypoints, scene.video):
+        if t is not None:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([scene.skeleton, scene.names, scene.camera.to_dict()], default=str).encode())
+    for cam, img in scene.views:
+        h.update(json.dumps(cam.to_dict()).encode())
+        h.update(img.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _stage_hash(section_hash: str, seed: int, scene_fp: str, upstream: dict[str, str | None]) -> str:
+    blob = json.dumps({"config": section_hash, "seed": seed, "scene": scene_fp, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(section), resolve=True)  # type: ignore[return-value]
+
+
+def _changed_keys(old: dict[str, Any] | None, new: dict[str, Any], prefix: str) -> list[str]:
+    """'static.steps: 100 -> 200' for each leaf that differs."""
+    out: list[str] = []
+    old = old or {}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}.{k}")
+        elif a != b:
+            out.append(f"{prefix}.{k}: {a} -> {b}")
+    return out
+
+
+class StageRunner:
+    """Runs the selected stages of `stages` (pipeline order) on a scene into a run folder.
+
+    `run()` validates the scene before creating anything (bad input leaves no folder behind), writes
+    RUN/config.yaml, RUN/command.txt and RUN/manifest.json, then executes the plan stage by stage."""
+
+    def __init__(
+        self,
+        scene: str | Path,
+        run_dir: str | Path,
+        config: RunConfig,
+        resume: bool = False,
+        stages: Sequence[StageSpec] = DEFAULT_STAGES,
+        command: str | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.scene_path = Path(scene)
+        self.run_dir = Path(run_dir)
+        self.cfg = config
+        self.resume = resume
+        self.specs = tuple(stages)
+        self.command = command
+        self.echo = echo
+        names = [s[0] for s in self.specs]
+        unknown = [s for s in config.stages if s not in names]
+        if unknown:
+            raise InputError(f"config key 'stages': unknown stage(s) {unknown}; this pipeline has {names}")
+        self.selected = [n for n in names if n in config.stages]
+
+    # ------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the plan; returns the final manifest. A failing stage is marked failed and its error re-raised."""
+        if _rank() != 0:
+            return self._follow()
+        existing = self._check_folder()
+        scene = scene_io.load_scene(self.scene_path)
+        fp = scene_fingerprint(scene)
+        manifest = existing or {
+            "version": MANIFEST_VERSION, "run_name": self.run_dir.name, "created": _now(), "stages": {},
+        }
+        if existing and existing.get("scene_fingerprint") not in (None, fp):
+            self.echo(f"note: the scene differs from the one {self.run_dir}/{MANIFEST} was made with; "
+                      "its stages will rerun")
+        manifest.update({
+            "scene": str(self.scene_path.resolve()), "scene_fingerprint": fp,
+            "image_size": [scene.width, scene.height],
+            "num_frames": int(scene.video.shape[0]) if scene.video is not None else None,
+            "seed": self.cfg.seed,
+        })
+        plan = self._plan(manifest, fp)
+
+        created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config_atomic(self.cfg, self.run_dir / "config.yaml")
+        if self.command:
+            old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
+            write_text(self.run_dir / "command.txt", old + f"{_now()}  {self.command}\n")
+        for name, action, rec, _ in plan:
+            if action != "skip":
+                manifest["stages"][name] = rec
+        write_manifest(self.run_dir, manifest)
+
+        executing = [name for name, action, _, _ in plan if action != "skip"]
+        for name, action, _rec, reason in plan:
+            if action == "skip":
+                self.echo(f"[{name}] done earlier with the same config: skipped")
+                continue
+            if action == "fresh" and (self.run_dir / name).exists():
+                shutil.rmtree(self.run_dir / name)
+            self.echo(f"[{name}] {'resuming from its last checkpoint' if action == 'resume' else 'starting'}"
+                      + (f" ({reason})" if reason else ""))
+            try:
+                self._execute(name, scene, manifest, resume=action == "resume", is_last=name == executing[-1])
+            except InputError:
+                # bad input found by a stage before anything finished: leave no run folder behind
+                if created and not any(r.get("status") == "done" for r in manifest["stages"].values()):
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+        self._report_outputs(manifest)
+        return manifest
+
+    # ------------------------------------------------------------------------------------------------
+    def _check_folder(self) -> dict[str, Any] | None:
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise InputError(f"{d}: exists and is not a folder")
+        nonempty = d.is_dir() and any(d.iterdir())
+        if not nonempty:
+            return None
+        if not self.resume:
+            raise InputError(f"{d}: run folder exists and is not empty (add --resume to continue it, "
+                             "or choose another --out)")
+        manifest = read_manifest(d)
+        if manifest is None:
+            raise InputError(f"{d}: not a run folder (no {MANIFEST}); cannot --resume it")
+        return manifest
+
+    def _plan(self, manifest: dict[str, Any], fp: str) -> list[tuple[str, str, dict[str, Any], str]]:
+        """[(stage, "skip"|"resume"|"fresh", new manifest record, reason)] for the selected stages; also marks
+        unselected done stages whose upstream reruns as "stale"."""
+        effective: dict[str, str | None] = {}
+        plan = []
+        upstream_runs: list[str] = []
+        for name, _fn, getter in self.specs:
+            section = _section_dict(getter(self.cfg))
+            upstream = {k: effective[k] for k in effective}
+            h = _stage_hash(config_hash(section), self.cfg.seed, fp, upstream)
+            old = manifest["stages"].get(name)
+            if name not in self.selected:
+                if old and old.get("status") == "done" and upstream_runs:
+                    old["status"] = "stale"
+                    old["error"] = f"upstream {upstream_runs} reran; rerun this stage"
+                effective[name] = old.get("config_hash") if old and old.get("status") == "done" else None
+                continue
+            same = bool(old) and old.get("config_hash") == h and not upstream_runs
+            ckpt = self.run_dir / name / "checkpoints" / "last.ckpt"
+            if self.resume and same and old["status"] == "done":
+                action, reason = "skip", ""
+            elif self.resume and same and old["status"] in ("running", "failed", "pending") and ckpt.is_file():
+                action, reason = "resume", f"previous attempt {old['status']}"
+            else:
+                action = "fresh"
+                if not old:
+                    reason = ""
+                elif upstream_runs:
+                    reason = f"upstream {', '.join(upstream_runs)} reran"
+                elif old.get("config_hash") != h:
+                    changes = _changed_keys(old.get("config"), section, name)
+                    reason = "config changed: " + ("; ".join(changes[:4]) if changes else "seed, scene or upstream")
+                else:
+                    reason = f"previous attempt {old.get('status')}, no checkpoint"
+            rec = old if action == "skip" else {
+                "status": "pending", "artifacts": {}, "config_hash": h, "upstream": upstream, "config": section,
+                "resume_from_checkpoint": action == "resume", "attempts": int((old or {}).get("attempts", 0)),
+            }
+            plan.append((name, action, rec, reason))
+            effective[name] = h
+            if action != "skip":
+                upstream_runs.append(name)
+        return plan
+
+    def _execute(self, name: str, scene: Scene, manifest: dict[str, Any], resume: bool, is_last: bool,
+                 write: bool = True) -> None:
+        import lightning as L
+
+        fn, getter = next((f, g) for n, f, g in self.specs if n == name)
+        artifacts = {k: dict(v.get("artifacts", {})) for k, v in manifest["stages"].items()
+                     if v.get("status") == "done"}
+        ctx = StageContext(
+            scene=scene, run_dir=self.run_dir, artifacts=artifacts, trainer=self.cfg.trainer, wandb=self.cfg.wandb,
+            seed=self.cfg.seed, resume=resume, config=self.cfg, is_last=is_last,
+        )
+        rec = manifest["stages"][name]
+        rec.update(status="running", started=_now(), ended=None, error=None, attempts=rec.get("attempts", 0) + 1)
+        if write:
+            write_manifest(self.run_dir, manifest)
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+        t0 = time.perf_counter()
+        try:
+            out = fn(ctx, getter(self.cfg))
+            arts = self._check_artifacts(name, out) if write else {}  # other ranks do not write the files
+        except BaseException as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            rec.update(status="failed", ended=_now(), seconds=round(time.perf_counter() - t0, 2),
+                       error=f"{type(e).__name__}: {msg}" if not isinstance(e, KeyboardInterrupt) else "interrupted")
+            if write:
+                write_manifest(self.run_dir, manifest)
+            dlog.finish_stage(self.run_dir, name)
+            raise
+        dlog.finish_stage(self.run_dir, name)
+        seconds = time.perf_counter() - t0
+        losses, metrics = dlog.read_stage_logs(self.run_dir, name)
+        rec.update(status="done", artifacts=arts, ended=_now(), seconds=round(seconds, 2),
+                   final_losses={k: v for k, v in losses.items() if "loss" in k}, metrics=metrics)
+        if write:
+            write_manifest(self.run_dir, manifest)
+            self.echo(summary_line(name, seconds, losses, metrics))
+
+    def _check_artifacts(self, name: str, out: Any) -> dict[str, str]:
+        if out is None:
+            return {}
+        if not isinstance(out, dict):
+            raise TypeError(f"stage '{name}' returned {type(out).__name__}, expected dict[name, relative path]")
+        arts: dict[str, str] = {}
+        for k, v in out.items():
+            p = Path(v)
+            rel = p.resolve().relative_to(self.run_dir.resolve()) if p.is_absolute() else p
+            if not (self.run_dir / rel).exists():
+                raise FileNotFoundError(f"stage '{name}' returned artifact '{k}' = {v}, which does not exist")
+            arts[str(k)] = rel.as_posix()
+        return arts
+
+    def _follow(self) -> dict[str, Any]:
+        """Non-zero DDP rank started by a launcher that re-runs the command: join the stages rank zero is
+        running or will run (status running/pending), never write the manifest."""
+        manifest = read_manifest(self.run_dir)
+        if manifest is None:
+            raise RuntimeError(f"{self.run_dir}: rank {_rank()} found no {MANIFEST}")
+        scene = scene_io.load_scene(self.scene_path)
+        todo = [n for n in self.selected if manifest["stages"].get(n, {}).get("status") in ("running", "pending")]
+        for i, name in enumerate(todo):
+            if i > 0:  # rank zero writes the previous stage's outputs after training: wait until it is done
+                manifest = self._wait_until_done(todo[i - 1])
+            resume = bool(manifest["stages"][name].get("resume_from_checkpoint"))
+            self._execute(name, scene, manifest, resume=resume, is_last=name == todo[-1], write=False)
+        return manifest
+
+    def _wait_until_done(self, stage: str, poll: float = 0.5) -> dict[str, Any]:
+        timeout = float(os.environ.get("DYNAPOSE4D_FOLLOW_TIMEOUT", "7200"))
+        t0 = time.monotonic()
+        while True:
+            m = read_manifest(self.run_dir) or {"stages": {}}
+            status = m["stages"].get(stage, {}).get("status")
+            if status == "done":
+                return m
+            if status == "failed":
+                raise RuntimeError(f"rank {_rank()}: rank zero's stage '{stage}' failed; stopping")
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"rank {_rank()}: waited {timeout:.0f} s for rank zero to finish '{stage}'")
+            time.sleep(poll)
+
+    def _report_outputs(self, manifest: dict[str, Any]) -> None:
+        self.echo(f"run folder: {self.run_dir}")
+        for v in run_videos(self.run_dir, manifest):
+            self.echo(f"  video: {v}")
+
+
+def run_videos(run_dir: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
+    """The mp4 videos of a run's finished stages (gif twins left out; logs, media copies and W&B excluded)."""
+    run_dir = Path(run_dir)
+    manifest = manifest or read_manifest(run_dir) or {"stages": {}}
+    out: list[Path] = []
+    for name, rec in manifest["stages"].items():
+        if rec.get("status") != "done" or not (run_dir / name).is_dir():
+            continue
+        out += sorted(p for p in (run_dir / name).rglob("*.mp4")
+                      if not {"media", "logs", "checkpoints"} & set(p.relative_to(run_dir / name).parts[:-1]))
+        gifs = [run_dir / p for p in rec.get("artifacts", {}).values() if str(p).endswith(".gif")]
+        out += [g for g in gifs if g.with_suffix(".mp4") not in out]
+    return out
+
+
+def copy_finished_stages(src_run: str | Path, dst_run: str | Path) -> list[str]:
+    """Start a new run folder from another run's finished stages (their folders and manifest records), so
+    that `--resume` with a config that differs only in later stages skips them (experiments use this).
+    The hashes decide on resume: a copied stage whose config differs is rerun as usual. Returns the stages."""
+    src_run, dst_run = Path(src_run), Path(dst_run)
+    m = read_manifest(src_run)
+    if m is None:
+        return []
+    done = [s for s, r in m["stages"].items() if r.get("status") == "done"]
+    if dst_run.exists() and any(dst_run.iterdir()):
+        raise InputError(f"{dst_run}: exists and is not empty; cannot start it from {src_run}")
+    tmp = dst_run.with_name(f".{dst_run.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for s in done:
+        if (src_run / s).is_dir():
+            shutil.copytree(src_run / s, tmp / s)
+    new = {**m, "run_name": dst_run.name, "created": _now(), "copied_from": str(src_run),
+           "stages": {s: m["stages"][s] for s in done}}
+    write_manifest(tmp, new)
+    if dst_run.exists():
+        dst_run.rmdir()
+    os.replace(tmp, dst_run)
+    return done
+
+
+def save_config_atomic(cfg: RunConfig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_config(cfg, tmp)
+    os.replace(tmp, path)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `dynapose4d run` command equivalent to `args` (written to RUN/command.txt)."""
+    parts = ["dynapose4d", "run", str(args.scene), "--out", str(args.out)]
+    if getattr(args, "config", None):
+        parts += ["--config", str(args.config)]
+    for ov in getattr(args, "overrides", []) or []:
+        parts += ["--set", ov]
+    if getattr(args, "stages", None):
+        parts += ["--stages", str(args.stages)]
+    if getattr(args, "resume", False):
+        parts.append("--resume")
+    return shlex.join(parts)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "stages", None):
+        names = [s.strip() for s in str(args.stages).split(",") if s.strip()]
+        overrides.append(f"stages=[{','.join(names)}]")
+    return load_config(args.config, overrides)
+
+
+def quiet_lightning() -> None:
+    """Drop two lines of Lightning noise from every stage's output (an advert for litlogger printed by each
+    Trainer, and a torch-version deprecation warning from Lightning's own pytree helper)."""
+    import logging
+    import warnings
+
+    class _NoAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in str(record.msg)
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`dynapose4d run SCENE --out RUN [--config FILE] [--set k=v ...] [--stages a,b] [--resume]`."""
+    quiet_lightning()
+    args.out = os.path.expanduser(os.path.expandvars(str(args.out)))  # e.g. runs/sweep/$WANDB_RUN_ID
+    cfg = config_from_args(args)
+    scene = args.scene
+    if str(scene).startswith("synthetic:"):  # synthetic:<template>:<seed>[:<frames>[:<size>]], made once
+        from dynapose4d.experiments import resolve_scene
+
+        scene = resolve_scene(str(scene), os.environ.get("DYNAPOSE4D_SCENES", "runs/scenes"))
+    StageRunner(scene, args.out, cfg, resume=bool(args.resume), command=command_line(args)).run()
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,165 @@
+"""Deformation fields φ(S, τ): identity at initialisation, gradients, checkpoints, 3D keypoint carrying."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dynapose4d.cameras import REFERENCE_CAMERA, project
+from dynapose4d.deform import (
+    ControlConfig,
+    ControlPointDeformation,
+    HexPlaneConfig,
+    HexPlaneDeformation,
+    build_deformation,
+    deformation_from_state,
+    deformation_state,
+    gaussians_at,
+    time_coordinate,
+)
+from dynapose4d.deform.control import farthest_point_sample, quat_multiply, quat_to_matrix
+from dynapose4d.gaussians import GaussianModel
+from dynapose4d.tracks import attach_points, carry_points, lift_keypoints
+
+
+def _gaussians(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g) - 0.5) * 0.8
+    return means, torch.randn(n, 3, generator=g) * 0.1 - 3.0, torch.randn(n, 4, generator=g)
+
+
+@pytest.mark.parametrize("kind", ["hexplane", "control"])
+def test_identity_at_init(kind):
+    means, scales, quats = _gaussians()
+    phi = build_deformation(kind, means, 14, HexPlaneConfig(), ControlConfig(num_controls=32))
+    out = phi(means, scales, quats, torch.tensor([0.0, 0.37, 1.0]))
+    for k, ref in (("means", means), ("scales", scales), ("quats", quats)):
+        assert out[k].shape == (3, *ref.shape)
+        torch.testing.assert_close(out[k], ref.unsqueeze(0).expand_as(out[k]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["hexplane", "control"])
+def test_gradients_reach_every_parameter_group_and_motion_follows(kind):
+    """A few Adam steps on 'move everything by +0.1 in x at τ=1, stay at τ=0' reach φ's parameters and work."""
+    torch.manual_seed(0)
+    means, scales, quats = _gaussians(200)
+    phi = build_deformation(kind, means, 8, HexPlaneConfig(resolution=[8, 8, 8, 8]), ControlConfig(num_controls=16))
+    opt = torch.optim.Adam(phi.param_groups())
+    tau = torch.tensor([0.0, 1.0])
+    target = means.unsqueeze(0) + torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]]).unsqueeze(1)
+    first = None
+    for i in range(60):
+        loss = ((phi(means, scales, quats, tau)["means"] - target) ** 2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        if i == 0:
+            first = loss.item()
+            trainable = [p for g in phi.param_groups() for p in g["params"]]
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+            # the zero-initialised heads' last layers get a gradient on the first step
+            last = phi.d_position[-1].weight if kind == "hexplane" else phi.mlp[-1].weight
+            assert last.grad.abs().sum() > 0
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_hexplane_time_resolution_scales_with_frames():
+    assert HexPlaneDeformation(14).resolution == [32, 32, 32, 12]
+    assert HexPlaneDeformation(28).resolution[3] == 24
+    assert HexPlaneDeformation(28, HexPlaneConfig(scale_time_resolution=False)).resolution[3] == 12
+
+
+def test_time_coordinate_is_dreamgaussian4d():
+    T = 14
+    f = torch.arange(T, dtype=torch.float32)
+    torch.testing.assert_close(time_coordinate(f / (T - 1), T), (f / T - 0.5) * 2)
+
+
+@pytest.mark.parametrize("kind", ["hexplane", "control"])
+def test_state_round_trip(kind):
+    torch.manual_seed(0)
+    means, scales, quats = _gaussians(100)
+    phi = build_deformation(kind, means, 5, HexPlaneConfig(resolution=[8, 8, 8, 4]), ControlConfig(num_controls=10))
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    phi2 = deformation_from_state(deformation_state(phi))
+    tau = torch.tensor([0.25, 0.8])
+    torch.testing.assert_close(phi2(means, scales, quats, tau)["means"], phi(means, scales, quats, tau)["means"])
+
+
+def test_control_points_blend_rigid_transforms():
+    """Same translation on every control: all Gaussians translate exactly (weights sum to 1). A rotation with
+    k = 1: each Gaussian turns about its nearest control, x' = R (x - c) + c, and its quaternion becomes q ⊗ q_i."""
+    means, scales, quats = _gaussians(120)
+    shift = torch.tensor([0.05, -0.02, 0.1])
+    phi = ControlPointDeformation.init_from(means, 4, ControlConfig(num_controls=12, k=4))
+    with torch.no_grad():
+        phi.mlp[-1].bias.copy_(torch.cat([torch.zeros(4), shift]))
+    out = phi(means, scales, quats, torch.tensor([0.5]))
+    torch.testing.assert_close(out["means"][0], means + shift, atol=1e-6, rtol=0)
+    angle = 0.3
+    q = torch.tensor([math.cos(angle / 2), 0.0, math.sin(angle / 2), 0.0])
+    phi = ControlPointDeformation.init_from(means, 4, ControlConfig(num_controls=12, k=1))
+    with torch.no_grad():
+        phi.mlp[-1].bias.copy_(torch.cat([q - torch.tensor([1.0, 0, 0, 0]), torch.zeros(3)]))
+    out = phi(means, scales, quats, torch.tensor([0.5]))
+    c = phi.controls[torch.cdist(means, phi.controls).argmin(-1)]
+    expect = (means - c) @ quat_to_matrix(q).T + c
+    torch.testing.assert_close(out["means"][0], expect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["quats"][0], quat_multiply(q.expand(120, 4), quats), atol=1e-5, rtol=0)
+
+
+def test_farthest_point_sample_spreads():
+    pts = torch.cat([torch.zeros(50, 3), torch.ones(1, 3), -torch.ones(1, 3)])
+    idx = farthest_point_sample(pts, 3, seed=0)
+    assert set(idx.tolist()) >= {50, 51}
+
+
+def test_lift_and_carry_keypoints():
+    """Keypoints on a blob lift to its surface and follow a rigid translation of the Gaussians exactly."""
+    torch.manual_seed(0)
+    pts = torch.randn(400, 3) * 0.12
+    model = GaussianModel.from_points(pts, torch.full((400, 3), 0.5), scale=0.03, opacity=0.8)
+    W = H = 48
+    cam = REFERENCE_CAMERA
+    centre_px, _ = project(torch.zeros(1, 3), cam.viewmat(), cam.K(W, H))
+    kps = centre_px + torch.tensor([[0.0, 0.0], [2.0, -1.0]])
+    world = lift_keypoints(model.activated(), kps, cam, W, H)
+    px, depth = project(world, cam.viewmat(), cam.K(W, H))
+    torch.testing.assert_close(px, kps, atol=1e-3, rtol=0)  # unprojected along the keypoint's ray
+    assert (depth < 2.0).all() and (depth > 1.5).all()  # on the near side of the blob (surface)
+    att = attach_points(world, pts, k=6)
+    shift = torch.tensor([0.1, 0.2, -0.05])
+    moved = carry_points(att, model.splats["quats"], (pts + shift)[None], model.splats["quats"][None])
+    torch.testing.assert_close(moved[0], world + shift, atol=1e-5, rtol=0)
+
+
+def test_gaussians_at_shapes():
+    torch.manual_seed(0)
+    model = GaussianModel.from_points(torch.randn(50, 3) * 0.2, torch.rand(50, 3))
+    phi = build_deformation("hexplane", model.means, 6)
+    g = gaussians_at(model, phi, 0.4)
+    assert g["means"].shape == (50, 3) and g["scales"].shape == (50, 3) and g["opacities"].shape == (50,)
+    gb = gaussians_at(model, phi, torch.tensor([0.0, 1.0]))
+    assert gb["means"].shape == (2, 50, 3) and gb["colors"].shape == (50, 3)
+    gs = gaussians_at(model, None, torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(gs["means"][1], model.means)
+
+
+@pytest.mark.parametrize("kind", ["hexplane", "control"])
+def test_anchor_first_frame_keeps_frame_zero_canonical(kind):
+    torch.manual_seed(0)
+    means, scales, quats = _gaussians(80)
+    phi = build_deformation(kind, means, 6, HexPlaneConfig(resolution=[8, 8, 8, 4], anchor_first_frame=True),
+                            ControlConfig(num_controls=10, anchor_first_frame=True))
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = phi(means, scales, quats, torch.tensor([0.0, 0.6]))
+    torch.testing.assert_close(out["means"][0], means, atol=1e-5, rtol=0)
+    qn = torch.nn.functional.normalize
+    torch.testing.assert_close(qn(out["quats"][0], dim=-1), qn(quats, dim=-1), atol=1e-5, rtol=0)
+    assert (out["means"][1] - means).abs().max() > 1e-3  # other times do move

@@ -1,0 +1,232 @@
+"""StageRunner: manifest, artifacts hand-off, resume (after a kill, after a failure, after a config change),
+bad input leaving nothing behind. Fake stages (tests/_fakes.py) run real Lightning trainings of a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _fakes
+import pytest
+
+from dynapose4d.config import load_config
+from dynapose4d.errors import InputError
+from dynapose4d.runner import StageRunner, read_manifest
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return _fakes.write_tiny_scene(tmp_path / "scene")
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    _fakes.CALLS.clear()
+    _fakes.OPTS.clear()
+    yield
+    _fakes.OPTS.clear()
+
+
+def _run(scene, run, resume=False, extra=(), stages=None, echo=None):
+    cfg = load_config(None, _fakes.fake_overrides() + list(extra) + ([f"stages=[{stages}]"] if stages else []))
+    lines: list[str] = []
+    m = StageRunner(scene, run, cfg, resume=resume, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
+    return m, lines
+
+
+def test_chain_writes_manifest_config_and_artifacts(scene, tmp_path):
+    run = tmp_path / "run"
+    m, lines = _run(scene, run)
+    assert [s for s, _ in _fakes.CALLS] == ["static", "cape", "dynamic"]
+    disk = read_manifest(run)
+    assert disk == json.loads((run / "manifest.json").read_text())
+    for name in ("static", "cape", "dynamic"):
+        rec = disk["stages"][name]
+        assert rec["status"] == "done" and rec["ended"] and rec["seconds"] > 0
+        for path in rec["artifacts"].values():
+            assert (run / path).is_file() and not Path(path).is_absolute()
+        assert rec["final_losses"][f"{name}/loss"] < 4.0  # w starts at 2: loss 4, and falls
+    assert disk["stages"]["cape"]["upstream"] == {"static": disk["stages"]["static"]["config_hash"]}
+    assert disk["stages"]["static"]["metrics"] == {"static/psnr": 30.5}
+    assert disk["image_size"] == [32, 32] and disk["num_frames"] == 4
+    assert (run / "config.yaml").read_text().count("steps: 3") == 3
+    assert (run / "static" / "logs" / "metrics.jsonl").is_file()
+    assert list((run / "static" / "media" / "static" / "render").glob("*.png"))  # media also in the run folder
+    assert any(line.startswith("[dynamic] done in") and "dynamic/psnr=28.14" in line for line in lines)
+    assert any(line.endswith("dynamic/videos/orbit.gif") for line in lines)
+    assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_existing_folder_needs_resume_and_resume_skips_done(scene, tmp_path):
+    run = tmp_path / "run"
+    _run(scene, run)
+    before = (run / "manifest.json").read_text()
+    with pytest.raises(InputError, match="--resume"):
+        _run(scene, run)
+    assert (run / "manifest.json").read_text() == before
+    _fakes.CALLS.clear()
+    _, lines = _run(scene, run, resume=True)
+    assert _fakes.CALLS == []
+    assert sum("skipped" in line for line in lines) == 3
+
+
+def test_config_change_reruns_that_stage_and_later(scene, tmp_path):
+    run = tmp_path / "run"
+    _run(scene, run)
+    _fakes.CALLS.clear()
+    _, lines = _run(scene, run, resume=True, extra=["cape.steps=4"])
+    assert [s for s, _ in _fakes.CALLS] == ["cape", "dynamic"]
+    assert any("cape.steps: 3 -> 4" in line for line in lines)
+    _fakes.CALLS.clear()
+    _run(scene, run, resume=True, extra=["cape.steps=4", "seed=1"])  # the seed changes every stage
+    assert [s for s, _ in _fakes.CALLS] == ["static", "cape", "dynamic"]
+
+
+def test_subset_then_rest_and_stale_downstream(scene, tmp_path):
+    run = tmp_path / "run"
+    _run(scene, run, stages="static")
+    m = read_manifest(run)
+    assert list(m["stages"]) == ["static"]
+    _fakes.CALLS.clear()
+    _run(scene, run, resume=True)
+    assert [s for s, _ in _fakes.CALLS] == ["cape", "dynamic"]
+    _run(scene, run, resume=True, stages="static", extra=["static.steps=2"])
+    m = read_manifest(run)
+    assert m["stages"]["static"]["status"] == "done"
+    assert m["stages"]["cape"]["status"] == m["stages"]["dynamic"]["status"] == "stale"
+
+
+def test_missing_upstream_is_a_one_line_error_and_leaves_nothing(scene, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match="stage 'static' has no artifact"):
+        _run(scene, run, stages="cape")
+    assert not run.exists()  # an input error found by the first stage: no half-made run folder
+    _run(scene, run, stages="static")
+    with pytest.raises(InputError, match="stage 'cape' has no artifact"):
+        _run(scene, run, stages="dynamic", resume=True)
+    m = read_manifest(run)  # a folder with finished work is kept, the failure recorded
+    assert m["stages"]["static"]["status"] == "done" and m["stages"]["dynamic"]["status"] == "failed"
+
+
+def test_failure_after_checkpoint_resumes_from_it(scene, tmp_path):
+    run = tmp_path / "run"
+    _fakes.OPTS["cape"] = _fakes.FakeOpts(fail_at=3)
+    with pytest.raises(RuntimeError, match="fake failure"):
+        _run(scene, run, extra=["cape.steps=5"])
+    m = read_manifest(run)
+    assert m["stages"]["cape"]["status"] == "failed" and "fake failure" in m["stages"]["cape"]["error"]
+    assert "dynamic" not in m["stages"] or m["stages"]["dynamic"]["status"] == "pending"
+    assert (run / "cape" / "checkpoints" / "last.ckpt").is_file()
+    _fakes.OPTS.clear()
+    _fakes.CALLS.clear()
+    _run(scene, run, resume=True, extra=["cape.steps=5"])
+    assert _fakes.CALLS == [("cape", True), ("dynamic", False)]
+    start = json.loads((run / "cape" / "start_step.json").read_text())["start_step"]
+    assert start == 3  # checkpoints every step; it failed in step 3
+    assert read_manifest(run)["stages"]["cape"]["attempts"] == 2
+    assert not list((run / "cape" / "checkpoints").glob("last-v*.ckpt"))
+
+
+def test_kill_mid_stage_then_resume(scene, tmp_path):
+    """A subprocess is SIGKILLed while the cape stage trains (slow steps); --resume continues from its checkpoint."""
+    run = tmp_path / "run"
+    args = {"scene": str(scene), "run": str(run), "resume": False, "overrides": _fakes.fake_overrides(40)}
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "FAKE_SLEEP_CAPE": "0.1"}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "_fakes.py"), json.dumps(args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = run / "cape" / "checkpoints" / "last.ckpt"
+    t0 = time.time()
+    try:
+        while time.time() - t0 < 120 and proc.poll() is None:
+            if ckpt.is_file() and ckpt.stat().st_size > 0:
+                m = read_manifest(run)
+                if m and m["stages"].get("cape", {}).get("status") == "running":
+                    time.sleep(0.5)  # a few more steps
+                    break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    m = read_manifest(run)
+    assert m["stages"]["static"]["status"] == "done" and m["stages"]["cape"]["status"] == "running"
+    static_ply = (run / "static" / "gaussians.ply").stat().st_mtime_ns
+
+    _fakes.CALLS.clear()
+    _run(scene, run, resume=True, extra=[f"{s}.steps=40" for s in ("static", "cape", "dynamic")])
+    assert _fakes.CALLS == [("cape", True), ("dynamic", False)]
+    assert (run / "static" / "gaussians.ply").stat().st_mtime_ns == static_ply
+    start = json.loads((run / "cape" / "start_step.json").read_text())["start_step"]
+    assert 0 < start < 40
+    m = read_manifest(run)
+    assert all(m["stages"][s]["status"] == "done" for s in ("static", "cape", "dynamic"))
+
+
+def test_bad_scene_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "keypoints.json").write_text("{}")
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match="image"):
+        _run(bad, run)
+    assert not run.exists()
+
+
+def test_cli_one_line_errors(tmp_path, capsys):
+    from dynapose4d.cli import main
+
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "missing"), "--out", str(run), "--set", "static.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "static.nope" in err
+    assert main(["run", str(tmp_path / "missing"), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing" in err
+    assert not run.exists()
+
+
+def _missing_stages() -> list[str]:
+    from dynapose4d.stages import cape, dynamic, static
+
+    return [m.__name__ for m in (static, cape, dynamic) if not hasattr(m, "run")]
+
+
+def test_smoke_three_real_stages_then_render_eval_resume(tmp_path, capsys):
+    """configs/smoke.yaml: static -> cape -> dynamic on a tiny synthetic scene; the run folder of DESIGN §6;
+    render and eval on it; --resume then has nothing to do."""
+    missing = _missing_stages()
+    if missing:
+        pytest.skip(f"stage(s) not implemented yet: {missing}")
+    from dynapose4d.cli import main
+    from dynapose4d.data.synthetic import write_scene
+
+    scene = write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=4, size=32)
+    run = tmp_path / "run"
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    assert main(["run", str(scene), "--out", str(run), "--config", smoke]) == 0
+    m = read_manifest(run)
+    assert all(m["stages"][s]["status"] == "done" for s in ("static", "cape", "dynamic"))
+    for rel in ("config.yaml", "command.txt", "static/gaussians.ply", "cape/driving_keypoints.json",
+                "dynamic/deform.ckpt", "dynamic/keypoints.json", "dynamic/videos/orbit.mp4",
+                "dynamic/videos/reference.mp4"):
+        assert (run / rel).is_file(), rel
+    kp = json.loads((run / "dynamic" / "keypoints.json").read_text())
+    assert len(kp["world"]) == 4 and len(kp["world"][0]) == len(kp["names"])
+    assert main(["render", str(run), "--cameras", str(scene / "gt" / "cameras.json"), "--frames", "0,3",
+                 "--out", str(tmp_path / "renders")]) == 0
+    assert (tmp_path / "renders" / "az090" / "003.png").is_file()
+    assert main(["eval", str(run), "--gt", str(scene / "gt")]) == 0
+    res = json.loads((run / "metrics.json").read_text())
+    assert res["stage"] == "dynamic" and res["keypoints"] == "available"
+    assert res["mean"]["psnr"] > 5 and res["mean"]["kp_error_3d"] is not None
+    capsys.readouterr()
+    assert main(["run", str(scene), "--out", str(run), "--config", smoke, "--resume"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 3

@@ -1,0 +1,321 @@
+"""Scene loading and validation (DESIGN §5): good scenes load as given or recentred, RGB images get their
+background removed, and every bad input is a one-line InputError naming the file. Scenes are written by hand."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from dynapose4d.data.scene import clean_mask, connected_components, load_scene
+from dynapose4d.errors import InputError
+
+H, W = 48, 64  # non-square on purpose
+RED = (0.9, 0.1, 0.1)
+BLUE = (0.1, 0.2, 0.8)
+
+
+def _u8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _object(h: int = H, w: int = W, cy: float = 20.0, cx: float = 24.0, ry: float = 8.0, rx: float = 10.0,
+            marker: tuple[int, int] | None = (20, 28)) -> np.ndarray:
+    """RGBA float [h, w, 4]: a blue ellipse with a 3x3 red marker block centred at pixel `marker` (row, col)."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    img = np.zeros((h, w, 4))
+    img[inside, :3] = BLUE
+    img[inside, 3] = 1.0
+    if marker is not None:
+        r, c = marker
+        img[r - 1:r + 2, c - 1:c + 2, :3] = RED
+    return img
+
+
+def write_scene(root: Path, image: np.ndarray | None = None, keypoints=None, skeleton=None, names=None,
+                camera: bool = True, video: list[np.ndarray] | None = None) -> Path:
+    """Write a scene folder by hand. Default: the RGBA ellipse, 3 keypoints (one on the marker), camera.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    image = _object() if image is None else image
+    iio.imwrite(root / "image.png", _u8(image))
+    kp = {"keypoints": keypoints if keypoints is not None else [[28.5, 20.5], [18.0, 18.0], [30.0, 24.0]],
+          "skeleton": skeleton if skeleton is not None else [[0, 1], [1, 2]]}
+    if names is not None:
+        kp["names"] = names
+    (root / "keypoints.json").write_text(json.dumps(kp))
+    if camera:
+        (root / "camera.json").write_text(json.dumps({"elevation": 0, "azimuth": 0, "radius": 2.0, "fov_y": 49.1}))
+    if video is not None:
+        (root / "video").mkdir()
+        for i, f in enumerate(video):
+            iio.imwrite(root / "video" / f"{i:03d}.png", _u8(f))
+    return root
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+# ------------------------------------------------------------------------------------------------ good scenes
+
+
+def test_rgba_scene_with_camera_is_used_as_given(tmp_path):
+    img = _object()
+    s = load_scene(write_scene(tmp_path / "s", img, names=["a", "b", "c"]))
+    assert s.has_camera_json and s.camera.radius == 2.0
+    assert s.image.shape == (H, W, 4) and s.image.dtype == torch.float32
+    assert torch.allclose(s.image, torch.from_numpy(_u8(img)).float() / 255)
+    assert torch.equal(s.keypoints, torch.tensor([[28.5, 20.5], [18.0, 18.0], [30.0, 24.0]]))
+    assert s.skeleton == [(0, 1), (1, 2)] and s.names == ["a", "b", "c"]
+    assert s.video is None and s.views == [] and s.gt_dir is None
+    assert (s.height, s.width, s.num_keypoints) == (H, W, 3)
+
+
+def test_defaults_visibility_flag_views_and_gt(tmp_path):
+    root = write_scene(tmp_path / "s", keypoints=[[28.5, 20.5, 2], [18.0, 18.0, 1]], skeleton=[[0, 1]])
+    (root / "views").mkdir()
+    (root / "views" / "cameras.json").write_text(json.dumps([{"name": "side", "azimuth": 90}]))
+    iio.imwrite(root / "views" / "side.png", _u8(_object()))
+    (root / "gt").mkdir()
+    s = load_scene(root)
+    assert s.names == ["kp00", "kp01"] and s.keypoints.shape == (2, 2)
+    assert len(s.views) == 1 and s.views[0][0].azimuth == 90 and s.views[0][1].shape == (H, W, 4)
+    assert s.gt_dir == root / "gt"
+
+
+def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):
+    from dynapose4d.io import write_video
+
+    root = write_scene(tmp_path / "s")
+    (root / "video").mkdir()
+    for i in range(12):  # 0.png .. 11.png: lexicographic order would put 10, 11 before 2
+        f = _object()
+        f[0, 0] = (i / 20.0, 0, 0, 1.0)  # frame id in a corner pixel
+        iio.imwrite(root / "video" / f"{i}.png", _u8(f))
+    write_video(root / "video.mp4", torch.ones(3, H, W, 3))  # must be ignored: video/ wins
+    s = load_scene(root)
+    assert s.video.shape == (12, H, W, 4)
+    ids = [round(float(s.video[t, 0, 0, 0]) * 20) for t in range(12)]
+    assert ids == list(range(12))
+
+
+def test_mp4_video_gets_background_removed(tmp_path):
+    from dynapose4d.io import over_background, write_video
+
+    root = write_scene(tmp_path / "s")
+    frames = torch.stack([over_background(torch.from_numpy(_object(cx=20.0 + 4 * t)).float(), 1.0)
+                          for t in range(4)])
+    write_video(root / "video.mp4", frames)
+    s = load_scene(root)
+    assert s.video.shape == (4, H, W, 4)
+    for t in range(4):
+        true = torch.from_numpy(_object(cx=20.0 + 4 * t)[..., 3] > 0.5)
+        assert _iou(s.video[t, ..., 3] > 0.5, true) > 0.9  # H.264 blurs edges a little
+
+
+def test_rgb_on_white_background_mask_matches(tmp_path):
+    rng = np.random.default_rng(0)
+    hi = _object(h=320, w=384, cy=160, cx=176, ry=88, rx=120, marker=(160, 176))  # 4x supersampled
+    yy, xx = np.mgrid[0:320, 0:384] + 0.5
+    hi[(((yy - 140) / 24) ** 2 + ((xx - 240) / 36) ** 2 <= 1.0), :3] = (0.2, 0.7, 0.3)  # a second colour
+    prem = np.concatenate([hi[..., :3] * hi[..., 3:], hi[..., 3:]], -1).reshape(80, 4, 96, 4, 4).mean((1, 3))
+    alpha = prem[..., 3]  # [80, 96] anti-aliased true alpha
+    rgb = prem[..., :3] + (1 - alpha[..., None])  # over white
+    rgb[44:46, 30:32] = 1.0  # a background-coloured speck inside the object (a hole to fill)
+    rgb[5:7, 85:87] = (0.3, 0.3, 0.3)  # stray specks on the background (to drop)
+    rgb[70, 8] = (0.0, 0.0, 0.0)
+    rgb = rgb + rng.normal(0, 0.01, rgb.shape)  # sensor noise
+    root = write_scene(tmp_path / "s", rgb, keypoints=[[44.5, 40.5]], skeleton=[])
+    s = load_scene(root)
+    mask, true = s.image[..., 3] > 0.5, torch.from_numpy(alpha > 0.5)
+    assert _iou(mask, true) > 0.95
+    assert mask[44:46, 30:32].all() and not mask[5:7, 85:87].any() and not mask[70, 8]
+    # edges get fractional alpha close to the truth (a binary mask is off by ~0.26 on average there)
+    edge = torch.from_numpy((alpha > 0.05) & (alpha < 0.95))
+    err = (s.image[..., 3].double() - torch.from_numpy(alpha)).abs()[edge].mean()
+    assert err < 0.05, float(err)
+
+
+def test_recentring_fills_80_percent_and_moves_keypoints(tmp_path):
+    marker = (14, 17)  # row, col of the red block inside a small off-centre ellipse
+    img = _object(cy=14.0, cx=15.0, ry=6.0, rx=7.0, marker=marker)
+    kp = [[marker[1] + 0.5, marker[0] + 0.5], [12.0, 10.0]]
+    root = write_scene(tmp_path / "s", img, keypoints=kp, skeleton=[[0, 1]], camera=False, video=[img, img])
+    s = load_scene(root)
+    assert not s.has_camera_json and s.camera.radius == 2.0 and s.image.shape == (H, W, 4)
+    x0, y0, x1, y1 = _bbox(s.image[..., 3] > 0.5)
+    # the tighter dimension (height here: 12 of 48 rows vs 14 of 64 columns) fills 80% of the frame
+    assert abs((y1 - y0) - 0.8 * H) <= 2.0, (y0, y1)
+    assert abs((x0 + x1) / 2 - W / 2) <= 1.0 and abs((y0 + y1) / 2 - H / 2) <= 1.0
+    # the keypoint on the marker is still on a red pixel
+    c, r = (int(v) for v in s.keypoints[0].floor())
+    px = s.image[r, c]
+    assert px[0] > 0.7 and px[1] < 0.3 and px[2] < 0.3 and px[3] > 0.9, px
+    red = (s.image[..., 0] > 0.5) & (s.image[..., 1] < 0.4) & (s.image[..., 3] > 0.5)  # the scaled-up marker
+    ys, xs = torch.nonzero(red, as_tuple=True)
+    centroid = torch.stack([xs.float().mean() + 0.5, ys.float().mean() + 0.5])
+    assert (s.keypoints[0] - centroid).abs().max() < 0.5, (s.keypoints[0], centroid)
+    # the video got the very same transform
+    assert torch.allclose(s.video[0], s.image) and torch.allclose(s.video[1], s.image)
+
+
+def test_recentring_keeps_moving_video_object_inside(tmp_path):
+    img = _object(cy=24.0, cx=32.0, ry=6.0, rx=6.0, marker=None)
+    far = _object(cy=24.0, cx=56.0, ry=6.0, rx=6.0, marker=None)  # frame 1: object near the right edge
+    root = write_scene(tmp_path / "s", img, keypoints=[[32.0, 24.0]], skeleton=[], camera=False, video=[img, far])
+    s = load_scene(root)
+    a0, a1 = s.video[0, ..., 3], s.video[1, ..., 3]
+    assert abs(float(a1.sum()) / float(a0.sum()) - 1.0) < 0.05  # not clipped
+    assert not (a1[:, -1] > 0.5).any()
+    assert torch.allclose(s.video[0], s.image)
+
+
+def test_connected_components_match_flood_fill():
+    rng = np.random.default_rng(1)
+    for diagonal in (True, False):
+        for _ in range(5):
+            m = rng.random((17, 23)) < 0.45
+            labels, sizes = connected_components(m, diagonal)
+            ref = _flood(m, diagonal)
+            assert sorted(sizes[1:].tolist()) == sorted(np.bincount(ref.ravel())[1:].tolist())
+            pairs = {(int(a), int(b)) for a, b in zip(labels[m], ref[m])}  # a bijection between labelings
+            assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == len(sizes) - 1
+            assert (labels[~m] == 0).all()
+
+
+def test_clean_mask_drops_specks_and_fills_small_holes():
+    m = np.zeros((40, 40), bool)
+    m[5:35, 5:35] = True
+    m[20, 20] = False  # small hole: filled
+    m[10:20, 22:32] = False  # large enclosed region (100 px > 0.5% of the object): kept as background
+    m[1, 38] = True  # speck: dropped
+    out = clean_mask(m)
+    assert out[20, 20] and not out[1, 38] and not out[12:18, 24:30].any() and out[5:35, 5].all()
+
+
+def _flood(m: np.ndarray, diagonal: bool) -> np.ndarray:
+    lab = np.zeros(m.shape, int)
+    nb = [(-1, 0), (1, 0), (0, -1), (0, 1)] + ([(-1, -1), (-1, 1), (1, -1), (1, 1)] if diagonal else [])
+    k = 0
+    for s in zip(*np.nonzero(m)):
+        if lab[s]:
+            continue
+        k += 1
+        lab[s] = k
+        q = deque([s])
+        while q:
+            y, x = q.popleft()
+            for dy, dx in nb:
+                v = (y + dy, x + dx)
+                if 0 <= v[0] < m.shape[0] and 0 <= v[1] < m.shape[1] and m[v] and not lab[v]:
+                    lab[v] = k
+                    q.append(v)
+    return lab
+
+
+# ------------------------------------------------------------------------------------------------ bad scenes
+
+
+def _kp(root: Path, **kw) -> None:
+    data = {"keypoints": [[28.5, 20.5], [18.0, 18.0]], "skeleton": [[0, 1]]}
+    data.update(kw)
+    (root / "keypoints.json").write_text(json.dumps(data))
+
+
+def _rgb_noise_background(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.random((H, W, 3))
+    iio.imwrite(root / "image.png", _u8(rgb))
+
+
+def _frames(root: Path, *sizes: tuple[int, int]) -> None:
+    (root / "video").mkdir()
+    for i, (h, w) in enumerate(sizes):
+        iio.imwrite(root / "video" / f"{i:03d}.png", _u8(_object(h=h, w=w)))
+
+
+def _views(root: Path, cameras: bool = True) -> None:
+    (root / "views").mkdir()
+    if cameras:
+        (root / "views" / "cameras.json").write_text(json.dumps([{"name": "a", "azimuth": 90}]))
+
+
+BAD = {  # name: (how to break a good scene, file named in the message, words in the message)
+    "missing image": (lambda r: (r / "image.png").unlink(), "image.png", "not found"),
+    "unreadable image": (lambda r: (r / "image.png").write_bytes(b"not a png"), "image.png", "unreadable"),
+    "rgb, non-uniform background": (_rgb_noise_background, "image.png", "provide an RGBA image"),
+    "empty alpha": (lambda r: iio.imwrite(r / "image.png", np.zeros((H, W, 4), np.uint8)), "image.png", "empty"),
+    "missing keypoints": (lambda r: (r / "keypoints.json").unlink(), "keypoints.json", "not found"),
+    "malformed json": (lambda r: (r / "keypoints.json").write_text('{"keypoints": [[1, 2],'), "keypoints.json",
+                       "malformed JSON"),
+    "not an object": (lambda r: (r / "keypoints.json").write_text("[1, 2]"), "keypoints.json", "JSON object"),
+    "no keypoints": (lambda r: _kp(r, keypoints=[]), "keypoints.json", "non-empty"),
+    "keypoint outside": (lambda r: _kp(r, keypoints=[[28.5, 20.5], [70.0, 10.0]]), "keypoints.json", "outside"),
+    "keypoint negative": (lambda r: _kp(r, keypoints=[[28.5, -1.0], [7.0, 10.0]]), "keypoints.json", "outside"),
+    "keypoint not finite": (lambda r: _kp(r, keypoints=[[28.5, float("nan")], [7.0, 10.0]]), "keypoints.json",
+                            "not finite"),
+    "keypoint malformed": (lambda r: _kp(r, keypoints=[[28.5], [7.0, 10.0]]), "keypoints.json", "[x, y]"),
+    "keypoint invisible": (lambda r: _kp(r, keypoints=[[28.5, 20.5, 2], [7.0, 10.0, 0]]), "keypoints.json",
+                           "visible"),
+    "skeleton out of range": (lambda r: _kp(r, skeleton=[[0, 2]]), "keypoints.json", "out of range"),
+    "skeleton self-loop": (lambda r: _kp(r, skeleton=[[1, 1]]), "keypoints.json", "itself"),
+    "skeleton not ints": (lambda r: _kp(r, skeleton=[[0, "a"]]), "keypoints.json", "integer"),
+    "skeleton missing": (lambda r: (r / "keypoints.json").write_text('{"keypoints": [[1, 2]]}'), "keypoints.json",
+                         "skeleton"),
+    "names length": (lambda r: _kp(r, names=["a"]), "keypoints.json", "names"),
+    "names repeated": (lambda r: _kp(r, names=["a", "a"]), "keypoints.json", "unique"),
+    "frames of different sizes": (lambda r: _frames(r, (H, W), (H, W + 2)), "video/001.png", "different sizes"),
+    "frame size differs from image": (lambda r: _frames(r, (H + 2, W)), "video/000.png", "image.png"),
+    "zero frames": (lambda r: (r / "video").mkdir(), "video", "0 frames"),
+    "frame not numbered": (lambda r: (_frames(r, (H, W)), (r / "video" / "000.png").rename(r / "video" / "a.png")),
+                           "video/a.png", "numbered"),
+    "unreadable mp4": (lambda r: (r / "video.mp4").write_bytes(b"garbage"), "video.mp4", "unreadable"),
+    "malformed camera.json": (lambda r: (r / "camera.json").write_text("{"), "camera.json", "JSON"),
+    "bad camera value": (lambda r: (r / "camera.json").write_text('{"radius": -1}'), "camera.json", "radius"),
+    "views without cameras.json": (lambda r: _views(r, cameras=False), "views/cameras.json", "not found"),
+    "view image missing": (_views, "views/a.png", "not found"),
+    "views without camera.json": (lambda r: (_views(r), (r / "camera.json").unlink()), "views", "camera.json"),
+    "gt without camera.json": (lambda r: ((r / "gt").mkdir(), (r / "camera.json").unlink()), "gt", "camera.json"),
+    "scene is a file": (lambda r: None, "notafolder", "folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_error_naming_the_file(tmp_path, case):
+    breaker, file, words = BAD[case]
+    root = write_scene(tmp_path / "scene")
+    breaker(root)
+    if case == "scene is a file":
+        root = tmp_path / "notafolder"
+        root.write_text("x")
+    with pytest.raises(InputError) as e:
+        load_scene(root)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(root / file) in msg or (file in msg and str(root) in msg), msg
+    assert words in msg, msg
+
+
+@pytest.mark.parametrize("case", ["missing image", "skeleton out of range", "frames of different sizes"])
+def test_cli_run_on_bad_scene_exits_2_and_leaves_no_run_folder(tmp_path, capsys, case):
+    pytest.importorskip("dynapose4d.runner")
+    from dynapose4d.cli import main
+
+    root = write_scene(tmp_path / "scene")
+    BAD[case][0](root)
+    run = tmp_path / "run"
+    assert main(["run", str(root), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and BAD[case][1].split("/")[0] in err, err
+    assert not run.exists()
