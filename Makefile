@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
+export OMP_WAIT_POLICY ?= PASSIVE  # no OpenMP spin-waiting on shared CPUs (see dynapose4d/__init__.py)
 
 .PHONY: help setup demo test test-slow test-gpu bench lint format train-cape clean
 

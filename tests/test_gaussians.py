@@ -59,6 +59,13 @@ def test_from_points():
     assert torch.allclose(a["means"], pts) and torch.allclose(a["colors"], rgb, atol=1e-6)
     assert torch.allclose(a["scales"], torch.full((10, 3), 0.05))
     assert torch.allclose(a["opacities"], torch.full((10,), 0.3))
+    per = torch.linspace(0.01, 0.1, 10)  # one isotropic scale per Gaussian
+    b = GaussianModel.from_points(pts, rgb, scale=per).activated()
+    assert torch.allclose(b["scales"], per[:, None].expand(10, 3))
+    aniso = torch.rand(10, 3) * 0.1 + 0.01
+    assert torch.allclose(GaussianModel.from_points(pts, rgb, scale=aniso).activated()["scales"], aniso)
+    with pytest.raises(ValueError, match="scale must be"):
+        GaussianModel.from_points(pts, rgb, scale=torch.rand(7))
 
 
 def test_state_dict_reload_resizes():

@@ -65,10 +65,13 @@ class GaussianModel(nn.Module):
     ) -> GaussianModel:
         """Isotropic Gaussians at `points` with colours `rgb`, identity rotation."""
         n = points.shape[0]
-        s = torch.as_tensor(scale, dtype=torch.float32).expand(n, 3) if not torch.is_tensor(scale) or scale.dim() < 2 \
-            else scale
-        if torch.is_tensor(scale) and scale.dim() == 1:
-            s = scale[:, None].expand(n, 3)
+        s = torch.as_tensor(scale, dtype=torch.float32, device=points.device)
+        if s.dim() == 0:
+            s = s.expand(n, 3)  # one scale for every Gaussian
+        elif s.dim() == 1:
+            s = s[:, None].expand(n, 3)  # one isotropic scale per Gaussian
+        if s.shape != (n, 3):
+            raise ValueError(f"scale must be a scalar, [N] or [N, 3] with N={n}; got shape {tuple(s.shape)}")
         quats = torch.zeros(n, 4)
         quats[:, 0] = 1.0
         k = (sh_degree + 1) ** 2 - 1
