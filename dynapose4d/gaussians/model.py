@@ -66,12 +66,11 @@ class GaussianModel(nn.Module):
         """Isotropic Gaussians at `points` with colours `rgb`, identity rotation."""
         n = points.shape[0]
         s = torch.as_tensor(scale, dtype=torch.float32, device=points.device)
-        if s.dim() == 0:
-            s = s.expand(n, 3)  # one scale for every Gaussian
-        elif s.dim() == 1:
-            s = s[:, None].expand(n, 3)  # one isotropic scale per Gaussian
-        if s.shape != (n, 3):
+        if s.dim() == 1 and s.shape[0] == n:
+            s = s[:, None]  # one isotropic scale per Gaussian
+        if s.dim() > 2 or (s.dim() == 2 and s.shape not in ((n, 3), (n, 1))) or (s.dim() == 1 and s.numel() != n):
             raise ValueError(f"scale must be a scalar, [N] or [N, 3] with N={n}; got shape {tuple(s.shape)}")
+        s = s.expand(n, 3)
         quats = torch.zeros(n, 4)
         quats[:, 0] = 1.0
         k = (sh_degree + 1) ** 2 - 1
