@@ -46,8 +46,8 @@ lint: setup ## ruff
 format: setup ## ruff format + import sort
 	$(BIN)/ruff check --fix --select I dynapose4d tests
 
-CAPE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),configs/cape/gpu.yaml,configs/cape/cpu.yaml)
-train-cape: setup ## train the shipped CAPE checkpoint (dynapose4d/assets/cape_small.ckpt; GPU preset when nvidia-smi exists)
+CAPE_CONFIG ?= configs/cape/cpu.yaml
+train-cape: setup ## reproduce the shipped CAPE checkpoint (dynapose4d/assets/cape_small.ckpt); CAPE_CONFIG=configs/cape/gpu.yaml for the larger GPU model
 	$(BIN)/dynapose4d train-cape --out dynapose4d/assets/cape_small.ckpt --config $(CAPE_CONFIG)
 
 clean: ## remove runs, caches and the virtual environment

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,6 +19,8 @@ from dynapose4d.errors import ConfigError
 from dynapose4d.stages.cape import CapeStageConfig
 from dynapose4d.stages.dynamic import DynamicConfig
 from dynapose4d.stages.static import StaticConfig
+
+T = TypeVar("T")
 
 STAGE_NAMES: tuple[str, ...] = ("static", "cape", "dynamic")
 
@@ -68,10 +70,12 @@ def _fail(e: Exception, where: str) -> ConfigError:
     return ConfigError(f"{where}: config key '{key}': {msg}" if key else f"{where}: {msg}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Build a RunConfig from defaults, an optional YAML file (or a chain via `defaults: [file.yaml]`),
-    then `key.sub=value` overrides. Raises ConfigError naming the key on unknown keys or wrong types."""
-    cfg = OmegaConf.structured(RunConfig)
+def merge_structured(schema: type[T], path: str | Path | None = None,
+                     overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """An instance of the dataclass `schema`: its defaults, then an optional YAML file (or a chain via
+    `defaults: [file.yaml]`), then `key.sub=value` overrides. Raises ConfigError naming the file or override and
+    the key on unknown keys, wrong types or unreadable YAML."""
+    cfg = OmegaConf.structured(schema)
     if path is not None:
         for layer in _yaml_chain(Path(path)):
             try:
@@ -85,7 +89,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except OmegaConfBaseException as e:
             raise _fail(e, f"--set {ov}") from None
-    obj: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The pipeline's RunConfig from defaults, an optional YAML preset and `key.sub=value` overrides
+    (see `merge_structured`); also checks the stage names."""
+    obj = merge_structured(RunConfig, path, overrides)
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")

@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from dynapose4d.cape.data import AugmentConfig, EvalSetConfig, ProceduralConfig
 from dynapose4d.cape.model import CAPEModelConfig
-from dynapose4d.config import TrainerConfig
+from dynapose4d.config import TrainerConfig, merge_structured
 from dynapose4d.errors import ConfigError
 
 
@@ -63,26 +62,7 @@ class CapeTrainConfig:
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CapeTrainConfig:
     """Defaults, then a YAML file, then `key.sub=value` overrides; ConfigError naming the key on a bad one."""
-    cfg = OmegaConf.structured(CapeTrainConfig)
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{p}: config key '{getattr(e, 'full_key', '')}': {str(e).splitlines()[0]}") from None
-        except Exception as e:  # yaml errors
-            raise ConfigError(f"{p}: unreadable YAML ({str(e).splitlines()[0]})") from None
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"--set {ov!r}: expected key=value")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"--set {ov}: config key '{getattr(e, 'full_key', '')}': {str(e).splitlines()[0]}") \
-                from None
-    obj: CapeTrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    obj = merge_structured(CapeTrainConfig, path, overrides)
     try:
         obj.model.validate()
     except ValueError as e:
