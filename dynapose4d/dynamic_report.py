@@ -3,11 +3,11 @@
 Used by the dynamic stage at its end; plain torch (no Lightning). Metrics (`evaluate_4d`, with
 dynapose4d.metrics and the conventions of `dynapose4d eval`), per gt camera over all gt frames, each beside
 its no-motion baseline:
-  psnr, ssim           whole frame, mean over frames            (*_no_motion: gt frame 0 held still)
-  psnr_moving          PSNR on the moving pixels (gt frame f differs from gt frame 0), mean over frames
+  psnr, ssim           whole frame, mean over frames 1..T-1     (*_no_motion: gt frame 0 held still)
+  psnr_moving          PSNR on the moving pixels (gt frame f differs from gt frame 0), mean over frames 1..T-1
   pck                  PCK@0.2 of the 3D tracks projected into the camera (bbox-normalised; *_no_motion: gt
                        frame-0 keypoints held still)
-  *_static             the canonical Gaussians held still (the static stage's result without any motion)
+  *_held               the canonical Gaussians held still (the static stage's result without any motion)
 "novel" averages the gt cameras other than the reference camera (never seen moving); "mean" all of them, plus
 kp_error_3d (mean ‖track − gt‖, world units; *_no_motion: gt frame 0 held; *_frame0: the lifting error at
 frame 0) and jitter (mean ‖x_{t+1} − 2 x_t + x_{t−1}‖; jitter_gt: of the gt tracks).
@@ -144,15 +144,8 @@ def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tens
         T, H, W = gt_rgba.shape[:3]
         taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
         pred, _ = render_4d(canonical, phi, cam, taus, W, H, background)
-        static = render_4d(canonical, None, cam, [0.0], W, H, background)[0].expand(T, H, W, 3).contiguous()
-        gt = over(gt_rgba, background)
-        still = gt[:1].expand_as(gt).contiguous()
-        mask = M.moving_mask(gt_rgba)  # [T, H, W]
-        v: dict[str, float] = {}
-        for tag, img in (("", pred), ("_no_motion", still), ("_static", static)):
-            v["psnr" + tag] = M.psnr(img, gt)
-            v["ssim" + tag] = M.ssim(img, gt)
-            v["psnr_moving" + tag] = M.psnr(img, gt, mask)
+        static = render_4d(canonical, None, cam, [0.0], W, H, background)[0]  # [1, H, W, 3]
+        v: dict[str, float | None] = M.motion_image_metrics(pred, over(gt_rgba, background), held=static)
         if tracks is not None and kp_gt is not None and kp_gt.shape[0] == T and tracks.shape[0] == T:
             vm, K = cam.viewmat(), cam.K(W, H)
             gt2d = project(kp_gt, vm, K)[0]  # [T, N, 2]

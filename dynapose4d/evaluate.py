@@ -6,9 +6,12 @@ at the scene's image size: OUT/<camera>/<frame:03d>.png.
 
 Eval renders the gt cameras at every gt frame and compares, over a white background:
   PSNR, SSIM (torchmetrics), LPIPS (only when its weights are present locally, else "unavailable"), PSNR on the
-  moving pixels (where gt frame f differs from gt frame 0), PCK@0.2 of the 3D keypoint tracks projected into
+  moving pixels (where gt frame f differs from gt frame 0; images averaged over frames 1..T-1, see
+  `metrics.motion_image_metrics`), PCK@0.2 of the 3D keypoint tracks projected into
   each camera, the 3D keypoint error (world units) and jitter — each beside the no-motion baseline: gt frame 0
-  held still (images, PCK, 3D error; jitter's reference is the gt tracks' own jitter).
+  held still (images, PCK, 3D error; jitter's reference is the gt tracks' own jitter). The moving-pixel mask
+  does not see motion the run puts where gt stays still, so PSNR (whole frame and moving pixels) is also given
+  against the run's own frame 0 held still (`psnr_held`, `psnr_moving_held`): same reconstruction, no motion.
 Averages: over frames, then over views (then over objects, in `dynapose4d experiment`).
 Protocol "consistent4d": only its four cameras (azimuths −75, 15, 105, 195; gt/cameras.json must have them),
 images resized to 512×512. Output: RUN/metrics.json + RUN/metrics.md (RUN/metrics_consistent4d.* for that
@@ -232,15 +235,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
         gt, pr = _over_white(gt_rgba), _over_white(pred)  # [T, H, W, 3]
         if protocol == "consistent4d":
             gt, pr = _resize(gt, C4D_SIZE), _resize(pr, C4D_SIZE)
-        still = gt[:1].expand_as(gt).contiguous()
-        mask = M.moving_mask(torch.cat([gt, torch.ones_like(gt[..., :1])], -1))  # [T, H, W]
-        v: dict[str, float | None] = {}
-        for tag, img in (("", pr), ("_no_motion", still)):
-            v["psnr" + tag] = M.psnr(img, gt)
-            v["ssim" + tag] = M.ssim(img, gt)
-            v["psnr_moving" + tag] = M.psnr(img, gt, mask)
-            if use_lpips:
-                v["lpips" + tag] = M.lpips(img, gt)
+        v: dict[str, float | None] = M.motion_image_metrics(pr, gt, with_lpips=use_lpips)
         if kp_gt is not None and tracks is not None:
             vm, K = cam.viewmat(), cam.K(W, H)
             gt2d = project(kp_gt, vm, K)[0]  # [T, N, 2]
@@ -291,6 +286,8 @@ TABLE_ROWS: tuple[tuple[str, str, str, bool], ...] = (
     ("SSIM", "ssim", "ssim_no_motion", True),
     ("LPIPS", "lpips", "lpips_no_motion", False),
     ("PSNR moving pixels (dB)", "psnr_moving", "psnr_moving_no_motion", True),
+    ("PSNR (dB) vs the run's frame 0 held still", "psnr", "psnr_held", True),
+    ("PSNR moving pixels (dB) vs the run's frame 0 held still", "psnr_moving", "psnr_moving_held", True),
     ("PCK@0.2 (projected tracks)", "pck", "pck_no_motion", True),
     ("3D keypoint error", "kp_error_3d", "kp_error_3d_no_motion", False),
     ("jitter (baseline: gt tracks)", "jitter", "jitter_gt", False),
@@ -305,7 +302,8 @@ def metrics_table(result: dict[str, Any]) -> str:
     """Markdown table: metric | run | no-motion baseline | difference, over all views and over novel views."""
     lines = [f"Metrics of {result['run']} ({result['stage']} stage) against {result['gt']}, protocol "
              f"{result['protocol']}: {len(result['cameras'])} views x {result['frames']} frames, white background.",
-             "", "| metric | run | no-motion baseline | run - baseline |", "|---|---|---|---|"]
+             "Baseline: gt frame 0 held still (no motion), unless the row names another.",
+             "", "| metric | run | baseline | run - baseline |", "|---|---|---|---|"]
     for label, key, base, higher in TABLE_ROWS:
         label = f"{label} {'↑' if higher else '↓'}"
         for scope, title in (("mean", "all views"), ("novel", "novel views")):

@@ -118,6 +118,33 @@ def moving_mask(gt_frames: torch.Tensor, thr: float = MOVING_THRESHOLD) -> torch
     return (rgb - rgb[:1]).abs().amax(-1) > thr
 
 
+def motion_image_metrics(pred: torch.Tensor, gt: torch.Tensor, held: torch.Tensor | None = None,
+                         with_lpips: bool = False) -> dict[str, float | None]:
+    """Image metrics of a 4D result from one camera, each beside two no-motion baselines.
+
+    pred, gt [T, H, W, 3] in [0, 1] over a white background; held [1, H, W, 3] the model without motion (default
+    pred's frame 0). Keys: psnr, ssim, psnr_moving (on `moving_mask` of gt), lpips (with_lpips), each for
+    pred, for "_no_motion" (gt frame 0 held still) and for "_held" (held, held still: the same reconstruction
+    error as pred, no motion; the moving-pixel mask does not see motion pred puts where gt stays still, whole
+    frames do). Frames 1..T-1 are averaged (all frames when T = 1): at frame 0 the gt baseline is exact by
+    construction and its capped 120 dB would dominate any mean over frames.
+    """
+    if pred.shape != gt.shape or pred.ndim != 4:
+        raise ValueError(f"pred and gt must both be [T, H, W, 3], got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    held = pred[:1] if held is None else held
+    mask = moving_mask(torch.cat([gt, torch.ones_like(gt[..., :1])], -1))  # [T, H, W]
+    f = slice(1, None) if gt.shape[0] > 1 else slice(None)
+    out: dict[str, float | None] = {}
+    for tag, img in (("", pred), ("_no_motion", gt[:1]), ("_held", held)):
+        img = img.expand_as(gt)[f].contiguous()
+        out["psnr" + tag] = psnr(img, gt[f])
+        out["ssim" + tag] = ssim(img, gt[f])
+        out["psnr_moving" + tag] = psnr(img, gt[f], mask[f])
+        if with_lpips:
+            out["lpips" + tag] = lpips(img, gt[f])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ poses
 
 

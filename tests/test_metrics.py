@@ -125,3 +125,23 @@ def test_jitter_linear_and_quadratic():
     quad = torch.cat([a * t**2 * u, b * t**2 * u + 0.7 * t * u], dim=1)  # [T, 2, 3]: second differences 2a, 2b
     assert M.jitter(quad) == pytest.approx((2 * abs(a) + 2 * abs(b)) / 2)
     assert math.isnan(M.jitter(quad[:2]))
+
+
+def test_motion_image_metrics_skip_frame_zero_and_compare_two_baselines():
+    from dynapose4d.metrics import motion_image_metrics, psnr
+
+    gt = torch.ones(3, 16, 16, 3)
+    gt[1, 4:8, 4:8] = 0.0  # a square that appears at frame 1 and moves at frame 2
+    gt[2, 8:12, 8:12] = 0.0
+    m = motion_image_metrics(gt.clone(), gt)
+    assert m["psnr"] == pytest.approx(120.0) and m["psnr_moving"] == pytest.approx(120.0)
+    # no motion: frame 0 is exact by construction and must not enter the mean (it would add a 120 dB frame)
+    expected = psnr(gt[:1].expand(2, 16, 16, 3), gt[1:])
+    assert m["psnr_no_motion"] == pytest.approx(expected) and expected < 40.0
+    assert m["psnr_moving_no_motion"] == pytest.approx(0.0, abs=1e-6)  # every moving pixel is fully wrong
+    # a model whose frame 0 has an error everywhere: its own held-still baseline carries the same error
+    pred = (gt - 0.2).clamp(min=0.0)  # a darker reconstruction, correct motion
+    m2 = motion_image_metrics(pred, gt)
+    assert m2["psnr_held"] < m2["psnr_no_motion"] and m2["psnr"] > m2["psnr_held"]
+    with pytest.raises(ValueError, match="must both be"):
+        motion_image_metrics(pred[:, :8], gt)
