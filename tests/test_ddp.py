@@ -20,12 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DDP_CPU = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"]
 
 
-def _stage_missing(name: str) -> bool:
-    import importlib
-
-    return not hasattr(importlib.import_module(f"dynapose4d.stages.{name}"), "run")
-
-
 @pytest.fixture(scope="module")
 def tiny_scene(tmp_path_factory):
     from dynapose4d.data.synthetic import write_scene
@@ -38,8 +32,6 @@ def _run(scene, run, overrides, stages):
     return StageRunner(scene, run, cfg, echo=lambda s: None).run()
 
 
-@pytest.mark.slow  # ~35 s
-@pytest.mark.skipif(_stage_missing("static") or _stage_missing("cape"), reason="static or cape stage missing")
 def test_cape_stage_ddp_spawn_two_cpu_processes(tiny_scene, tmp_path):
     run = tmp_path / "run"
     m = _run(tiny_scene, run, DDP_CPU + ["cape.steps=4"], "static,cape")
@@ -49,8 +41,6 @@ def test_cape_stage_ddp_spawn_two_cpu_processes(tiny_scene, tmp_path):
     assert len(steps) == len(set(steps))  # rank zero logged, once per step
 
 
-@pytest.mark.slow  # ~35 s on 2 cores
-@pytest.mark.skipif(_stage_missing("static") or _stage_missing("dynamic"), reason="static or dynamic stage missing")
 def test_dynamic_stage_ddp_spawn_two_cpu_processes(tiny_scene, tmp_path):
     run = tmp_path / "run"
     ov = DDP_CPU + ["dynamic.steps=4", "dynamic.lambda_kml=0", "dynamic.orbit_frames=4"]
