@@ -193,18 +193,9 @@ def test_cli_one_line_errors(tmp_path, capsys):
     assert not run.exists()
 
 
-def _missing_stages() -> list[str]:
-    from dynapose4d.stages import cape, dynamic, static
-
-    return [m.__name__ for m in (static, cape, dynamic) if not hasattr(m, "run")]
-
-
 def test_smoke_three_real_stages_then_render_eval_resume(tmp_path, capsys):
     """configs/smoke.yaml: static -> cape -> dynamic on a tiny synthetic scene; the run folder of DESIGN §6;
     render and eval on it; --resume then has nothing to do."""
-    missing = _missing_stages()
-    if missing:
-        pytest.skip(f"stage(s) not implemented yet: {missing}")
     from dynapose4d.cli import main
     from dynapose4d.data.synthetic import write_scene
 

@@ -309,7 +309,6 @@ def test_bad_input_is_one_line_error_naming_the_file(tmp_path, case):
 
 @pytest.mark.parametrize("case", ["missing image", "skeleton out of range", "frames of different sizes"])
 def test_cli_run_on_bad_scene_exits_2_and_leaves_no_run_folder(tmp_path, capsys, case):
-    pytest.importorskip("dynapose4d.runner")
     from dynapose4d.cli import main
 
     root = write_scene(tmp_path / "scene")

@@ -206,9 +206,8 @@ def test_motion_is_large_enough_to_measure(scenes, template):
 
 
 def test_scene_loads_with_load_scene(scenes):
-    scene_mod = pytest.importorskip("dynapose4d.data.scene")
-    if not hasattr(scene_mod, "load_scene"):
-        pytest.skip("load_scene not written yet")
+    from dynapose4d.data import scene as scene_mod
+
     for t in TEMPLATES:
         s = scene_mod.load_scene(scenes[t])
         assert s.image.shape == (SIZE, SIZE, 4) and s.video.shape[0] == T and len(s.views) == len(VIEW_CAMERAS)
