@@ -127,10 +127,14 @@ def test_lift_and_carry_keypoints():
     cam = REFERENCE_CAMERA
     centre_px, _ = project(torch.zeros(1, 3), cam.viewmat(), cam.K(W, H))
     kps = centre_px + torch.tensor([[0.0, 0.0], [2.0, -1.0]])
-    world = lift_keypoints(model.activated(), kps, cam, W, H)
-    px, depth = project(world, cam.viewmat(), cam.K(W, H))
+    surface = lift_keypoints(model.activated(), kps, cam, W, H, mode="surface")
+    px, depth = project(surface, cam.viewmat(), cam.K(W, H))
     torch.testing.assert_close(px, kps, atol=1e-3, rtol=0)  # unprojected along the keypoint's ray
-    assert (depth < 2.0).all() and (depth > 1.5).all()  # on the near side of the blob (surface)
+    assert (depth < cam.radius - 0.05).all() and (depth > 1.5).all()  # on the near side of the blob (surface)
+    world = lift_keypoints(model.activated(), kps, cam, W, H)  # mode "ray": the middle of the blob
+    px, depth = project(world, cam.viewmat(), cam.K(W, H))
+    torch.testing.assert_close(px, kps, atol=1e-3, rtol=0)
+    assert (depth - cam.radius).abs().max() < 0.07  # the blob (std 0.12) is centred on the origin: deeper than its surface
     att = attach_points(world, pts, k=6)
     shift = torch.tensor([0.1, 0.2, -0.05])
     moved = carry_points(att, model.splats["quats"], (pts + shift)[None], model.splats["quats"][None])
@@ -163,3 +167,22 @@ def test_anchor_first_frame_keeps_frame_zero_canonical(kind):
     qn = torch.nn.functional.normalize
     torch.testing.assert_close(qn(out["quats"][0], dim=-1), qn(quats, dim=-1), atol=1e-5, rtol=0)
     assert (out["means"][1] - means).abs().max() > 1e-3  # other times do move
+
+
+def test_ray_lift_finds_a_hidden_part_and_falls_back_off_the_object():
+    """Two parts on one ray (a front disc hiding a back one) and a keypoint beside both: the ray depth lies
+    between them, weighted by their mass; off the object it takes the nearest Gaussians' depth."""
+    from dynapose4d.tracks import ray_depths
+
+    cam = REFERENCE_CAMERA  # on +z looking at the origin: camera depth = radius - z
+    W = H = 64
+    xy = torch.randn(200, 2) * 0.05
+    front = torch.cat([xy, torch.full((200, 1), 0.3)], 1)
+    back = torch.cat([xy[:100], torch.full((100, 1), -0.3)], 1)
+    model = GaussianModel.from_points(torch.cat([front, back]), torch.rand(300, 3), scale=0.02, opacity=0.9)
+    centre_px, _ = project(torch.zeros(1, 3), cam.viewmat(), cam.K(W, H))
+    far_px = centre_px + torch.tensor([[25.0, 0.0]])  # off the object
+    d = ray_depths(model.activated(), torch.cat([centre_px, far_px]), cam, W, H)
+    # mass-weighted: (200 x (r - 0.3) + 100 x (r + 0.3)) / 300 = r - 0.1 (within sampling noise)
+    assert abs(float(d[0]) - (cam.radius - 0.1)) < 0.03
+    assert cam.radius - 0.45 < float(d[1]) < cam.radius + 0.45  # the nearest Gaussians' depth, finite

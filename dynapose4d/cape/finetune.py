@@ -1,23 +1,23 @@
 """Per-object CAPE training pairs from a scene's static Gaussians (the cape stage's fine-tuning data).
 
-The support keypoints (pixels on the scene image) are lifted to 3D with the expected depth the Gaussians render
-at the reference camera, then projected into random views of the Gaussians; a keypoint is visible in a view when
-it is inside the image and not behind the rendered surface (depth test with a tolerance). The result is a
-one-object `RenderSet` in the model's square input frame: view 0 = the scene image (the support, every keypoint
-present), views 1.. = renders (the queries).
+The support keypoints (pixels on the scene image) are lifted to 3D at the middle of the Gaussians along their
+rays from the reference camera (`dynapose4d.tracks.lift_keypoints`), then projected into random views of the
+Gaussians; a keypoint is visible in a view when it is inside the image and not more than a tolerance behind the
+rendered surface (the lifted points sit inside the parts). The result is a one-object `RenderSet` in the
+model's square input frame: view 0 = the scene image (the support, every keypoint present), views 1.. =
+renders (the queries).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from dynapose4d.cameras import Camera, project, stack_cameras, unproject
+from dynapose4d.cameras import Camera, project, stack_cameras
 from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
 from dynapose4d.render import rasterize
+from dynapose4d.tracks import lift_keypoints
 
 
 @torch.no_grad()
@@ -35,38 +35,6 @@ def render_rgbd(g: dict[str, torch.Tensor], cameras: list[Camera], width: int, h
         eds.append(r[..., 3])
         als.append(a[..., 0])
     return torch.cat(rgbs), torch.cat(eds), torch.cat(als)
-
-
-def keypoint_depths(ed: torch.Tensor, alpha: torch.Tensor, keypoints: torch.Tensor, max_radius: int = 6
-                    ) -> torch.Tensor:
-    """Surface depth [N] under each keypoint [N, 2] px: the median expected depth of the covered pixels
-    (alpha > 0.5) in the smallest window (radius 1 .. max_radius) that has any; else the median over the object."""
-    H, W = ed.shape
-    covered = alpha > 0.5
-    fallback = ed[covered].median() if covered.any() else torch.tensor(float("nan"))
-    out = []
-    for x, y in keypoints.tolist():
-        c, r0 = int(min(max(math.floor(x), 0), W - 1)), int(min(max(math.floor(y), 0), H - 1))
-        d = fallback
-        for rad in range(1, max_radius + 1):
-            sl = (slice(max(r0 - rad, 0), r0 + rad + 1), slice(max(c - rad, 0), c + rad + 1))
-            m = covered[sl]
-            if m.any():
-                d = ed[sl][m].median()
-                break
-        out.append(d)
-    return torch.stack(out)
-
-
-def lift_keypoints(g: dict[str, torch.Tensor], camera: Camera, width: int, height: int, keypoints: torch.Tensor
-                   ) -> torch.Tensor:
-    """3D world points [N, 3] of the support keypoints [N, 2] px, at the Gaussians' rendered surface depth."""
-    _, ed, alpha = render_rgbd(g, [camera], width, height)
-    depth = keypoint_depths(ed[0], alpha[0], keypoints.float())
-    if torch.isnan(depth).any():  # nothing rendered: the camera's distance to the origin
-        depth = torch.where(torch.isnan(depth), torch.full_like(depth, camera.radius), depth)
-    return unproject(keypoints.double(), depth.double(), camera.viewmat(torch.float64),
-                     camera.K(width, height, torch.float64)).float()
 
 
 def random_cameras(reference: Camera, num: int, elevation: tuple[float, float], seed: int,
@@ -101,12 +69,12 @@ def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, 
 def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: torch.Tensor,
                       support_alpha: torch.Tensor, keypoints: torch.Tensor, skeleton: list[tuple[int, int]],
                       size: int, num_views: int, elevation: tuple[float, float], reference_views: int = 4,
-                      tolerance: float = 0.05, seed: int = 0) -> tuple[RenderSet, torch.Tensor]:
+                      tolerance: float = 0.1, seed: int = 0) -> tuple[RenderSet, torch.Tensor]:
     """The fine-tuning set of one object: (RenderSet with 1 object, 1 + views images at `size`, the lifted
     keypoints [N, 3]). support_rgb [H, W, 3] over white, support_alpha [H, W], keypoints [N, 2] px."""
     H, W = support_rgb.shape[:2]
     N = keypoints.shape[0]
-    kp3 = lift_keypoints(g, camera, W, H, keypoints)
+    kp3 = lift_keypoints(g, keypoints.float(), camera, W, H)
     cams = random_cameras(camera, num_views, elevation, seed, reference_views)
     rgb, ed, alpha = render_rgbd(g, cams, W, H)
     px, vis, ins = visibility(kp3, cams, ed, alpha, W, H, tolerance)

@@ -54,7 +54,8 @@ class CapeStageConfig:
     num_views: int = 64  # random views of the static Gaussians rendered for the fine-tuning pairs
     reference_views: int = 8  # extra query renders at the reference camera (what the dynamic stage's KML sees)
     elevation: list[float] = field(default_factory=lambda: [-10.0, 40.0])  # elevation range of the views (deg)
-    depth_tolerance: float = 0.05  # a projected keypoint is hidden when this far behind the rendered depth
+    depth_tolerance: float = 0.1  # a projected keypoint is hidden when this far behind the rendered depth (world
+    # units; the lifted keypoints sit inside the parts, up to their half-thickness behind the surface)
     lambda_heat: float = 10.0  # weight of the heatmap MSE (the L1 terms have weight 1)
     heat_sigma: float = 1.0  # heatmap target std in stride-4 cells
     augment: AugmentConfig = field(default_factory=_finetune_augment)  # augmentation of the pairs
