@@ -134,7 +134,7 @@ def test_lift_and_carry_keypoints():
     world = lift_keypoints(model.activated(), kps, cam, W, H)  # mode "ray": the middle of the blob
     px, depth = project(world, cam.viewmat(), cam.K(W, H))
     torch.testing.assert_close(px, kps, atol=1e-3, rtol=0)
-    assert (depth - cam.radius).abs().max() < 0.07  # the blob (std 0.12) is centred on the origin: deeper than its surface
+    assert (depth - cam.radius).abs().max() < 0.07  # the blob (std 0.12) is centred on the origin: behind its surface
     att = attach_points(world, pts, k=6)
     shift = torch.tensor([0.1, 0.2, -0.05])
     moved = carry_points(att, model.splats["quats"], (pts + shift)[None], model.splats["quats"][None])
