@@ -116,6 +116,28 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def save_checkpoint(path: str | Path, data: dict) -> Path:
+    """`torch.save` a checkpoint dict atomically (temporary name in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path, fmt: str, what: str, weights_only: bool = True) -> dict:
+    """A checkpoint dict whose "format" is `fmt`; InputError naming the file when it is unreadable or another
+    format (`what` names the expected kind in the message). The caller reports a missing file its own way."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable {what} ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise InputError(f"{path}: not a dynapose4d {what}")
+    return data
+
+
 def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
     """Write JSON atomically (see `write_text`)."""
     import json

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig, skeleton_adjacency
 from dynapose4d.errors import InputError, MissingWeightsError
+from dynapose4d.io import load_checkpoint, save_checkpoint
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "cape_small.ckpt"
 CHECKPOINT_FORMAT = "dynapose4d-cape"
@@ -38,10 +39,7 @@ def save_cape(path: str | Path, model: CAPEModel, extra: dict[str, Any] | None =
     data = {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": asdict(model.cfg),
             "state_dict": {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()},
             **(extra or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_checkpoint(path, data)
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -49,15 +47,9 @@ def _read(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         if path.resolve() == SHIPPED_CHECKPOINT:
             raise MissingWeightsError(f"{path}: the shipped CAPE checkpoint is missing; train it with "
-                                      "`make train-cape` (or `dynapose4d train-cape --out {path}`)")
+                                      f"`make train-cape` (or `dynapose4d train-cape --out {path}`)")
         raise MissingWeightsError(f"{path}: CAPE checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InputError(f"{path}: unreadable CAPE checkpoint ({type(e).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a dynapose4d CAPE checkpoint")
-    return data
+    return load_checkpoint(path, CHECKPOINT_FORMAT, "CAPE checkpoint", weights_only=False)
 
 
 def read_checkpoint_info(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from dynapose4d.deform import Deformation, deformation_from_state, deformation_state
 from dynapose4d.errors import InputError
 from dynapose4d.gaussians import GaussianModel, sh_to_rgb
+from dynapose4d.io import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = "dynapose4d-dynamic/1"
 
@@ -30,9 +30,7 @@ def save_dynamic(path: str | Path, canonical: GaussianModel, phi: Deformation, e
         "deformation": deformation_state(phi),
         "extra": extra or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(path, data)
 
 
 def read_dynamic(path: str | Path) -> dict[str, Any]:
@@ -40,13 +38,7 @@ def read_dynamic(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no dynamic-stage checkpoint (run the dynamic stage first)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a dynapose4d dynamic checkpoint")
-    return data
+    return load_checkpoint(path, CHECKPOINT_FORMAT, "dynamic checkpoint")
 
 
 def load_dynamic(run_dir: str | Path) -> tuple[GaussianModel, Deformation]:
