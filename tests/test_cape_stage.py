@@ -133,6 +133,22 @@ def test_train_cape_cli_writes_a_checkpoint_with_metrics(tmp_path, monkeypatch):
     assert not list((tmp_path / "out").glob(".*tmp"))
 
 
+def test_time_limit_fits_the_step_count_to_the_time(tmp_path, monkeypatch):
+    """With time_limit_minutes the run ends near the limit (not at the step bound), with the schedule finished."""
+    import time
+
+    from dynapose4d.cape.train import train_cape_cli
+
+    monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
+    args = _train_args(tmp_path, "steps=100000", "time_limit_minutes=0.1")
+    t0 = time.perf_counter()
+    assert train_cape_cli(args) == 0
+    info = read_checkpoint_info(args.out)["metrics"]
+    assert 20 < info["steps"] < 100000
+    assert 3.0 < info["train_seconds"] < 6.0 + 3.0, info  # limit 6 s (+ Lightning's start-up before step 0)
+    assert time.perf_counter() - t0 < 60
+
+
 def test_train_cape_config_errors(tmp_path):
     from dynapose4d.cape.train import load_train_config
     from dynapose4d.errors import ConfigError

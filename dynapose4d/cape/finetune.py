@@ -6,6 +6,10 @@ Gaussians; a keypoint is visible in a view when it is inside the image and not m
 rendered surface (the lifted points sit inside the parts). The result is a one-object `RenderSet` in the
 model's square input frame: view 0 = the scene image (the support, every keypoint present), views 1.. =
 renders (the queries).
+
+The queries also show the object in other poses: `articulate` bends the Gaussians along the skeleton (each
+Gaussian follows its nearest bone, each bone turns about its parent joint by a random rotation), so the
+fine-tuned model sees the object's parts move as they will in the driving video, not only its rest pose.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from dynapose4d.cameras import Camera, project, stack_cameras
 from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
+from dynapose4d.deform.control import quat_multiply, quat_to_matrix
 from dynapose4d.render import rasterize
 from dynapose4d.tracks import lift_keypoints
 
@@ -49,6 +54,89 @@ def random_cameras(reference: Camera, num: int, elevation: tuple[float, float], 
     return cams
 
 
+def _random_quat(max_angle_deg: float, rng: np.random.Generator) -> torch.Tensor:
+    """A rotation about a uniformly random axis by an angle uniform in [-max, max] degrees: quaternion [4] (wxyz)."""
+    axis = rng.normal(size=3)
+    axis /= max(np.linalg.norm(axis), 1e-12)
+    half = np.deg2rad(rng.uniform(-max_angle_deg, max_angle_deg)) / 2.0
+    return torch.tensor([np.cos(half), *(np.sin(half) * axis)], dtype=torch.float64)
+
+
+def skeleton_forest(skeleton: list[tuple[int, int]], n: int) -> list[int]:
+    """Parent of each of n keypoints (-1 for a root) in a breadth-first forest of the skeleton graph; each
+    connected part is rooted at its best-connected keypoint (lowest index on ties)."""
+    nbrs: list[list[int]] = [[] for _ in range(n)]
+    for i, j in skeleton:
+        if i != j:
+            nbrs[i].append(j)
+            nbrs[j].append(i)
+    parent, seen = [-1] * n, [False] * n
+    for root in sorted(range(n), key=lambda i: (-len(nbrs[i]), i)):
+        if seen[root]:
+            continue
+        seen[root], queue = True, [root]
+        while queue:
+            u = queue.pop(0)
+            for v in sorted(nbrs[u]):
+                if not seen[v]:
+                    seen[v], parent[v] = True, u
+                    queue.append(v)
+    return parent
+
+
+def articulate(g: dict[str, torch.Tensor], keypoints3d: torch.Tensor, skeleton: list[tuple[int, int]],
+               max_angle_deg: float, rng: np.random.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A random pose of Gaussians (rasterize inputs) rigged by their keypoints [N, 3] and skeleton.
+
+    Each bone (parent joint p -> keypoint c of `skeleton_forest`) turns about p by a random rotation (up to
+    `max_angle_deg`) composed down the tree; a Gaussian moves rigidly with its nearest bone (its centre's
+    distance to the segment), a keypoint with the bone that ends at it, roots stay. Returns the posed Gaussians
+    (means and quats changed) and keypoints [N, 3]; unchanged without a skeleton."""
+    n = keypoints3d.shape[0]
+    parent = skeleton_forest(skeleton, n)
+    children = [c for c in range(n) if parent[c] >= 0]
+    if not children or max_angle_deg <= 0:
+        return g, keypoints3d
+    kp = keypoints3d.double().cpu()
+    rot = [torch.eye(3, dtype=torch.float64) for _ in range(n)]  # world rotation of the bone ending at each node
+    quat = [torch.tensor([1.0, 0, 0, 0], dtype=torch.float64) for _ in range(n)]
+    trans = [torch.zeros(3, dtype=torch.float64) for _ in range(n)]
+    order = sorted(children, key=lambda c: _depth(parent, c))
+    for c in order:  # parents before children
+        p = parent[c]
+        q = _random_quat(max_angle_deg, rng)
+        r_local = quat_to_matrix(q)
+        # x -> W_p(R (x - k_p) + k_p), W_p the parent's bone transform
+        rot[c] = rot[p] @ r_local
+        quat[c] = quat_multiply(quat[p], q)
+        trans[c] = rot[p] @ (kp[p] - r_local @ kp[p]) + trans[p]
+    posed_kp = kp.clone()
+    for c in children:
+        posed_kp[c] = rot[c] @ kp[c] + trans[c]
+    dev, dt = g["means"].device, g["means"].dtype
+    a = kp[[parent[c] for c in children]].to(dev, dt)  # [E, 3] bone starts
+    b = kp[children].to(dev, dt)  # [E, 3] bone ends
+    x = g["means"]  # [G, 3]
+    ab = b - a
+    t = (((x[:, None] - a[None]) * ab[None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)[None]).clamp(0, 1)  # [G, E]
+    dist = (x[:, None] - (a[None] + t[..., None] * ab[None])).norm(dim=-1)  # [G, E]
+    bone = dist.argmin(1)  # [G]
+    R = torch.stack([rot[c] for c in children]).to(dev, dt)[bone]  # [G, 3, 3]
+    T = torch.stack([trans[c] for c in children]).to(dev, dt)[bone]  # [G, 3]
+    Q = torch.stack([quat[c] for c in children]).to(dev, dt)[bone]  # [G, 4]
+    out = dict(g)
+    out["means"] = (R @ x[..., None])[..., 0] + T
+    out["quats"] = quat_multiply(Q, g["quats"])
+    return out, posed_kp.to(keypoints3d.dtype)
+
+
+def _depth(parent: list[int], i: int) -> int:
+    d = 0
+    while parent[i] >= 0:
+        i, d = parent[i], d + 1
+    return d
+
+
 def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, alpha: torch.Tensor, width: int,
                height: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixels [C, N, 2], visible [C, N] and inside [C, N] of world points [N, 3] in views with rendered expected
@@ -69,15 +157,30 @@ def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, 
 def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: torch.Tensor,
                       support_alpha: torch.Tensor, keypoints: torch.Tensor, skeleton: list[tuple[int, int]],
                       size: int, num_views: int, elevation: tuple[float, float], reference_views: int = 4,
-                      tolerance: float = 0.1, seed: int = 0) -> tuple[RenderSet, torch.Tensor]:
+                      tolerance: float = 0.1, seed: int = 0, pose_angle: float = 0.0, posed_fraction: float = 0.0
+                      ) -> tuple[RenderSet, torch.Tensor]:
     """The fine-tuning set of one object: (RenderSet with 1 object, 1 + views images at `size`, the lifted
-    keypoints [N, 3]). support_rgb [H, W, 3] over white, support_alpha [H, W], keypoints [N, 2] px."""
+    keypoints [N, 3]). support_rgb [H, W, 3] over white, support_alpha [H, W], keypoints [N, 2] px. A share
+    `posed_fraction` of the query views shows a random articulation (`articulate`, up to `pose_angle` degrees
+    per joint), one per view; the rest show the rest pose."""
     H, W = support_rgb.shape[:2]
     N = keypoints.shape[0]
     kp3 = lift_keypoints(g, keypoints.float(), camera, W, H)
     cams = random_cameras(camera, num_views, elevation, seed, reference_views)
-    rgb, ed, alpha = render_rgbd(g, cams, W, H)
-    px, vis, ins = visibility(kp3, cams, ed, alpha, W, H, tolerance)
+    rng = np.random.default_rng(seed + 7919)
+    posed = rng.random(len(cams)) < posed_fraction if pose_angle > 0 else np.zeros(len(cams), dtype=bool)
+    rest = [i for i in range(len(cams)) if not posed[i]]
+    parts = []  # (view indices, rgb, ed, alpha, px, vis, ins)
+    if rest:
+        sub = [cams[i] for i in rest]
+        r, e, a = render_rgbd(g, sub, W, H)
+        parts.append((rest, r, e, a, *visibility(kp3, sub, e, a, W, H, tolerance)))
+    for i in np.flatnonzero(posed).tolist():
+        gp, kp3p = articulate(g, kp3, skeleton, pose_angle, rng)
+        r, e, a = render_rgbd(gp, [cams[i]], W, H)
+        parts.append(([i], r, e, a, *visibility(kp3p, [cams[i]], e, a, W, H, tolerance)))
+    order = torch.tensor([i for p in parts for i in p[0]]).argsort()
+    rgb, ed, alpha, px, vis, ins = (torch.cat([p[k] for p in parts])[order] for k in range(1, 7))
     imgs = torch.cat([support_rgb[None], rgb]).permute(0, 3, 1, 2)  # [V, 3, H, W]
     als = torch.cat([support_alpha[None], alpha])[:, None]  # [V, 1, H, W]
     # letterbox colour over white and alpha (padded with 0) into the model's square frame
