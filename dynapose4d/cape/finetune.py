@@ -98,21 +98,20 @@ def articulate(g: dict[str, torch.Tensor], keypoints3d: torch.Tensor, skeleton: 
     if not children or max_angle_deg <= 0:
         return g, keypoints3d
     kp = keypoints3d.double().cpu()
-    rot = [torch.eye(3, dtype=torch.float64) for _ in range(n)]  # world rotation of the bone ending at each node
+    # world transform x -> R(quat[j]) x + trans[j] of the bone ending at each keypoint (identity at roots)
     quat = [torch.tensor([1.0, 0, 0, 0], dtype=torch.float64) for _ in range(n)]
     trans = [torch.zeros(3, dtype=torch.float64) for _ in range(n)]
-    order = sorted(children, key=lambda c: _depth(parent, c))
-    for c in order:  # parents before children
+    for c in sorted(children, key=lambda c: _depth(parent, c)):  # parents before children
         p = parent[c]
         q = _random_quat(max_angle_deg, rng)
-        r_local = quat_to_matrix(q)
-        # x -> W_p(R (x - k_p) + k_p), W_p the parent's bone transform
-        rot[c] = rot[p] @ r_local
+        # x -> W_p(R_q (x - k_p) + k_p), W_p the parent's bone transform
         quat[c] = quat_multiply(quat[p], q)
-        trans[c] = rot[p] @ (kp[p] - r_local @ kp[p]) + trans[p]
+        trans[c] = quat_to_matrix(quat[p]) @ (kp[p] - quat_to_matrix(q) @ kp[p]) + trans[p]
+    quats = torch.stack([quat[c] for c in children])  # [E, 4]
+    trans_e = torch.stack([trans[c] for c in children])  # [E, 3]
+    rots = quat_to_matrix(quats)  # [E, 3, 3]
     posed_kp = kp.clone()
-    for c in children:
-        posed_kp[c] = rot[c] @ kp[c] + trans[c]
+    posed_kp[children] = (rots @ kp[children][..., None])[..., 0] + trans_e
     dev, dt = g["means"].device, g["means"].dtype
     a = kp[[parent[c] for c in children]].to(dev, dt)  # [E, 3] bone starts
     b = kp[children].to(dev, dt)  # [E, 3] bone ends
@@ -121,9 +120,7 @@ def articulate(g: dict[str, torch.Tensor], keypoints3d: torch.Tensor, skeleton: 
     t = (((x[:, None] - a[None]) * ab[None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)[None]).clamp(0, 1)  # [G, E]
     dist = (x[:, None] - (a[None] + t[..., None] * ab[None])).norm(dim=-1)  # [G, E]
     bone = dist.argmin(1)  # [G]
-    R = torch.stack([rot[c] for c in children]).to(dev, dt)[bone]  # [G, 3, 3]
-    T = torch.stack([trans[c] for c in children]).to(dev, dt)[bone]  # [G, 3]
-    Q = torch.stack([quat[c] for c in children]).to(dev, dt)[bone]  # [G, 4]
+    R, T, Q = rots.to(dev, dt)[bone], trans_e.to(dev, dt)[bone], quats.to(dev, dt)[bone]  # [G, 3, 3], [G, 3], [G, 4]
     out = dict(g)
     out["means"] = (R @ x[..., None])[..., 0] + T
     out["quats"] = quat_multiply(Q, g["quats"])
@@ -170,17 +167,14 @@ def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: t
     rng = np.random.default_rng(seed + 7919)
     posed = rng.random(len(cams)) < posed_fraction if pose_angle > 0 else np.zeros(len(cams), dtype=bool)
     rest = [i for i in range(len(cams)) if not posed[i]]
-    parts = []  # (view indices, rgb, ed, alpha, px, vis, ins)
-    if rest:
-        sub = [cams[i] for i in rest]
-        r, e, a = render_rgbd(g, sub, W, H)
-        parts.append((rest, r, e, a, *visibility(kp3, sub, e, a, W, H, tolerance)))
-    for i in np.flatnonzero(posed).tolist():
-        gp, kp3p = articulate(g, kp3, skeleton, pose_angle, rng)
-        r, e, a = render_rgbd(gp, [cams[i]], W, H)
-        parts.append(([i], r, e, a, *visibility(kp3p, [cams[i]], e, a, W, H, tolerance)))
+    parts = []  # (view indices, rgb, alpha, px, vis, ins): the rest-pose views in one batch, then each posed view
+    for idx, gv, kv in ([(rest, g, kp3)] if rest else []) + [
+            ([i], *articulate(g, kp3, skeleton, pose_angle, rng)) for i in np.flatnonzero(posed).tolist()]:
+        sub = [cams[i] for i in idx]
+        r, e, a = render_rgbd(gv, sub, W, H)
+        parts.append((idx, r, a, *visibility(kv, sub, e, a, W, H, tolerance)))
     order = torch.tensor([i for p in parts for i in p[0]]).argsort()
-    rgb, ed, alpha, px, vis, ins = (torch.cat([p[k] for p in parts])[order] for k in range(1, 7))
+    rgb, alpha, px, vis, ins = (torch.cat([p[k] for p in parts])[order] for k in range(1, 6))
     imgs = torch.cat([support_rgb[None], rgb]).permute(0, 3, 1, 2)  # [V, 3, H, W]
     als = torch.cat([support_alpha[None], alpha])[:, None]  # [V, 1, H, W]
     # letterbox colour over white and alpha (padded with 0) into the model's square frame
