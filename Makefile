@@ -47,8 +47,17 @@ format: setup ## ruff format + import sort
 	$(BIN)/ruff check --fix --select I dynapose4d tests
 
 CAPE_CONFIG ?= configs/cape/cpu.yaml
-train-cape: setup ## reproduce the shipped CAPE checkpoint (dynapose4d/assets/cape_small.ckpt); CAPE_CONFIG=configs/cape/gpu.yaml for the larger GPU model
-	$(BIN)/dynapose4d train-cape --out dynapose4d/assets/cape_small.ckpt --config $(CAPE_CONFIG)
+# the second phase, warm-started from the first (CAPE_MORE= for one phase only)
+CAPE_MORE ?= configs/cape/cpu_more.yaml
+CAPE_OUT := dynapose4d/assets/cape_small.ckpt
+train-cape: setup ## reproduce the shipped CAPE checkpoint (dynapose4d/assets/cape_small.ckpt; two 50-min phases on CPU); CAPE_CONFIG=configs/cape/gpu.yaml CAPE_MORE= for the larger GPU model
+	if [ -n "$(CAPE_MORE)" ]; then \
+	  mkdir -p runs && \
+	  $(BIN)/dynapose4d train-cape --out runs/cape_phase1.ckpt --config $(CAPE_CONFIG) && \
+	  $(BIN)/dynapose4d train-cape --out $(CAPE_OUT) --config $(CAPE_MORE) --set init=runs/cape_phase1.ckpt; \
+	else \
+	  $(BIN)/dynapose4d train-cape --out $(CAPE_OUT) --config $(CAPE_CONFIG); \
+	fi
 
 clean: ## remove runs, caches and the virtual environment
 	rm -rf runs .pytest_cache .ruff_cache $(VENV) build *.egg-info

@@ -149,6 +149,28 @@ def test_time_limit_fits_the_step_count_to_the_time(tmp_path, monkeypatch):
     assert time.perf_counter() - t0 < 60
 
 
+def test_train_cape_init_warm_starts_from_a_checkpoint(tmp_path, monkeypatch):
+    """`init` loads the weights (lr 0: the output equals them), and refuses a checkpoint of another model."""
+    from dynapose4d.cape.train import train_cape_cli
+    from dynapose4d.errors import ConfigError
+
+    monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
+    first = _train_args(tmp_path / "a")
+    assert train_cape_cli(first) == 0
+    again = _train_args(tmp_path / "b", f"init={first.out}", "lr=0.0", "seed=5")
+    assert train_cape_cli(again) == 0
+    a, b = load_cape(first.out).state_dict(), load_cape(again.out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = _train_args(tmp_path / "c", "lr=0.0", "seed=5")  # the same run without init starts elsewhere
+    assert train_cape_cli(fresh) == 0
+    c = load_cape(fresh.out).state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    other = _train_args(tmp_path / "d", f"init={first.out}", "model.dim=32")
+    with pytest.raises(ConfigError, match=r"cape.ckpt: init checkpoint's model differs .* dim"):
+        train_cape_cli(other)
+    assert not (tmp_path / "d" / "out").exists()
+
+
 def test_train_cape_config_errors(tmp_path):
     from dynapose4d.cape.train import load_train_config
     from dynapose4d.errors import ConfigError
@@ -157,11 +179,14 @@ def test_train_cape_config_errors(tmp_path):
         load_train_config(None, ["model.nope=1"])
     with pytest.raises(ConfigError, match="input_size"):
         load_train_config(None, ["model.input_size=100"])
-    for preset in ("cpu", "gpu"):
-        from pathlib import Path
+    from pathlib import Path
 
-        cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "cape" / f"{preset}.yaml")
-        assert cfg.steps > 0
+    presets = {p: load_train_config(Path(__file__).resolve().parents[1] / "configs" / "cape" / f"{p}.yaml")
+               for p in ("cpu", "cpu_more", "gpu")}
+    assert all(cfg.steps > 0 for cfg in presets.values())
+    assert presets["cpu_more"].model == presets["cpu"].model  # the second phase warm-starts from the first
+    first, second = presets["cpu"].data, presets["cpu_more"].data
+    assert second.seed_start >= first.seed_start + first.num_objects  # new objects in the second phase
 
 
 def test_train_cape_ddp_spawn_two_cpu_processes(tmp_path, monkeypatch):

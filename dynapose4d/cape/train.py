@@ -40,6 +40,8 @@ class CapeTrainConfig:
     """Settings of `dynapose4d train-cape` (defaults: the small CPU model)."""
 
     seed: int = 0  # seeds the model init and the pair sampling
+    init: str = ""  # warm start: a CAPE checkpoint whose weights start the training ("" = random init); its model
+    # config must equal `model` (the schedule, warm-up included, starts afresh)
     model: CAPEModelConfig = field(default_factory=CAPEModelConfig)
     data: ProceduralConfig = field(default_factory=ProceduralConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -96,6 +98,22 @@ class _PrintProgress:
         self.callback = _CB()
 
 
+def _initial_model(cfg: CapeTrainConfig) -> Any:
+    """A random CAPEModel of `cfg.model`, or the weights of `cfg.init` (ConfigError when its model differs)."""
+    from dataclasses import asdict
+
+    from dynapose4d.cape import load_cape
+    from dynapose4d.cape.model import CAPEModel
+
+    if not cfg.init:
+        return CAPEModel(cfg.model)
+    model = load_cape(cfg.init)
+    if asdict(model.cfg) != asdict(cfg.model):
+        diff = sorted(k for k, v in asdict(cfg.model).items() if asdict(model.cfg).get(k) != v)
+        raise ConfigError(f"{cfg.init}: init checkpoint's model differs from the config's model in {', '.join(diff)}")
+    return model.train()
+
+
 def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[str, Any] | None:
     """Train, evaluate and write the checkpoint at `out` (rank zero). Returns the metrics (None on other ranks)."""
     import lightning as L
@@ -103,7 +121,6 @@ def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[
     from dynapose4d.cape import save_cape
     from dynapose4d.cape.data import PairDataset, load_or_generate
     from dynapose4d.cape.evaluation import evaluate, format_table
-    from dynapose4d.cape.model import CAPEModel
     from dynapose4d.stages.cape import CAPEModule, fit, pair_loader
 
     t_start = time.perf_counter()
@@ -112,6 +129,7 @@ def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[
         torch.set_float32_matmul_precision("high")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     devices = max(1, int(cfg.trainer.devices))
+    model = _initial_model(cfg)  # before the data: a bad init fails first, and the init does not depend on the cache
     train_set = load_or_generate("train", cfg.data, cfg.cache, log)
     t_data = time.perf_counter() - t_start
     length = (cfg.steps + 1) * cfg.batch_size * devices
@@ -122,7 +140,6 @@ def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[
         mp = MP100Pairs(load_split(cfg.mp100.root, cfg.mp100.split, "train"), cfg.model.input_size, length,
                         seed=cfg.seed)
         dataset = MixedPairs(dataset, mp, cfg.mp100.fraction, seed=cfg.seed)
-    model = CAPEModel(cfg.model)
     module = CAPEModule(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.lambda_heat, cfg.heat_sigma,
                         time_limit_s=cfg.time_limit_minutes * 60.0)
     tc = cfg.trainer
