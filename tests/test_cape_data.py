@@ -213,3 +213,14 @@ def test_elastic_warp_moves_keypoints_with_the_image():
         assert torch.allclose(c, k[0] * 64, atol=0.5), (c, k * 64)
         moved = max(moved, float((k[0] - kp[0]).norm() * 64))
     assert moved > 1.0  # it does move things
+
+
+def test_scene_table_columns_follow_the_results_order_with_trivial_first():
+    from dynapose4d.cape.evaluation import format_scene_table
+
+    row = {"start_pck@0.1": 0.5, "start_pck@0.2": 0.6, "finetuned_pck@0.1": 0.7, "finetuned_pck@0.2": 0.8,
+           "trivial_pck@0.1": 0.1, "trivial_pck@0.2": 0.2, "keypoints": 4}
+    lines = format_scene_table({"all": row, "az000": row}).splitlines()
+    assert lines[0].split() == ["camera", "kps", "trivial@0.1", "start@0.1", "finetuned@0.1", "trivial@0.2",
+                                "start@0.2", "finetuned@0.2"]
+    assert lines[1].split() == ["all", "4", "0.100", "0.500", "0.700", "0.200", "0.600", "0.800"]

@@ -168,7 +168,8 @@ def format_scene_table(res: dict[str, Any]) -> str:
     """Rows = gt cameras (+ all); columns = PCK@0.1 and PCK@0.2 of the trivial baseline and each model."""
     if not res:
         return "(no gt)"
-    names = sorted({k.rsplit("_pck@", 1)[0] for k in res["all"] if "_pck@" in k}, key=lambda n: n != "trivial")
+    found = dict.fromkeys(k.rsplit("_pck@", 1)[0] for k in res["all"] if "_pck@" in k)  # in the results' order
+    names = sorted(found, key=lambda n: n != "trivial")  # (a set here gave a column order that changed per run)
     cols = [f"{n}@{t:g}" for t in THRESHOLDS for n in names]
     lines = [f"{'camera':>12} {'kps':>5} " + " ".join(f"{c:>14}" for c in cols)]
     for cam, r in res.items():
