@@ -62,17 +62,14 @@ def test_articulation_changes_nothing_without_a_skeleton_or_angle():
 
 def test_posed_views_keep_keypoints_on_the_object():
     """Renders of the articulated generator Gaussians: the projected posed keypoints fall on the object."""
-    from dynapose4d.cameras import Camera
+    from dynapose4d.cameras import Camera, project
     from dynapose4d.cape.finetune import object_render_set
     from dynapose4d.data.synthetic import make_object
+    from dynapose4d.render import rasterize
 
     obj = make_object("humanoid", 0, 4)
     g = {k: v.float() for k, v in obj.gaussians(0).items()}
-    from dynapose4d.cameras import project
-    from dynapose4d.render import rasterize
-
     cam = Camera("ref", 0.0, 0.0, 2.2, 40.0)
-
     vm, K = cam.viewmat()[None], cam.K(64, 64)[None]
     rgb, alpha, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], vm, K, 64, 64,
                               backgrounds=torch.ones(1, 3))

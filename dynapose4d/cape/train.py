@@ -108,8 +108,9 @@ def _initial_model(cfg: CapeTrainConfig) -> Any:
     if not cfg.init:
         return CAPEModel(cfg.model)
     model = load_cape(cfg.init)
-    if asdict(model.cfg) != asdict(cfg.model):
-        diff = sorted(k for k, v in asdict(cfg.model).items() if asdict(model.cfg).get(k) != v)
+    have, want = asdict(model.cfg), asdict(cfg.model)
+    if have != want:
+        diff = sorted(k for k, v in want.items() if have.get(k) != v)
         raise ConfigError(f"{cfg.init}: init checkpoint's model differs from the config's model in {', '.join(diff)}")
     return model.train()
 
