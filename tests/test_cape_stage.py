@@ -102,6 +102,30 @@ def test_cape_stage_outputs(scene_dir, tmp_path):
     assert read_checkpoint_info(run / "cape" / "model.ckpt")["metrics"]["all"] == m["all"]
 
 
+def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir, tmp_path):
+    """A recentred scene: driving_keypoints.json holds the predictions mapped back to the scene's own frames,
+    and the dynamic stage reads them back into the pipeline's frame."""
+    import dataclasses
+
+    from dynapose4d.data.scene import Recentring
+    from dynapose4d.stages import cape
+    from dynapose4d.stages.dynamic import _driving_keypoints
+
+    ckpt = save_cape(tmp_path / "tiny.ckpt", CAPEModel(CAPEModelConfig(**TINY)))
+    ctx = _ctx(scene_dir, tmp_path / "run")
+    rec = Recentring(scale=1.6, centre=(20.0, 40.0), size=(64, 64))
+    ctx.scene = dataclasses.replace(ctx.scene, recentring=rec, gt_dir=None)
+    cfg = cape.CapeStageConfig(steps=1, checkpoint=str(ckpt), batch_size=2, num_views=4, reference_views=1,
+                               warmup_steps=1)
+    ctx.artifacts["cape"] = cape.run(ctx, cfg)
+    saved = torch.tensor(json.loads((tmp_path / "run" / "cape" / "driving_keypoints.json").read_text())["points"])
+    pipeline, _ = cape.predict_frames(load_cape(tmp_path / "run" / "cape" / "model.ckpt"), ctx.scene, ctx.scene.video)
+    torch.testing.assert_close(saved, rec.to_scene(pipeline), atol=1e-3, rtol=0)
+    assert (saved - pipeline).abs().max() > 5.0  # not the identity
+    read_back, _ = _driving_keypoints(ctx, ctx.scene.video, None, 1.0)
+    torch.testing.assert_close(read_back, pipeline, atol=1e-3, rtol=0)
+
+
 def test_cape_stage_missing_checkpoint_fails_first(scene_dir, tmp_path):
     from dynapose4d.stages import cape
 

@@ -4,6 +4,7 @@ output is written, and `export --format ply-sequence` writes T loadable PLYs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from argparse import Namespace
 
@@ -12,6 +13,7 @@ import torch
 from dynamic_helpers import ColourKeypoints, perfect_static, scene_from_folder
 
 from dynapose4d.config import TrainerConfig, WandbConfig
+from dynapose4d.data.scene import Recentring
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.deform import gaussians_at, load_dynamic, read_dynamic
 from dynapose4d.errors import InputError
@@ -43,6 +45,8 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("dyn")
     write_scene("humanoid", root / "scene", seed=0, num_frames=T, size=SIZE)
     scene = scene_from_folder(root / "scene")
+    # as if the files had been recentred: 2D outputs must come back in the files' pixels (scene.recentring)
+    scene = dataclasses.replace(scene, recentring=Recentring(scale=1.25, centre=(30.0, 26.0), size=(SIZE, SIZE)))
     run_dir = root / "run"
     perfect_static(make_object("humanoid", 0, T), run_dir)
     detector = ColourKeypoints.from_support(scene.image, scene.keypoints)
@@ -77,8 +81,9 @@ def test_outputs_and_load_dynamic(fitted):
     assert kp["names"] == scene.names
     assert torch.tensor(kp["world"]).shape == (T, N, 3)
     assert torch.tensor(kp["reference_2d"]).shape == (T, N, 2) and torch.tensor(kp["confidence"]).shape == (T, N)
-    # frame 0 (anchored): the tracks project back onto the support keypoints
-    assert (torch.tensor(kp["reference_2d"][0]) - scene.keypoints).norm(dim=-1).max() < 1e-2
+    # frame 0 (anchored): the tracks project back onto the support keypoints, in the pixels of the scene's files
+    ref0 = torch.tensor(kp["reference_2d"][0])
+    assert (ref0 - scene.recentring.to_scene(scene.keypoints)).norm(dim=-1).max() < 1e-2
     canonical, phi = load_dynamic(run_dir)
     assert phi.num_frames == T and len(canonical) == len(load_ply(run_dir / "static/gaussians.ply"))
     extra = read_dynamic(out / "deform.ckpt")["extra"]

@@ -170,6 +170,19 @@ def test_recentring_fills_80_percent_and_moves_keypoints(tmp_path):
     assert torch.allclose(s.video[0], s.image) and torch.allclose(s.video[1], s.image)
 
 
+def test_recentring_is_kept_and_maps_pipeline_pixels_back_to_the_files(tmp_path):
+    img = _object(cy=14.0, cx=15.0, ry=6.0, rx=7.0, marker=None)
+    kp = [[15.5, 14.5], [12.0, 10.0], [20.0, 17.0]]
+    s = load_scene(write_scene(tmp_path / "s", img, keypoints=kp, skeleton=[], camera=False))
+    rec = s.recentring
+    assert rec is not None and rec.size == (W, H) and rec.scale > 1.5
+    torch.testing.assert_close(rec.to_scene(s.keypoints.double()), torch.tensor(kp, dtype=torch.float64))
+    torch.testing.assert_close(rec.from_scene(torch.tensor(kp, dtype=torch.float64)), s.keypoints.double())
+    # the mask box centre of the file lands on the frame centre
+    torch.testing.assert_close(rec.from_scene(torch.tensor(rec.centre)), torch.tensor([W / 2.0, H / 2.0]))
+    assert load_scene(write_scene(tmp_path / "c", img, keypoints=kp, skeleton=[])).recentring is None
+
+
 def test_recentring_keeps_moving_video_object_inside(tmp_path):
     img = _object(cy=24.0, cx=32.0, ry=6.0, rx=6.0, marker=None)
     far = _object(cy=24.0, cx=56.0, ry=6.0, rx=6.0, marker=None)  # frame 1: object near the right edge

@@ -21,7 +21,8 @@ of image.png's mask bounding box at the image centre and scales the box to fill 
 of width and height). The scale is reduced when needed so that every keypoint and the mask boxes of all video
 frames stay inside the frame. Parts of the frame that come from outside the input are transparent. A scene with
 camera.json is used exactly as given (so views/ and gt/ stay aligned with it); views/ or gt/ without camera.json
-is an error, because recentring would misalign them.
+is an error, because recentring would misalign them. The similarity is kept (`Scene.recentring`) so that 2D
+outputs can be written back in the pixels of the scene's own files.
 
 Background removal for images without alpha, and its limits (`remove_background`):
   the background colour is the median of the image's border pixels (a ring of ~1.5% of the size, >= 1 px);
@@ -61,6 +62,28 @@ MIN_SIZE = 8  # smallest accepted image side, pixels
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+@dataclass(frozen=True)
+class Recentring:
+    """The 2D similarity that `recentre` applied: a scene-file pixel q maps to the pipeline pixel
+    p = (q - centre) * scale + size / 2 (pixel centres at +0.5 in both)."""
+
+    scale: float
+    centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
+    size: tuple[int, int]  # (W, H) of the frame (equal before and after)
+
+    def from_scene(self, q: torch.Tensor) -> torch.Tensor:
+        """Scene-file pixels [..., 2] -> pipeline pixels [..., 2]."""
+        c = torch.tensor(self.centre, dtype=q.dtype, device=q.device)
+        half = torch.tensor(self.size, dtype=q.dtype, device=q.device) / 2.0
+        return (q - c) * self.scale + half
+
+    def to_scene(self, p: torch.Tensor) -> torch.Tensor:
+        """Pipeline pixels [..., 2] -> scene-file pixels [..., 2] (the inverse of `from_scene`)."""
+        c = torch.tensor(self.centre, dtype=p.dtype, device=p.device)
+        half = torch.tensor(self.size, dtype=p.dtype, device=p.device) / 2.0
+        return (p - half) / self.scale + c
+
+
 @dataclass
 class Scene:
     """A validated scene. Images are float32 in [0, 1], RGBA with straight (not premultiplied) colour."""
@@ -75,6 +98,7 @@ class Scene:
     video: torch.Tensor | None = None  # [T, H, W, 4] driving frames, RGBA (background removed), or None
     views: list[tuple[Camera, torch.Tensor]] = field(default_factory=list)  # (camera, [H, W, 4]) extra views
     gt_dir: Path | None = None  # scene/gt when present (eval only)
+    recentring: Recentring | None = None  # the transform applied to the scene files (None: used as given)
 
     @property
     def height(self) -> int:
@@ -120,12 +144,14 @@ def load_scene(path: str | Path) -> Scene:
                                  "without it the scene is recentred and would no longer match")
     views = _read_views(views_dir, H, W) if views_dir.exists() else []
 
+    recentring = None
     if not has_camera:
-        image, keypoints, video = recentre(image, keypoints, video, fill=FILL)
+        recentring = recentring_of(image, keypoints, video, fill=FILL)
+        image, keypoints, video = apply_recentring(recentring, image, keypoints, video)
     return Scene(
         root=root, image=image.contiguous(), keypoints=keypoints, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if video is None else video.contiguous(), views=views,
-        gt_dir=gt_dir if gt_dir.is_dir() else None,
+        gt_dir=gt_dir if gt_dir.is_dir() else None, recentring=recentring,
     )
 
 
@@ -239,12 +265,11 @@ def connected_components(mask: np.ndarray, diagonal: bool = True) -> tuple[np.nd
     return labels, sizes
 
 
-def recentre(
-    image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None, fill: float = FILL
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Move the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill `fill` of the frame;
-    the same transform is applied to `keypoints` [N, 2] (pixels) and to `video` [T, H, W, 4]. Output sizes equal
-    input sizes. The scale shrinks if needed to keep all keypoints and video masks inside the frame."""
+def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
+                  fill: float = FILL) -> Recentring | None:
+    """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
+    `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
+    [T, H, W, 4] inside the frame. None when it is the identity."""
     H, W = image.shape[:2]
     box = _bbox(image[..., 3] > 0.5)
     if box is None:
@@ -266,9 +291,28 @@ def recentre(
     if ey > 0:
         s = min(s, 0.98 * (H / 2.0) / ey)
     if abs(s - 1.0) < 1e-9 and cx == W / 2.0 and cy == H / 2.0:
+        return None
+    return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)))
+
+
+def recentre(
+    image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None, fill: float = FILL
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Apply `recentring_of(image, keypoints, video, fill)` to `image` [H, W, 4], `keypoints` [N, 2] (pixels) and
+    `video` [T, H, W, 4]. Output sizes equal input sizes."""
+    return apply_recentring(recentring_of(image, keypoints, video, fill), image, keypoints, video)
+
+
+def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
+                     video: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] moved by `rec` (returned as given when None):
+    one bilinear resample, antialiased when shrinking."""
+    if rec is None:
         return image, keypoints, video
+    H, W = image.shape[:2]
+    s, (cx, cy) = rec.scale, rec.centre
     # output pixel x' shows source x = (x' - W / 2) / s + cx (likewise y): one exact similarity for everything
-    kp = torch.stack([(keypoints[:, 0].double() - cx) * s + W / 2.0, (keypoints[:, 1].double() - cy) * s + H / 2.0], -1)
+    kp = rec.from_scene(keypoints.double())
 
     frames = image[None] if video is None else torch.cat([image[None], video])  # [B = 1 + T, H, W, 4]
     x = frames.permute(0, 3, 1, 2).float()  # [B, 4, H, W]

@@ -7,7 +7,8 @@ driving frame.
 2. Fine-tune the shipped checkpoint (or `cape.checkpoint`) on those pairs for `steps` steps (`CAPEModule`).
 3. Predict the keypoints on every driving frame (the scene's video, else the SVD video of RUN/inputs/video/).
 Outputs: RUN/cape/model.ckpt (a CAPE checkpoint, `dynapose4d.cape.load_cape`), driving_keypoints.json
-({"points": [T][N][2] px, "confidence": [T][N]}), overlay.mp4 / overlay.gif (keypoints and skeleton on the
+({"points": [T][N][2] px, "confidence": [T][N]}; pixels of the driving frames' own files: the scene's video
+with its recentring undone, or RUN/inputs/video/ for SVD), overlay.mp4 / overlay.gif (keypoints and skeleton on the
 driving frames) and, when the scene has gt/, metrics.json: PCK@0.1/0.2 on the gt cameras over all frames for
 the trivial baseline (support keypoints copied), the starting checkpoint and the fine-tuned model.
 
@@ -268,8 +269,11 @@ def write_outputs(ctx: Any, cfg: CapeStageConfig, model: CAPEModel, start: CAPEM
     out = ctx.stage_dir(STAGE)
     scene = ctx.scene
     frames, source = _driving_frames(ctx)
-    pts, conf = predict_frames(model, scene, frames, cfg.predict_batch)
-    write_json(out / "driving_keypoints.json", {"points": pts.tolist(), "confidence": conf.tolist()}, indent=None)
+    pts, conf = predict_frames(model, scene, frames, cfg.predict_batch)  # [T, N, 2] px of the pipeline's frame
+    # saved in the pixels of the frames' files: the scene's own (undoing recentring), or RUN/inputs/video/ for SVD
+    rec = scene.recentring if scene.video is not None or source == "image" else None
+    saved = rec.to_scene(pts) if rec is not None else pts
+    write_json(out / "driving_keypoints.json", {"points": saved.tolist(), "confidence": conf.tolist()}, indent=None)
     rgb = over_background(frames, 1.0)
     drawn = np.stack([draw_keypoints(rgb[t], pts[t], scene.skeleton, conf[t]) for t in range(rgb.shape[0])])
     write_video(out / "overlay.mp4", drawn, fps=cfg.overlay_fps)

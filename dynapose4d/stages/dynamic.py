@@ -289,7 +289,8 @@ def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn |
         d = json.loads(Path(path).read_text())
         pts, conf = torch.tensor(d["points"], dtype=torch.float32), torch.tensor(d["confidence"], dtype=torch.float32)
         if pts.shape == (T, N, 2) and conf.shape == (T, N):
-            return pts, conf
+            rec = ctx.scene.recentring if ctx.scene.video is not None else None  # saved in the scene's pixels
+            return (rec.from_scene(pts) if rec is not None else pts), conf
     if keypoints_fn is None:
         return None
     a = video[..., 3:]
@@ -412,10 +413,13 @@ def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, l
         tracks = keypoint_tracks(module.canonical, module.phi, scene.keypoints, scene.camera, W, H, T,
                                  cfg.track_neighbours).cpu()  # [T, N, 3]
     conf = module.kp_confidence.cpu() if module.kp_confidence is not None else torch.ones(T, scene.num_keypoints)
+    ref_2d = project_tracks(tracks, scene.camera, W, H)  # [T, N, 2] px of the pipeline's frame
+    if scene.recentring is not None:  # written in the pixels of the scene's image.png
+        ref_2d = scene.recentring.to_scene(ref_2d)
     write_json(out / "keypoints.json", {
         "names": list(scene.names),
         "world": tracks.tolist(),
-        "reference_2d": project_tracks(tracks, scene.camera, W, H).tolist(),
+        "reference_2d": ref_2d.tolist(),
         "confidence": conf.tolist(),
     })
     kp_targets = module.kp_targets.cpu() if module.kp_targets is not None else None
