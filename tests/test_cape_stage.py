@@ -104,7 +104,7 @@ def test_cape_stage_outputs(scene_dir, tmp_path):
 
 def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir, tmp_path):
     """A recentred scene: driving_keypoints.json holds the predictions mapped back to the scene's own frames,
-    and the dynamic stage reads them back into the pipeline's frame."""
+    and the dynamic stage reads them back into the pipeline's frame. (Fine-tuned under bf16 autocast.)"""
     import dataclasses
 
     from dynapose4d.data.scene import Recentring
@@ -115,8 +115,8 @@ def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir,
     ctx = _ctx(scene_dir, tmp_path / "run")
     rec = Recentring(scale=1.6, centre=(20.0, 40.0), size=(64, 64))
     ctx.scene = dataclasses.replace(ctx.scene, recentring=rec, gt_dir=None)
-    cfg = cape.CapeStageConfig(steps=1, checkpoint=str(ckpt), batch_size=2, num_views=4, reference_views=1,
-                               warmup_steps=1)
+    cfg = cape.CapeStageConfig(steps=2, checkpoint=str(ckpt), batch_size=2, num_views=4, reference_views=1,
+                               warmup_steps=1, precision="bf16-mixed")  # configs/cpu.yaml's precision
     ctx.artifacts["cape"] = cape.run(ctx, cfg)
     saved = torch.tensor(json.loads((tmp_path / "run" / "cape" / "driving_keypoints.json").read_text())["points"])
     pipeline, _ = cape.predict_frames(load_cape(tmp_path / "run" / "cape" / "model.ckpt"), ctx.scene, ctx.scene.video)
@@ -277,3 +277,12 @@ def test_train_cape_on_gpu(tmp_path, monkeypatch):
                        "eval.render_device=cuda", "num_workers=2", "data.workers=2")
     assert train_cape_cli(args) == 0
     assert read_checkpoint_info(args.out)["metrics"]["device"] != "cpu"
+
+
+def test_coincident_keypoints_groups_chains_of_close_support_keypoints():
+    from dynapose4d.stages.cape import coincident_keypoints
+
+    kp = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [2.0, 0.5], [30.0, 30.0], [30.5, 30.0]])
+    # 0-1 (1.0) and 1-3 (1.12) are close, 0-3 (2.06) is not but joins through 1; 2 stands alone
+    assert coincident_keypoints(kp, 1.5) == [[0, 1, 3], [4, 5]]
+    assert coincident_keypoints(kp, 0.4) == []

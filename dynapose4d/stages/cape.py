@@ -66,6 +66,7 @@ class CapeStageConfig:
     heat_sigma: float = 1.0  # heatmap target std in stride-4 cells
     augment: AugmentConfig = field(default_factory=_finetune_augment)  # augmentation of the pairs
     num_workers: int = 0  # DataLoader workers
+    precision: str = "32-true"  # Lightning precision of the fine-tuning ("bf16-mixed": CPU/GPU autocast)
     predict_batch: int = 16  # driving frames per CAPE forward
     overlay_fps: int = 8  # frame rate of overlay.mp4 / overlay.gif
 
@@ -172,6 +173,28 @@ def _render_device(ctx: Any) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and acc in ("gpu", "cuda", "auto") else "cpu")
 
 
+COINCIDENT_FRACTION = 0.03  # support keypoints closer than this x the longer image side get a warning
+
+
+def coincident_keypoints(keypoints: torch.Tensor, radius: float) -> list[list[int]]:
+    """Groups (connected by distance < `radius` pixels, >= 2 members, sorted) of support keypoints [N, 2]."""
+    close = torch.cdist(keypoints.double(), keypoints.double()) < radius  # [N, N]
+    n, seen, groups = keypoints.shape[0], set(), []
+    for i in range(n):
+        if i in seen:
+            continue
+        group, stack = set(), [i]
+        while stack:
+            j = stack.pop()
+            if j not in group:
+                group.add(j)
+                stack.extend(int(k) for k in close[j].nonzero().flatten() if int(k) not in group)
+        seen |= group
+        if len(group) > 1:
+            groups.append(sorted(group))
+    return groups
+
+
 def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     """Fine-tune CAPE on the scene's static Gaussians, predict the driving keypoints; writes RUN/cape/."""
     from dynapose4d.cape import load_cape
@@ -186,6 +209,11 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     base = load_cape(cfg.checkpoint or None)  # fails first (clear message) when the weights are missing
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     scene = ctx.scene
+    for group in coincident_keypoints(scene.keypoints, COINCIDENT_FRACTION * max(scene.width, scene.height)):
+        names = ", ".join(scene.names[i] for i in group)
+        warnings.warn(f"{scene.root / 'keypoints.json'}: keypoints {names} are within "
+                      f"{COINCIDENT_FRACTION:.0%} of the image size of each other; one image cannot tell them "
+                      "apart, so CAPE will confuse them where they separate", stacklevel=2)
     dev = _render_device(ctx)
     g = {k: v.detach().to(dev) for k, v in load_ply(ctx.artifact("static", "gaussians")).activated().items()}
     support_rgb = over_background(scene.image, 1.0)  # [H, W, 3]
@@ -198,7 +226,7 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     module = CAPEModule(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.lambda_heat, cfg.heat_sigma)
     ctx.stage_dir(STAGE)
     if cfg.steps > 0:
-        trainer = build_trainer(ctx, STAGE, cfg.steps, max_epochs=-1)
+        trainer = build_trainer(ctx, STAGE, cfg.steps, max_epochs=-1, precision=cfg.precision)
         devices = max(1, int(getattr(ctx.trainer, "devices", 1) or 1))
         data = PairDataset(rs, cfg.augment, (cfg.steps + 1) * cfg.batch_size * devices, seed=ctx.seed, support_view=0)
         fit(module, trainer, pair_loader(data, cfg.batch_size, cfg.num_workers), resume_checkpoint(ctx, STAGE))
