@@ -485,5 +485,8 @@ def _log_wandb_table(exp: ExperimentFile, jobs: list[Job], cfg: Any, root: Path)
 
 def experiment_cli(args: argparse.Namespace) -> int:
     """CLI handler of `dynapose4d experiment`."""
+    from dynapose4d.runner import quiet_lightning
+
+    quiet_lightning()
     res = run_experiment(args.file, args.out, gpus=int(args.gpus or 0), overrides=list(args.overrides or []))
     return 0 if all(j.status == "done" for j in res["jobs"]) else 1

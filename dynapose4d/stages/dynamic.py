@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from dynapose4d.cameras import Camera
+from dynapose4d.cameras import Camera, project
 from dynapose4d.deform import (
     DEFORM_KINDS,
     ControlConfig,
@@ -38,6 +38,7 @@ from dynapose4d.priors.sds import SDSConfig
 from dynapose4d.priors.svd import SVDConfig, driving_video
 from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
 from dynapose4d.render import rasterize
+from dynapose4d.tracks import Attachment, attach_points, carry_points, lift_keypoints
 
 __all__ = ["DynamicConfig", "DynamicGaussianModule", "gaussians_at", "load_dynamic", "run"]
 
@@ -59,6 +60,10 @@ class DynamicConfig:
     lambda_kml: float = 1.0  # KML weight (0 = off: no CAPE forward); KML is in image-size-normalised units
     lambda_scl: float = 1.0  # SCL weight (0 = off); SCL is in world units squared
     lambda_rigid: float = 0.0  # local isometry of deformed centres vs canonical (not in the paper; 0 = off)
+    lambda_track: float = 0.0  # track loss (not in the paper; 0 = off): the 3D keypoint tracks (support keypoints
+    # lifted and attached to the canonical Gaussians, carried by φ) projected at the reference camera against
+    # CAPE's driving keypoints p_τ, in KML's units. KML compares images, so any Gaussians that draw the right
+    # picture satisfy it; this ties the Gaussians at each keypoint to that keypoint's motion.
     rigid_neighbours: int = 8  # neighbours per Gaussian for the rigidity loss
     lambda_sds: float = 0.0  # novel-view Zero-1-to-3 SDS weight (needs dynapose4d.priors.zero123 and weights)
     sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
@@ -79,7 +84,8 @@ class DynamicConfig:
         for k in ("steps", "batch_frames"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
-        for k in ("lambda_rgb", "lambda_alpha", "lambda_kml", "lambda_scl", "lambda_rigid", "lambda_sds"):
+        for k in ("lambda_rgb", "lambda_alpha", "lambda_kml", "lambda_scl", "lambda_rigid", "lambda_track",
+                  "lambda_sds"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"config key 'dynamic.{k}': must be >= 0, got {getattr(self, k)}")
 
@@ -117,6 +123,7 @@ class DynamicGaussianModule(L.LightningModule):
         kp_confidence: torch.Tensor | None = None,  # [T, N]
         keypoints_fn: KeypointFn | None = None,
         sds_fn: Any = None,  # callable(images [B,3,h,w], frames [B], Δelev [B], Δazim [B], progress) -> loss
+        support_keypoints: torch.Tensor | None = None,  # [N, 2] pixels at the reference camera (track loss)
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -139,6 +146,15 @@ class DynamicGaussianModule(L.LightningModule):
         self.canonical.requires_grad_(cfg.train_canonical)
         nb = knn_indices(canonical.means, cfg.rigid_neighbours) if cfg.lambda_rigid > 0 else None
         self.register_buffer("neighbours", nb, persistent=False)
+        self.track: Attachment | None = None
+        if cfg.lambda_track > 0:
+            if kp_targets is None or support_keypoints is None:
+                raise ConfigError("dynamic.lambda_track > 0 needs the support keypoints and driving keypoints (cape "
+                                  "stage)")
+            with torch.no_grad():
+                g0 = canonical.activated()
+                world0 = lift_keypoints(g0, support_keypoints, camera, self.width, self.height)  # [N, 3]
+                self.track = attach_points(world0, g0["means"], cfg.track_neighbours)
 
     # rendering ----------------------------------------------------------------------------------
     def taus(self, frames: torch.Tensor) -> torch.Tensor:
@@ -184,6 +200,14 @@ class DynamicGaussianModule(L.LightningModule):
             scl = scl_pairs(g["means"][:B], g["means"][B:])
             loss = loss + cfg.lambda_scl * scl
             logs["loss_scl"] = scl
+        if self.track is not None:
+            att = Attachment(*(x.to(self.device) for x in (self.track.idx, self.track.weights, self.track.offsets)))
+            world = carry_points(att, self.canonical.splats["quats"], g["means"][:B], g["quats"][:B])  # [B, N, 3]
+            px, _ = project(world, self.viewmats[0], self.Ks[0])  # [B, N, 2]
+            trk = keypoint_match_loss(px, self.kp_targets[frames], self.kp_confidence[frames], self.width,
+                                      self.height)
+            loss = loss + cfg.lambda_track * trk
+            logs["loss_track"] = trk
         if cfg.lambda_rigid > 0:
             rig = rigidity_loss(g["means"], self.canonical.means, self.neighbours)
             loss = loss + cfg.lambda_rigid * rig
@@ -350,18 +374,19 @@ def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor,
                  keypoints_fn: KeypointFn | None = None) -> DynamicGaussianModule:
     """The stage's LightningModule from the static stage's Gaussians, the driving video and (λ_kml > 0) CAPE."""
     targets = conf = None
-    if cfg.lambda_kml > 0:  # CAPE first: a missing cape stage fails before anything else
-        keypoints_fn = keypoints_fn or _cape_keypoints(ctx, cfg.background)
+    if cfg.lambda_kml > 0 or cfg.lambda_track > 0:  # CAPE first: a missing cape stage fails before anything else
+        if cfg.lambda_kml > 0:
+            keypoints_fn = keypoints_fn or _cape_keypoints(ctx, cfg.background)
         kp = _driving_keypoints(ctx, video, keypoints_fn, cfg.background)
         if kp is None:
-            raise ConfigError("dynamic.lambda_kml > 0 needs the cape stage (RUN/cape/): run it, or set "
-                              "dynamic.lambda_kml=0")
+            raise ConfigError("dynamic.lambda_kml > 0 and dynamic.lambda_track > 0 need the cape stage (RUN/cape/): "
+                              "run it, or set them to 0")
         targets, conf = kp
     sds = _sds_fn(cfg, video) if cfg.lambda_sds > 0 else None
     canonical = load_ply(ctx.artifact("static", "gaussians"))
     phi = build_deformation(cfg.deform, canonical.means, video.shape[0], cfg.hexplane, cfg.control, seed=ctx.seed)
     return DynamicGaussianModule(cfg, canonical, phi, video, ctx.scene.camera, targets, conf,
-                                 keypoints_fn if cfg.lambda_kml > 0 else None, sds)
+                                 keypoints_fn if cfg.lambda_kml > 0 else None, sds, ctx.scene.keypoints.float())
 
 
 def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None) -> dict[str, str]:
