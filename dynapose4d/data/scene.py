@@ -71,16 +71,18 @@ class Recentring:
     centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
     size: tuple[int, int]  # (W, H) of the frame (equal before and after)
 
+    def _centre_and_half(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = torch.tensor(self.centre, dtype=x.dtype, device=x.device)
+        return c, torch.tensor(self.size, dtype=x.dtype, device=x.device) / 2.0
+
     def from_scene(self, q: torch.Tensor) -> torch.Tensor:
         """Scene-file pixels [..., 2] -> pipeline pixels [..., 2]."""
-        c = torch.tensor(self.centre, dtype=q.dtype, device=q.device)
-        half = torch.tensor(self.size, dtype=q.dtype, device=q.device) / 2.0
+        c, half = self._centre_and_half(q)
         return (q - c) * self.scale + half
 
     def to_scene(self, p: torch.Tensor) -> torch.Tensor:
         """Pipeline pixels [..., 2] -> scene-file pixels [..., 2] (the inverse of `from_scene`)."""
-        c = torch.tensor(self.centre, dtype=p.dtype, device=p.device)
-        half = torch.tensor(self.size, dtype=p.dtype, device=p.device) / 2.0
+        c, half = self._centre_and_half(p)
         return (p - half) / self.scale + c
 
 

@@ -8,8 +8,8 @@ driving frame.
 3. Predict the keypoints on every driving frame (the scene's video, else the SVD video of RUN/inputs/video/).
 Outputs: RUN/cape/model.ckpt (a CAPE checkpoint, `dynapose4d.cape.load_cape`), driving_keypoints.json
 ({"points": [T][N][2] px, "confidence": [T][N]}; pixels of the driving frames' own files: the scene's video
-with its recentring undone, or RUN/inputs/video/ for SVD), overlay.mp4 / overlay.gif (keypoints and skeleton on the
-driving frames) and, when the scene has gt/, metrics.json: PCK@0.1/0.2 on the gt cameras over all frames for
+with its recentring undone, or RUN/inputs/video/ for SVD), overlay.mp4 / overlay.gif (keypoints and skeleton on
+the driving frames) and, when the scene has gt/, metrics.json: PCK@0.1/0.2 on the gt cameras over all frames for
 the trivial baseline (support keypoints copied), the starting checkpoint and the fine-tuned model.
 
 `CAPEModule` (the thin LightningModule) also trains the generic model (`dynapose4d train-cape`).

@@ -60,11 +60,11 @@ class DynamicConfig:
     lambda_kml: float = 1.0  # KML weight (0 = off: no CAPE forward); KML is in image-size-normalised units
     lambda_scl: float = 1.0  # SCL weight (0 = off); SCL is in world units squared
     lambda_rigid: float = 0.0  # local isometry of deformed centres vs canonical (not in the paper; 0 = off)
+    rigid_neighbours: int = 8  # neighbours per Gaussian for the rigidity loss
     lambda_track: float = 0.0  # track loss (not in the paper; 0 = off): the 3D keypoint tracks (support keypoints
     # lifted and attached to the canonical Gaussians, carried by φ) projected at the reference camera against
     # CAPE's driving keypoints p_τ, in KML's units. KML compares images, so any Gaussians that draw the right
     # picture satisfy it; this ties the Gaussians at each keypoint to that keypoint's motion.
-    rigid_neighbours: int = 8  # neighbours per Gaussian for the rigidity loss
     lambda_sds: float = 0.0  # novel-view Zero-1-to-3 SDS weight (needs dynapose4d.priors.zero123 and weights)
     sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
     sds: SDSConfig = field(default_factory=SDSConfig)  # SDS timesteps / guidance (t annealed 0.98 -> 0.02)
@@ -146,7 +146,7 @@ class DynamicGaussianModule(L.LightningModule):
         self.canonical.requires_grad_(cfg.train_canonical)
         nb = knn_indices(canonical.means, cfg.rigid_neighbours) if cfg.lambda_rigid > 0 else None
         self.register_buffer("neighbours", nb, persistent=False)
-        self.track: Attachment | None = None
+        att = None  # the track loss's keypoints, lifted and attached to the canonical Gaussians
         if cfg.lambda_track > 0:
             if kp_targets is None or support_keypoints is None:
                 raise ConfigError("dynamic.lambda_track > 0 needs the support keypoints and driving keypoints (cape "
@@ -154,7 +154,9 @@ class DynamicGaussianModule(L.LightningModule):
             with torch.no_grad():
                 g0 = canonical.activated()
                 world0 = lift_keypoints(g0, support_keypoints, camera, self.width, self.height)  # [N, 3]
-                self.track = attach_points(world0, g0["means"], cfg.track_neighbours)
+                att = attach_points(world0, g0["means"], cfg.track_neighbours)
+        for name in ("idx", "weights", "offsets"):  # [N, k], [N, k], [N, k, 3]
+            self.register_buffer(f"track_{name}", getattr(att, name) if att else None, persistent=False)
 
     # rendering ----------------------------------------------------------------------------------
     def taus(self, frames: torch.Tensor) -> torch.Tensor:
@@ -200,8 +202,8 @@ class DynamicGaussianModule(L.LightningModule):
             scl = scl_pairs(g["means"][:B], g["means"][B:])
             loss = loss + cfg.lambda_scl * scl
             logs["loss_scl"] = scl
-        if self.track is not None:
-            att = Attachment(*(x.to(self.device) for x in (self.track.idx, self.track.weights, self.track.offsets)))
+        if cfg.lambda_track > 0:
+            att = Attachment(self.track_idx, self.track_weights, self.track_offsets)
             world = carry_points(att, self.canonical.splats["quats"], g["means"][:B], g["quats"][:B])  # [B, N, 3]
             px, _ = project(world, self.viewmats[0], self.Ks[0])  # [B, N, 2]
             trk = keypoint_match_loss(px, self.kp_targets[frames], self.kp_confidence[frames], self.width,
