@@ -145,6 +145,21 @@ def project_tracks(world: torch.Tensor, camera: Camera, width: int, height: int)
     return px
 
 
+def attach_keypoints(
+    g0: dict[str, torch.Tensor],  # activated canonical Gaussians (GaussianModel.activated())
+    keypoints: torch.Tensor,  # [K, 2] pixels at the reference camera
+    camera: Camera,
+    width: int,
+    height: int,
+    k: int = 8,
+    lift: str = "ray",
+) -> tuple[torch.Tensor, Attachment]:
+    """The support keypoints lifted on the canonical Gaussians (`lift_keypoints` mode `lift`): world points [K, 3],
+    and their attachment to the k nearest Gaussians (`attach_points`)."""
+    world0 = lift_keypoints(g0, keypoints.to(g0["means"].device), camera, width, height, mode=lift)
+    return world0, attach_points(world0, g0["means"], k)
+
+
 def keypoint_tracks(
     canonical: Any,  # GaussianModel
     phi: Any,  # Deformation or None
@@ -162,8 +177,7 @@ def keypoint_tracks(
 
     with torch.no_grad():
         g0 = canonical.activated()
-        world0 = lift_keypoints(g0, keypoints.to(g0["means"].device), camera, width, height, mode=lift)
-        att = attach_points(world0, g0["means"], k)
+        world0, att = attach_keypoints(g0, keypoints, camera, width, height, k, lift)
         if phi is None:
             return world0.unsqueeze(0).expand(num_frames, -1, -1).clone()
         taus = torch.arange(num_frames, dtype=torch.float32, device=g0["means"].device) / max(num_frames - 1, 1)

@@ -64,8 +64,8 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class Recentring:
-    """The 2D similarity that `recentre` applied: a scene-file pixel q maps to the pipeline pixel
-    p = (q - centre) * scale + size / 2 (pixel centres at +0.5 in both)."""
+    """The 2D similarity of recentring (`recentring_of`, `apply_recentring`): a scene-file pixel q maps to the
+    pipeline pixel p = (q - centre) * scale + size / 2 (pixel centres at +0.5 in both)."""
 
     scale: float
     centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
@@ -275,7 +275,7 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
     H, W = image.shape[:2]
     box = _bbox(image[..., 3] > 0.5)
     if box is None:
-        raise ValueError("recentre: the image mask is empty")
+        raise ValueError("recentring_of: the image mask is empty")
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     s = min(fill * W / (x1 - x0), fill * H / (y1 - y0))
@@ -295,14 +295,6 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
     if abs(s - 1.0) < 1e-9 and cx == W / 2.0 and cy == H / 2.0:
         return None
     return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)))
-
-
-def recentre(
-    image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None, fill: float = FILL
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Apply `recentring_of(image, keypoints, video, fill)` to `image` [H, W, 4], `keypoints` [N, 2] (pixels) and
-    `video` [T, H, W, 4]. Output sizes equal input sizes."""
-    return apply_recentring(recentring_of(image, keypoints, video, fill), image, keypoints, video)
 
 
 def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,

@@ -293,13 +293,13 @@ def write_outputs(ctx: Any, cfg: CapeStageConfig, model: CAPEModel, start: CAPEM
     from dynapose4d.cape.overlay import draw_keypoints
     from dynapose4d.io import over_background, write_json, write_text, write_video
     from dynapose4d.logging import log_images, log_summary, log_videos
+    from dynapose4d.priors.svd import keypoint_file_recentring
 
     out = ctx.stage_dir(STAGE)
     scene = ctx.scene
     frames, source = _driving_frames(ctx)
     pts, conf = predict_frames(model, scene, frames, cfg.predict_batch)  # [T, N, 2] px of the pipeline's frame
-    # saved in the pixels of the frames' files: the scene's own (undoing recentring), or RUN/inputs/video/ for SVD
-    rec = scene.recentring if scene.video is not None or source == "image" else None
+    rec = keypoint_file_recentring(scene, generated=scene.video is None and source == "video")
     saved = rec.to_scene(pts) if rec is not None else pts
     write_json(out / "driving_keypoints.json", {"points": saved.tolist(), "confidence": conf.tolist()}, indent=None)
     rgb = over_background(frames, 1.0)

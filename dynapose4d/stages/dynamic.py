@@ -35,10 +35,10 @@ from dynapose4d.errors import ConfigError, InputError
 from dynapose4d.gaussians import GaussianModel, load_ply
 from dynapose4d.losses import KeypointFn, keypoint_match_loss, knn_indices, reference_loss, rigidity_loss, scl_pairs
 from dynapose4d.priors.sds import SDSConfig
-from dynapose4d.priors.svd import SVDConfig, driving_video
+from dynapose4d.priors.svd import SVDConfig, driving_video, keypoint_file_recentring
 from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
 from dynapose4d.render import rasterize
-from dynapose4d.tracks import Attachment, attach_points, carry_points, lift_keypoints
+from dynapose4d.tracks import Attachment, attach_keypoints, carry_points
 
 __all__ = ["DynamicConfig", "DynamicGaussianModule", "gaussians_at", "load_dynamic", "run"]
 
@@ -151,10 +151,9 @@ class DynamicGaussianModule(L.LightningModule):
             if kp_targets is None or support_keypoints is None:
                 raise ConfigError("dynamic.lambda_track > 0 needs the support keypoints and driving keypoints (cape "
                                   "stage)")
-            with torch.no_grad():
-                g0 = canonical.activated()
-                world0 = lift_keypoints(g0, support_keypoints, camera, self.width, self.height)  # [N, 3]
-                att = attach_points(world0, g0["means"], cfg.track_neighbours)
+            with torch.no_grad():  # as the written tracks (`keypoint_tracks`)
+                _, att = attach_keypoints(canonical.activated(), support_keypoints, camera, self.width, self.height,
+                                          cfg.track_neighbours)
         for name in ("idx", "weights", "offsets"):  # [N, k], [N, k], [N, k, 3]
             self.register_buffer(f"track_{name}", getattr(att, name) if att else None, persistent=False)
 
@@ -315,7 +314,7 @@ def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn |
         d = json.loads(Path(path).read_text())
         pts, conf = torch.tensor(d["points"], dtype=torch.float32), torch.tensor(d["confidence"], dtype=torch.float32)
         if pts.shape == (T, N, 2) and conf.shape == (T, N):
-            rec = ctx.scene.recentring if ctx.scene.video is not None else None  # saved in the scene's pixels
+            rec = keypoint_file_recentring(ctx.scene, generated=ctx.scene.video is None)
             return (rec.from_scene(pts) if rec is not None else pts), conf
     if keypoints_fn is None:
         return None
