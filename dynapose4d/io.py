@@ -20,7 +20,7 @@ def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Read a PNG/JPEG as float32 [H, W, C] in [0, 1] (C = 3 or 4; grey becomes RGB)."""
+    """Read a PNG/JPEG as float32 [H, W, C] in [0, 1] (C = 3 or 4; grey becomes RGB, grey + alpha RGBA)."""
     path = Path(path)
     try:
         arr = iio.imread(path)
@@ -30,8 +30,12 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise InputError(f"{path}: unreadable image ({type(e).__name__})") from None
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
+    elif arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha
+        arr = np.concatenate([arr[..., :1].repeat(3, axis=-1), arr[..., 1:]], axis=-1)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise InputError(f"{path}: expected an RGB or RGBA image, got array of shape {arr.shape}")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: expected 8- or 16-bit samples, got {arr.dtype}")
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
     return torch.from_numpy(arr.astype(np.float32) / scale)
 

@@ -82,6 +82,22 @@ def test_rgba_scene_with_camera_is_used_as_given(tmp_path):
     assert (s.height, s.width, s.num_keypoints) == (H, W, 3)
 
 
+def test_grey_alpha_and_16_bit_images_load_as_rgba(tmp_path):
+    img = _object()
+    grey = img[..., :3].mean(-1)
+    root = write_scene(tmp_path / "la")
+    iio.imwrite(root / "image.png", _u8(np.stack([grey, img[..., 3]], -1)))  # 2-channel PNG (grey + alpha)
+    s = load_scene(root)
+    assert s.image.shape == (H, W, 4)
+    assert torch.equal(s.image[..., 0], s.image[..., 2]) and torch.equal(s.image[..., 3] > 0.5,
+                                                                         torch.from_numpy(img[..., 3] > 0.5))
+    root16 = write_scene(tmp_path / "g16")
+    iio.imwrite(root16 / "image.png", (np.where(img[..., 3] > 0, 0.3, 1.0) * 65535).astype(np.uint16))
+    s16 = load_scene(root16)  # 16-bit grey on white: background removed, values scaled by 65535
+    assert s16.image.shape == (H, W, 4) and abs(float(s16.image[20, 20, 0]) - 0.3) < 1e-3
+    assert _iou(s16.image[..., 3] > 0.5, torch.from_numpy(img[..., 3] > 0.5)) > 0.9
+
+
 def test_defaults_visibility_flag_views_and_gt(tmp_path):
     root = write_scene(tmp_path / "s", keypoints=[[28.5, 20.5, 2], [18.0, 18.0, 1]], skeleton=[[0, 1]])
     (root / "views").mkdir()
