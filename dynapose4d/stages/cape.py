@@ -52,9 +52,9 @@ class CapeStageConfig:
     lr: float = 1e-3  # AdamW learning rate (linear warm-up, cosine decay); 1e-4 / 3e-4 measured worse
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_steps: int = 20  # learning-rate warm-up steps
-    num_views: int = 192  # random views of the static Gaussians rendered for the fine-tuning pairs (each posed
-    # one shows its own articulation: more views = more poses at the same step count; 192 vs 48 raised PCK@0.1
-    # on humanoid and quadruped by 0.04-0.05, lowered the degenerate lamp by 0.02-0.06; rendering takes seconds)
+    num_views: int = 384  # random views of the static Gaussians rendered for the fine-tuning pairs (each posed
+    # one shows its own articulation: more views = more poses at the same step count; 384 vs 48 raised PCK@0.1
+    # on humanoid and quadruped by 0.05-0.06, lowered the degenerate lamp by 0.05; rendering takes seconds)
     reference_views: int = 8  # extra query renders at the reference camera (what the dynamic stage's KML sees)
     elevation: list[float] = field(default_factory=lambda: [-10.0, 40.0])  # elevation range of the views (deg)
     pose_angle: float = 30.0  # max joint rotation (degrees) of the random articulations of the Gaussians along the
