@@ -186,3 +186,58 @@ def test_ray_lift_finds_a_hidden_part_and_falls_back_off_the_object():
     # mass-weighted: (200 x (r - 0.3) + 100 x (r + 0.3)) / 300 = r - 0.1 (within sampling noise)
     assert abs(float(d[0]) - (cam.radius - 0.1)) < 0.03
     assert cam.radius - 0.45 < float(d[1]) < cam.radius + 0.45  # the nearest Gaussians' depth, finite
+
+
+def _arm_in_front_of_torso():
+    """An 'arm' (thin rod along x at z = +0.3, x in [0, 0.4]) in front of a 'torso' (a disc at z = -0.3 with
+    x, y in [-0.2, 0.2]), seen from REFERENCE_CAMERA (on +z: camera depth = radius - z)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(100, generator=g) * 0.4
+    arm = torch.stack([x, torch.randn(100, generator=g) * 0.01, 0.3 + torch.randn(100, generator=g) * 0.01], 1)
+    torso = torch.cat([(torch.rand(600, 2, generator=g) - 0.5) * 0.4,
+                       -0.3 + torch.randn(600, 1, generator=g) * 0.02], 1)
+    return GaussianModel.from_points(torch.cat([arm, torso]), torch.rand(700, 3, generator=g), scale=0.02,
+                                     opacity=0.9)
+
+
+def test_skeleton_lift_puts_a_joint_in_the_part_that_holds_its_bone():
+    """The elbow's ray crosses the arm and the torso behind it: the mean of everything on the ray lies between
+    them (in empty space); with the bone elbow -> wrist (the wrist only on the arm) the elbow goes to the arm.
+    A keypoint on no bone keeps the mean-of-the-ray depth, and no skeleton gives `ray_depths` exactly."""
+    from dynapose4d.tracks import layered_ray_depths, ray_depths
+
+    cam, W, H = REFERENCE_CAMERA, 64, 64
+    g = _arm_in_front_of_torso().activated()
+    kps, _ = project(torch.tensor([[0.02, 0.0, 0.3], [0.35, 0.0, 0.3], [0.0, 0.1, -0.3]]), cam.viewmat(),
+                     cam.K(W, H))  # elbow (arm over torso), wrist (arm only), a torso point on no bone
+    ray = ray_depths(g, kps, cam, W, H)
+    assert 0.15 < float(ray[0]) - (cam.radius - 0.3) < 0.45  # between the two parts
+    d = layered_ray_depths(g, kps, [(0, 1)], cam, W, H)
+    assert abs(float(d[0]) - (cam.radius - 0.3)) < 0.03  # in the arm
+    assert abs(float(d[1]) - (cam.radius - 0.3)) < 0.03
+    assert float(d[2]) == pytest.approx(float(ray[2]))  # on no bone: unchanged
+    torch.testing.assert_close(layered_ray_depths(g, kps, [], cam, W, H), ray)
+    world = lift_keypoints(g, kps, cam, W, H, skeleton=[(0, 1)])
+    assert abs(float(world[0, 2]) - 0.3) < 0.03
+
+
+def test_skeleton_lift_is_closer_to_the_true_joints_on_every_template():
+    """Against ground truth: the generator's Gaussians at frame 0 and its keypoints projected at the reference
+    camera, 2 seeds of each template. The skeleton lift is closer to the true 3D joints than the ray mean
+    overall (measured over 8 seeds per template: 0.69x the mean error) and on no template more than 5% worse."""
+    from dynapose4d.data.synthetic import TEMPLATES, make_object
+
+    cam, W, H = REFERENCE_CAMERA, 128, 128
+    tot_ray, tot_skel = 0.0, 0.0
+    for template in TEMPLATES:
+        e_ray, e_skel = [], []
+        for seed in (100, 101):
+            obj = make_object(template, seed, 2)
+            g, gt = obj.gaussians(0), obj.keypoints3d(0)
+            kps, _ = project(gt, cam.viewmat(), cam.K(W, H))
+            e_ray.append((lift_keypoints(g, kps, cam, W, H) - gt).norm(dim=-1))
+            e_skel.append((lift_keypoints(g, kps, cam, W, H, skeleton=obj.skeleton) - gt).norm(dim=-1))
+        r, s = float(torch.cat(e_ray).mean()), float(torch.cat(e_skel).mean())
+        assert s <= 1.05 * r + 1e-4, (template, r, s)
+        tot_ray, tot_skel = tot_ray + r, tot_skel + s
+    assert tot_skel < 0.85 * tot_ray, (tot_ray, tot_skel)

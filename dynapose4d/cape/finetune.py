@@ -1,7 +1,8 @@
 """Per-object CAPE training pairs from a scene's static Gaussians (the cape stage's fine-tuning data).
 
-The support keypoints (pixels on the scene image) are lifted to 3D at the middle of the Gaussians along their
-rays from the reference camera (`dynapose4d.tracks.lift_keypoints`), then projected into random views of the
+The support keypoints (pixels on the scene image) are lifted to 3D in the middle of the part of the Gaussians
+along their rays from the reference camera that keeps the skeleton's bones inside the object
+(`dynapose4d.tracks.lift_keypoints`), then projected into random views of the
 Gaussians; a keypoint is visible in a view when it is inside the image and not more than a tolerance behind the
 rendered surface (the lifted points sit inside the parts). The result is a one-object `RenderSet` in the
 model's square input frame: view 0 = the scene image (the support, every keypoint present), views 1.. =
@@ -162,7 +163,7 @@ def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: t
     per joint), one per view; the rest show the rest pose."""
     H, W = support_rgb.shape[:2]
     N = keypoints.shape[0]
-    kp3 = lift_keypoints(g, keypoints.float(), camera, W, H)
+    kp3 = lift_keypoints(g, keypoints.float(), camera, W, H, skeleton=skeleton)
     cams = random_cameras(camera, num_views, elevation, seed, reference_views)
     rng = np.random.default_rng(seed + 7919)
     posed = rng.random(len(cams)) < posed_fraction if pose_angle > 0 else np.zeros(len(cams), dtype=bool)

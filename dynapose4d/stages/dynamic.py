@@ -124,6 +124,7 @@ class DynamicGaussianModule(L.LightningModule):
         keypoints_fn: KeypointFn | None = None,
         sds_fn: Any = None,  # callable(images [B,3,h,w], frames [B], Δelev [B], Δazim [B], progress) -> loss
         support_keypoints: torch.Tensor | None = None,  # [N, 2] pixels at the reference camera (track loss)
+        skeleton: list[tuple[int, int]] | None = None,  # the support's bones, to lift the track loss's keypoints
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -153,7 +154,7 @@ class DynamicGaussianModule(L.LightningModule):
                                   "stage)")
             with torch.no_grad():  # as the written tracks (`keypoint_tracks`)
                 _, att = attach_keypoints(canonical.activated(), support_keypoints, camera, self.width, self.height,
-                                          cfg.track_neighbours)
+                                          cfg.track_neighbours, skeleton=skeleton)
         for name in ("idx", "weights", "offsets"):  # [N, k], [N, k], [N, k, 3]
             self.register_buffer(f"track_{name}", getattr(att, name) if att else None, persistent=False)
 
@@ -387,7 +388,8 @@ def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor,
     canonical = load_ply(ctx.artifact("static", "gaussians"))
     phi = build_deformation(cfg.deform, canonical.means, video.shape[0], cfg.hexplane, cfg.control, seed=ctx.seed)
     return DynamicGaussianModule(cfg, canonical, phi, video, ctx.scene.camera, targets, conf,
-                                 keypoints_fn if cfg.lambda_kml > 0 else None, sds, ctx.scene.keypoints.float())
+                                 keypoints_fn if cfg.lambda_kml > 0 else None, sds, ctx.scene.keypoints.float(),
+                                 list(ctx.scene.skeleton))
 
 
 def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None) -> dict[str, str]:
@@ -437,7 +439,7 @@ def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, l
     save_module(out / "deform.ckpt", module)
     with torch.no_grad():
         tracks = keypoint_tracks(module.canonical, module.phi, scene.keypoints, scene.camera, W, H, T,
-                                 cfg.track_neighbours).cpu()  # [T, N, 3]
+                                 cfg.track_neighbours, skeleton=list(scene.skeleton)).cpu()  # [T, N, 3]
     conf = module.kp_confidence.cpu() if module.kp_confidence is not None else torch.ones(T, scene.num_keypoints)
     ref_2d = project_tracks(tracks, scene.camera, W, H)  # [T, N, 2] px of the pipeline's frame
     if scene.recentring is not None:  # written in the pixels of the scene's image.png
