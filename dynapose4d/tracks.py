@@ -151,9 +151,10 @@ def layered_ray_depths(
     over the object and cut into the intervals inside the `VisualHull`; each interval is a candidate, at the
     footprint-weighted mean depth of the Gaussians in it (the middle of that part). One candidate per keypoint
     is picked by exact dynamic programming over a spanning forest of the skeleton (`skeleton_forest`),
-    minimising the share of each bone's `bone_samples` points that fall outside the hull, plus
-    `front_preference` per candidate behind the nearest (so ties go to the visible part). Keypoints on no bone
-    and rays that cross no part keep `ray_depths`."""
+    minimising the share of each bone's `bone_samples` points that fall outside the hull, plus `prior_weight` x
+    the candidate's distance to the `ray_depths` depth over the object's depth range (ties go to the candidate
+    nearest the mean of everything on the ray). Keypoints on no bone and rays that cross no part keep
+    `ray_depths`."""
     from dynapose4d.cape.finetune import skeleton_forest
 
     g = {k: v.detach() for k, v in gaussians.items()}
@@ -161,13 +162,13 @@ def layered_ray_depths(
     n = kp.shape[0]
     base = ray_depths(g, kp, camera, width, height).double().cpu()  # [K]
     edges = [(int(i), int(j)) for i, j in skeleton if int(i) != int(j)]
-    if not edges or g["means"].shape[0] == 0:
+    w, zc, front = (x.double().cpu() for x in _footprint_weights(g, kp, camera, width, height))  # [K, N], [N], [N]
+    if not edges or not front.bool().any():
         return base.to(keypoints.device, torch.float32)
     hull = VisualHull(g, camera, width, height)
-    w, zc, front = (x.double().cpu() for x in _footprint_weights(g, kp, camera, width, height))  # [K, N], [N], [N]
     vm, K = camera.viewmat(torch.float64), camera.K(width, height, torch.float64)
     z_in = zc[front.bool()]
-    z0, z1 = float(z_in.min()) - 0.05 * float(z_in.max() - z_in.min()), float(z_in.max()) * 1.05
+    z0, z1 = float(z_in.min()) - 0.05 * float(z_in.max() - z_in.min()), float(z_in.max()) * 1.05  # padded range
     zs = torch.linspace(z0, z1, samples, dtype=torch.float64)  # [S]
     step = (z1 - z0) / (samples - 1)
     pix = kp.cpu().double()
