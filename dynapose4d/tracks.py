@@ -45,6 +45,36 @@ def expected_depth(gaussians: dict[str, torch.Tensor], camera: Camera, width: in
     return render[0, ..., -1], alpha[0, ..., 0]
 
 
+def skeleton_forest(skeleton: list[tuple[int, int]], n: int) -> list[int]:
+    """Parent of each of n keypoints (-1 for a root) in a breadth-first forest of the skeleton graph; each
+    connected part is rooted at its best-connected keypoint (lowest index on ties)."""
+    nbrs: list[list[int]] = [[] for _ in range(n)]
+    for i, j in skeleton:
+        if i != j:
+            nbrs[i].append(j)
+            nbrs[j].append(i)
+    parent, seen = [-1] * n, [False] * n
+    for root in sorted(range(n), key=lambda i: (-len(nbrs[i]), i)):
+        if seen[root]:
+            continue
+        seen[root], queue = True, [root]
+        while queue:
+            u = queue.pop(0)
+            for v in sorted(nbrs[u]):
+                if not seen[v]:
+                    seen[v], parent[v] = True, u
+                    queue.append(v)
+    return parent
+
+
+def tree_depth(parent: list[int], i: int) -> int:
+    """Number of edges from keypoint i up to its root in a `skeleton_forest` parent list."""
+    d = 0
+    while parent[i] >= 0:
+        i, d = parent[i], d + 1
+    return d
+
+
 def hull_cameras(reference: Camera) -> list[Camera]:
     """The views that carve the visual hull: the reference camera, 8 azimuths at each of -15, 15 and 45 degrees
     of elevation (offset by 22.5 degrees between rings) and one from above, at the reference radius and fov."""
@@ -155,8 +185,6 @@ def layered_ray_depths(
     the candidate's distance to the `ray_depths` depth over the object's depth range (ties go to the candidate
     nearest the mean of everything on the ray). Keypoints on no bone and rays that cross no part keep
     `ray_depths`."""
-    from dynapose4d.cape.finetune import skeleton_forest
-
     g = {k: v.detach() for k, v in gaussians.items()}
     kp = keypoints.detach().to(g["means"].device).float()
     n = kp.shape[0]
@@ -192,7 +220,7 @@ def layered_ray_depths(
     span = max(float(z_in.max() - z_in.min()), 1e-6)
     cost = [(c - base[i]).abs() / span * prior_weight for i, c in enumerate(cand)]  # [C_i] unary
     pick_child: dict[int, torch.Tensor] = {}
-    order = sorted(range(n), key=lambda i: _tree_depth(parent, i))
+    order = sorted(range(n), key=lambda i: tree_depth(parent, i))
     for c in reversed(order):  # children before parents
         p = parent[c]
         if p < 0:
@@ -208,13 +236,6 @@ def layered_ray_depths(
     on_bone = {i for e in edges for i in e}
     depth = torch.stack([cand[i][choice[i]] if i in on_bone else base[i] for i in range(n)])
     return depth.to(keypoints.device, torch.float32)
-
-
-def _tree_depth(parent: list[int], i: int) -> int:
-    d = 0
-    while parent[i] >= 0:
-        i, d = parent[i], d + 1
-    return d
 
 
 def lift_keypoints(

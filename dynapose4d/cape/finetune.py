@@ -23,7 +23,7 @@ from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
 from dynapose4d.deform.control import quat_multiply, quat_to_matrix
 from dynapose4d.render import rasterize
-from dynapose4d.tracks import lift_keypoints
+from dynapose4d.tracks import lift_keypoints, skeleton_forest, tree_depth
 
 
 @torch.no_grad()
@@ -63,28 +63,6 @@ def _random_quat(max_angle_deg: float, rng: np.random.Generator) -> torch.Tensor
     return torch.tensor([np.cos(half), *(np.sin(half) * axis)], dtype=torch.float64)
 
 
-def skeleton_forest(skeleton: list[tuple[int, int]], n: int) -> list[int]:
-    """Parent of each of n keypoints (-1 for a root) in a breadth-first forest of the skeleton graph; each
-    connected part is rooted at its best-connected keypoint (lowest index on ties)."""
-    nbrs: list[list[int]] = [[] for _ in range(n)]
-    for i, j in skeleton:
-        if i != j:
-            nbrs[i].append(j)
-            nbrs[j].append(i)
-    parent, seen = [-1] * n, [False] * n
-    for root in sorted(range(n), key=lambda i: (-len(nbrs[i]), i)):
-        if seen[root]:
-            continue
-        seen[root], queue = True, [root]
-        while queue:
-            u = queue.pop(0)
-            for v in sorted(nbrs[u]):
-                if not seen[v]:
-                    seen[v], parent[v] = True, u
-                    queue.append(v)
-    return parent
-
-
 def articulate(g: dict[str, torch.Tensor], keypoints3d: torch.Tensor, skeleton: list[tuple[int, int]],
                max_angle_deg: float, rng: np.random.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """A random pose of Gaussians (rasterize inputs) rigged by their keypoints [N, 3] and skeleton.
@@ -102,7 +80,7 @@ def articulate(g: dict[str, torch.Tensor], keypoints3d: torch.Tensor, skeleton: 
     # world transform x -> R(quat[j]) x + trans[j] of the bone ending at each keypoint (identity at roots)
     quat = [torch.tensor([1.0, 0, 0, 0], dtype=torch.float64) for _ in range(n)]
     trans = [torch.zeros(3, dtype=torch.float64) for _ in range(n)]
-    for c in sorted(children, key=lambda c: _depth(parent, c)):  # parents before children
+    for c in sorted(children, key=lambda c: tree_depth(parent, c)):  # parents before children
         p = parent[c]
         q = _random_quat(max_angle_deg, rng)
         # x -> W_p(R_q (x - k_p) + k_p), W_p the parent's bone transform
@@ -126,13 +104,6 @@ def articulate(g: dict[str, torch.Tensor], keypoints3d: torch.Tensor, skeleton: 
     out["means"] = (R @ x[..., None])[..., 0] + T
     out["quats"] = quat_multiply(Q, g["quats"])
     return out, posed_kp.to(keypoints3d.dtype)
-
-
-def _depth(parent: list[int], i: int) -> int:
-    d = 0
-    while parent[i] >= 0:
-        i, d = parent[i], d + 1
-    return d
 
 
 def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, alpha: torch.Tensor, width: int,
