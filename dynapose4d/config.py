@@ -32,7 +32,7 @@ class TrainerConfig:
     accelerator: str = "auto"  # "cpu", "gpu" or "auto" (gpu when CUDA is available)
     devices: int = 1  # >1 trains the cape and dynamic stages with DDP (static stays on one device)
     strategy: str = "auto"  # Lightning strategy; "ddp_spawn" for CPU multi-process tests
-    precision: str = "32-true"  # Lightning precision string
+    precision: str = "32-true"  # Lightning precision string, or "auto": bf16-mixed where the hardware has it
     log_every_n_steps: int = 10  # scalar logging interval in steps
     checkpoint_every_n_steps: int = 50  # interval of the resumable "last.ckpt" of each stage
     progress_bar: bool = True  # a progress bar per stage with the current losses

@@ -24,6 +24,7 @@ from dynapose4d.cape.data import AugmentConfig, EvalSetConfig, ProceduralConfig
 from dynapose4d.cape.model import CAPEModelConfig
 from dynapose4d.config import TrainerConfig, merge_structured
 from dynapose4d.errors import ConfigError
+from dynapose4d.precision import resolve_precision, uses_cuda
 
 
 @dataclass
@@ -73,7 +74,7 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | tup
 
 
 def _on_cuda(cfg: CapeTrainConfig) -> bool:
-    return torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto")
+    return uses_cuda(cfg.trainer.accelerator)
 
 
 class _PrintProgress:
@@ -146,7 +147,8 @@ def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[
     tc = cfg.trainer
     trainer = L.Trainer(
         max_steps=cfg.steps, max_epochs=-1, accelerator=tc.accelerator, devices=devices,
-        strategy=tc.strategy if devices > 1 else "auto", precision=tc.precision, logger=False,
+        strategy=tc.strategy if devices > 1 else "auto", precision=resolve_precision(tc.precision, tc.accelerator),
+        logger=False,
         enable_checkpointing=False, enable_progress_bar=tc.progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=tc.log_every_n_steps, default_root_dir=str(Path(out).parent),
         callbacks=[_PrintProgress(max(1, cfg.print_every), log).callback] if cfg.print_every > 0 else None,

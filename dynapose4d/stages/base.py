@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from dynapose4d.data.scene import Scene
 from dynapose4d.errors import InputError
+from dynapose4d.precision import resolve_precision
 
 
 @dataclass
@@ -75,7 +76,7 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         accelerator=getattr(tc, "accelerator", "auto"),
         devices=devices,
         strategy=getattr(tc, "strategy", "auto") if devices != 1 else "auto",
-        precision=getattr(tc, "precision", "32-true"),
+        precision=getattr(tc, "precision", "32-true"),  # resolved below ("auto": bf16 only where native)
         logger=make_logger(ctx, stage),
         callbacks=callbacks,
         log_every_n_steps=getattr(tc, "log_every_n_steps", 10),
@@ -88,6 +89,7 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         kwargs = dict(kwargs)
         args["callbacks"] = callbacks + list(kwargs.pop("callbacks"))
     args.update(kwargs)
+    args["precision"] = resolve_precision(str(args["precision"]), str(args["accelerator"]))
     return L.Trainer(**args)
 
 

@@ -68,7 +68,7 @@ class CapeStageConfig:
     heat_sigma: float = 1.0  # heatmap target std in stride-4 cells
     augment: AugmentConfig = field(default_factory=_finetune_augment)  # augmentation of the pairs
     num_workers: int = 0  # DataLoader workers
-    precision: str = "32-true"  # Lightning precision of the fine-tuning ("bf16-mixed": CPU/GPU autocast)
+    precision: str = "32-true"  # Lightning precision of the fine-tuning; "auto": bf16 autocast where native
     predict_batch: int = 16  # driving frames per CAPE forward
     overlay_fps: int = 8  # frame rate of overlay.mp4 / overlay.gif
 
