@@ -189,3 +189,33 @@ def test_predict_sizes_and_input_errors():
         predict(sup[0], torch.tensor([[10.0, 20.0]]), [], q, checkpoint=m)
     with pytest.raises(InputError, match="support_keypoints"):
         predict(sup, torch.zeros(101, 2), [], q, checkpoint=m)
+
+
+def test_prepared_support_matches_predict_and_runs_the_support_backbone_once(monkeypatch):
+    """prepare_support + predict_prepared is predict split in two (same points, confidence and query gradient);
+    the dynamic stage's KML detector computes the support's tokens once, not in every training step."""
+    from dynapose4d.cape import predict_prepared, prepare_support
+    from dynapose4d.stages.dynamic import CapeKeypoints
+
+    torch.manual_seed(0)
+    m = tiny_model().eval()
+    sup, kps, skel = torch.rand(3, 90, 70), torch.tensor([[10.0, 20.0], [40.0, 60.0], [30.0, 70.0]]), [(0, 1), (1, 2)]
+    q = torch.rand(2, 3, 50, 120, requires_grad=True)
+    pts, conf = predict(sup, kps, skel, q, checkpoint=m)
+    (g_ref,) = torch.autograd.grad(pts.sum() + conf.sum(), q)
+    prepared = prepare_support(sup, kps, skel, checkpoint=m)
+    pts2, conf2 = predict_prepared(prepared, q)
+    (g2,) = torch.autograd.grad(pts2.sum() + conf2.sum(), q)
+    torch.testing.assert_close(pts2, pts)
+    torch.testing.assert_close(conf2, conf)
+    torch.testing.assert_close(g2, g_ref)
+    assert g_ref.abs().sum() > 0
+
+    calls = []
+    original = type(m).support_tokens
+    monkeypatch.setattr(type(m), "support_tokens", lambda self, *a: calls.append(1) or original(self, *a))
+    fn = CapeKeypoints(m.requires_grad_(False), sup, kps, skel)
+    for _ in range(3):
+        pts3, _ = fn(q)
+    torch.testing.assert_close(pts3, pts)
+    assert len(calls) == 1

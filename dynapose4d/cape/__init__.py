@@ -1,6 +1,7 @@
 """Category-agnostic pose estimation (CAPE): a PoseAnything-style graph model, its checkpoints and inference.
 
-  - `predict(support_image, support_keypoints, skeleton, query_images, checkpoint=None) -> (points, confidence)`
+  - `predict(support_image, support_keypoints, skeleton, query_images, checkpoint=None) -> (points, confidence)`;
+    `prepare_support` + `predict_prepared` split it, for one support against many query batches
   - `load_cape(path) -> CAPEModel` (eval mode), `save_cape(path, model, ...)`, `SHIPPED_CHECKPOINT`
   - model: `dynapose4d.cape.model`; procedural data: `.data`; MP-100: `.mp100`; evaluation: `.evaluation`;
     training (`dynapose4d train-cape`): `.train`.
@@ -8,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ CHECKPOINT_FORMAT = "dynapose4d-cape"
 _cache: dict[tuple[str, float], CAPEModel] = {}
 
 __all__ = ["CAPEModel", "CAPEModelConfig", "SHIPPED_CHECKPOINT", "load_cape", "save_cape", "predict",
-           "read_checkpoint_info", "letterbox"]
+           "prepare_support", "predict_prepared", "PreparedSupport", "read_checkpoint_info", "letterbox"]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -99,6 +100,56 @@ def letterbox(images: torch.Tensor, size: int) -> tuple[torch.Tensor, float, tup
     return images, size / L, (float(ox), float(oy))
 
 
+@dataclass
+class PreparedSupport:
+    """A support image's keypoint tokens for one CAPE model: the first half of `predict`, which does not depend on
+    the queries (compute it once when the same support meets many query batches)."""
+
+    model: CAPEModel
+    tokens: torch.Tensor  # [1, N, d] support keypoint tokens
+    mask: torch.Tensor  # [1, N] bool, keypoints present in the support
+    adjacency: torch.Tensor  # [1, N, N] 0/1 skeleton
+
+
+def prepare_support(support_image: torch.Tensor, support_keypoints: torch.Tensor,
+                    skeleton: list[tuple[int, int]] | list, checkpoint: str | Path | CAPEModel | None = None,
+                    support_mask: torch.Tensor | None = None) -> PreparedSupport:
+    """Validate a support and compute its keypoint tokens (arguments as `predict`'s), on the model's device."""
+    if support_image.ndim != 3 or support_image.shape[0] != 3:
+        raise InputError(f"cape.predict: support_image must be [3, H, W], got {tuple(support_image.shape)}")
+    kps = torch.as_tensor(support_keypoints, dtype=torch.float32)
+    if kps.ndim != 2 or kps.shape[-1] != 2 or not 1 <= kps.shape[0] <= 100:
+        raise InputError(f"cape.predict: support_keypoints must be [N, 2] with 1 <= N <= 100, got {tuple(kps.shape)}")
+    model = _model_for(checkpoint)
+    param = next(model.parameters())
+    dev, dt = param.device, param.dtype
+    N = kps.shape[0]
+    try:
+        adj = skeleton_adjacency([tuple(e) for e in skeleton], N)
+    except ValueError as e:
+        raise InputError(f"cape.predict: {e}") from None
+    s_img, s_scale, s_off = letterbox(support_image[None].to(dev, dt), model.cfg.input_size)
+    k = ((kps.to(dev, dt) + torch.tensor(s_off, device=dev, dtype=dt)) * s_scale / model.cfg.input_size)  # [N, 2]
+    mask = torch.ones(1, N, dtype=torch.bool, device=dev) if support_mask is None else \
+        torch.as_tensor(support_mask, dtype=torch.bool, device=dev)[None]
+    return PreparedSupport(model, model.support_tokens(s_img, k[None], mask), mask, adj[None].to(dev, dt))
+
+
+def predict_prepared(support: PreparedSupport, query_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` with a `prepare_support` result: query_images [B, 3, H, W] -> (points [B, N, 2] px, confidence
+    [B, N]); differentiable with respect to the query images."""
+    if query_images.ndim != 4 or query_images.shape[1] != 3:
+        raise InputError(f"cape.predict: query_images must be [B, 3, H, W], got {tuple(query_images.shape)}")
+    model = support.model
+    param = next(model.parameters())
+    dev, dt = param.device, param.dtype
+    S = model.cfg.input_size
+    q_img, q_scale, q_off = letterbox(query_images.to(dev, dt), S)
+    out = model.forward_tokens(support.tokens, support.mask, support.adjacency, q_img)
+    pts = out["points"][-1] * S / q_scale - torch.tensor(q_off, device=dev, dtype=dt)  # [B, N, 2] px
+    return pts, out["confidence"]
+
+
 def predict(support_image: torch.Tensor, support_keypoints: torch.Tensor, skeleton: list[tuple[int, int]] | list,
             query_images: torch.Tensor, checkpoint: str | Path | CAPEModel | None = None,
             support_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,27 +161,7 @@ def predict(support_image: torch.Tensor, support_keypoints: torch.Tensor, skelet
     Returns points [B, N, 2] in query pixels and confidence [B, N] in [0, 1]. Runs in the model's current mode
     on its device and is differentiable with respect to the query images (no torch.no_grad inside).
     """
-    if support_image.ndim != 3 or support_image.shape[0] != 3:
-        raise InputError(f"cape.predict: support_image must be [3, H, W], got {tuple(support_image.shape)}")
-    if query_images.ndim != 4 or query_images.shape[1] != 3:
+    if query_images.ndim != 4 or query_images.shape[1] != 3:  # before the support's backbone pass
         raise InputError(f"cape.predict: query_images must be [B, 3, H, W], got {tuple(query_images.shape)}")
-    kps = torch.as_tensor(support_keypoints, dtype=torch.float32)
-    if kps.ndim != 2 or kps.shape[-1] != 2 or not 1 <= kps.shape[0] <= 100:
-        raise InputError(f"cape.predict: support_keypoints must be [N, 2] with 1 <= N <= 100, got {tuple(kps.shape)}")
-    model = _model_for(checkpoint)
-    param = next(model.parameters())
-    dev, dt = param.device, param.dtype
-    S = model.cfg.input_size
-    N = kps.shape[0]
-    try:
-        adj = skeleton_adjacency([tuple(e) for e in skeleton], N)
-    except ValueError as e:
-        raise InputError(f"cape.predict: {e}") from None
-    s_img, s_scale, s_off = letterbox(support_image[None].to(dev, dt), S)
-    k = ((kps.to(dev, dt) + torch.tensor(s_off, device=dev, dtype=dt)) * s_scale / S)  # normalised
-    q_img, q_scale, q_off = letterbox(query_images.to(dev, dt), S)
-    mask = torch.ones(1, N, dtype=torch.bool, device=dev) if support_mask is None else \
-        torch.as_tensor(support_mask, dtype=torch.bool, device=dev)[None]
-    out = model(s_img, k[None], mask, adj[None].to(dev, dt), q_img)
-    pts = out["points"][-1] * S / q_scale - torch.tensor(q_off, device=dev, dtype=dt)  # [B, N, 2] px
-    return pts, out["confidence"]
+    return predict_prepared(prepare_support(support_image, support_keypoints, skeleton, checkpoint, support_mask),
+                            query_images)

@@ -128,10 +128,12 @@ def evaluate_scene_gt(scene: Any, models: dict[str, CAPEModel]) -> dict[str, Any
     """PCK@0.1/0.2 on a scene's gt cameras over all frames, support = the scene image and keypoints, for each
     model and the trivial baseline (support keypoints copied). {"all": {...}, <camera>: {...}}; keys
     "<model>_pck@t", "trivial_pck@t", "keypoints"."""
-    from dynapose4d.cape import predict
+    from dynapose4d.cape import predict_prepared, prepare_support
     from dynapose4d.io import over_background
 
     support = over_background(scene.image, 1.0).permute(2, 0, 1)
+    prepared = {name: prepare_support(support, scene.keypoints, scene.skeleton, checkpoint=model.eval())
+                for name, model in models.items()}
     rows: dict[str, dict[str, Any]] = {}
     acc: dict[str, list[torch.Tensor]] = {"gt": [], "vis": [], "norm": [], "trivial": []}
     for name in models:
@@ -139,10 +141,9 @@ def evaluate_scene_gt(scene: Any, models: dict[str, CAPEModel]) -> dict[str, Any
     for cam, imgs, gt, vis, inside in scene_gt_queries(scene):
         norm = bbox_size(gt, inside).clamp(min=1.0)
         preds = {}
-        for mname, model in models.items():
-            model.eval()
-            preds[mname] = torch.cat([predict(support, scene.keypoints, scene.skeleton, imgs[i:i + 16],
-                                              checkpoint=model)[0].cpu() for i in range(0, imgs.shape[0], 16)])
+        for mname, sup in prepared.items():
+            preds[mname] = torch.cat([predict_prepared(sup, imgs[i:i + 16])[0].cpu()
+                                      for i in range(0, imgs.shape[0], 16)])
         preds["trivial"] = scene.keypoints.float()[None].expand_as(gt)
         row: dict[str, Any] = {"keypoints": int(vis.sum())}
         for mname, p in preds.items():

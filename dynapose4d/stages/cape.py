@@ -271,14 +271,15 @@ def _driving_frames(ctx: Any) -> tuple[torch.Tensor, str]:
 def predict_frames(model: CAPEModel, scene: Any, frames: torch.Tensor, batch: int = 16
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """CAPE keypoints [T, N, 2] px and confidence [T, N] on RGBA frames [T, H, W, 4] (over white)."""
-    from dynapose4d.cape import predict
+    from dynapose4d.cape import predict_prepared, prepare_support
     from dynapose4d.io import over_background
 
-    support = over_background(scene.image, 1.0).permute(2, 0, 1)
+    support = prepare_support(over_background(scene.image, 1.0).permute(2, 0, 1), scene.keypoints, scene.skeleton,
+                              checkpoint=model)
     imgs = over_background(frames, 1.0).permute(0, 3, 1, 2)
     pts, conf = [], []
     for i in range(0, imgs.shape[0], batch):
-        p, c = predict(support, scene.keypoints, scene.skeleton, imgs[i:i + batch], checkpoint=model)
+        p, c = predict_prepared(support, imgs[i:i + batch])
         pts.append(p.cpu())
         conf.append(c.cpu())
     return torch.cat(pts), torch.cat(conf)

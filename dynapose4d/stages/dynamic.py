@@ -270,7 +270,8 @@ class DynamicGaussianModule(L.LightningModule):
 # wiring: CAPE, driving keypoints, SDS
 # ------------------------------------------------------------------------------------------------
 class CapeKeypoints:
-    """The frozen CAPE model as a `KeypointFn`: support = the scene's image + keypoints, queries = renders."""
+    """The frozen CAPE model as a `KeypointFn`: support = the scene's image + keypoints, queries = renders. The
+    support's tokens are computed once (per device), not in every training step."""
 
     def __init__(self, model: Any, support_image: torch.Tensor, support_keypoints: torch.Tensor,
                  skeleton: list[tuple[int, int]]) -> None:
@@ -278,15 +279,18 @@ class CapeKeypoints:
         self.support_image = support_image  # [3, H, W] over the background
         self.support_keypoints = support_keypoints  # [N, 2] px
         self.skeleton = skeleton
+        self._support: Any = None  # dynapose4d.cape.PreparedSupport on the queries' device
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from dynapose4d import cape
 
         dev = images.device
-        if next(self.model.parameters()).device != dev:
+        if self._support is None or self._support.tokens.device != dev:
             self.model.to(dev)
-        return cape.predict(self.support_image.to(dev), self.support_keypoints.to(dev), self.skeleton, images,
-                            checkpoint=self.model)
+            with torch.no_grad():  # the model is frozen: the tokens are constants
+                self._support = cape.prepare_support(self.support_image.to(dev), self.support_keypoints.to(dev),
+                                                     self.skeleton, checkpoint=self.model)
+        return cape.predict_prepared(self._support, images)
 
 
 def _cape_keypoints(ctx: Any, background: float) -> CapeKeypoints:
