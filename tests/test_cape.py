@@ -219,3 +219,31 @@ def test_prepared_support_matches_predict_and_runs_the_support_backbone_once(mon
         pts3, _ = fn(q)
     torch.testing.assert_close(pts3, pts)
     assert len(calls) == 1
+
+
+def test_plain_support_pairs_share_one_support_pass():
+    """PairDataset(plain_support=True) gives every pair the same unaugmented support, and CAPEModule with
+    shared_support computes it once: same outputs as the per-pair support pass."""
+    from dynapose4d.cape.data import AugmentConfig, PairDataset, RenderSet, collate_pairs
+    from dynapose4d.stages.cape import CAPEModule
+
+    torch.manual_seed(0)
+    O, V, S, K = 1, 6, 64, 5
+    images = torch.full((O, V, S, S, 4), 255, dtype=torch.uint8)
+    images[..., 16:48, 16:48, :3] = torch.randint(0, 255, (O, V, 32, 32, 3), dtype=torch.uint8)
+    rs = RenderSet(images=images, keypoints=16 + torch.rand(O, V, K, 2) * 32, visible=torch.ones(O, V, K, dtype=bool),
+                   inside=torch.ones(O, V, K, dtype=bool), num_keypoints=torch.tensor([K]),
+                   adjacency=skeleton_adjacency([(0, 1), (1, 2), (2, 3), (3, 4)], K)[None].bool(),
+                   meta=torch.zeros(O, V, 3), templates=["t"], seeds=[0])
+    aug = AugmentConfig(drop_keypoints=0.5)
+    batch = collate_pairs([PairDataset(rs, aug, 8, seed=1, support_view=0, plain_support=True)[i] for i in range(4)])
+    assert (batch["support"] == batch["support"][:1]).all()
+    torch.testing.assert_close(batch["support"][0], images[0, 0, ..., :3].permute(2, 0, 1).float() / 255.0)
+    torch.testing.assert_close(batch["support_keypoints"][0], rs.keypoints[0, 0] / S)
+    augmented = collate_pairs([PairDataset(rs, aug, 8, seed=1, support_view=0)[i] for i in range(4)])
+    assert (augmented["support"] != augmented["support"][:1]).any()  # without the flag supports differ
+
+    m = tiny_model().eval()
+    a, b = CAPEModule(m)(batch), CAPEModule(m, shared_support=True)(batch)
+    torch.testing.assert_close(b["points"][-1], a["points"][-1])
+    torch.testing.assert_close(b["heatmap"], a["heatmap"])

@@ -358,9 +358,12 @@ class PairDataset(Dataset):
     weight: 1 visible in the query, `occluded_weight` hidden but inside, 0 else), heat_mask [n], adjacency [n, n]."""
 
     def __init__(self, renders: RenderSet, aug: AugmentConfig, length: int, seed: int = 0,
-                 support_view: int | None = None) -> None:
+                 support_view: int | None = None, plain_support: bool = False) -> None:
         self.r, self.aug, self.length, self.seed = renders, aug, int(length), int(seed)
         self.support_view = support_view  # None: any view; else always this one (the per-object fine-tuning)
+        # with a support_view: that view unaugmented, the same support image in every item (a batch of them can
+        # share one backbone pass: `CAPEModule(shared_support=True)`)
+        self.plain_support = plain_support and support_view is not None
 
     def __len__(self) -> int:
         return self.length
@@ -388,6 +391,12 @@ class PairDataset(Dataset):
         out: dict[str, torch.Tensor] = {}
         for name, v in (("support", vs), ("query", vq)):
             img = r.images[o, v].float().permute(2, 0, 1) / 255.0  # [4, S, S]
+            if name == "support" and self.plain_support:
+                kp = r.keypoints[o, v, :n] / S
+                inside = ((kp >= 0) & (kp < 1)).all(-1) & r.inside[o, v, :n]
+                out.update(support=img[:3].clone(), support_keypoints=kp.clamp(0.0, 1.0), support_inside=inside,
+                           support_visible=inside & r.visible[o, v, :n])
+                continue
             al = img[3:]
             prem = img[:3] - (1.0 - al)  # colour x alpha
             grey = prem.mean(0, keepdim=True)
