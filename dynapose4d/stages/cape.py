@@ -67,9 +67,9 @@ class CapeStageConfig:
     lambda_heat: float = 10.0  # weight of the heatmap MSE (the L1 terms have weight 1)
     heat_sigma: float = 1.0  # heatmap target std in stride-4 cells
     augment: AugmentConfig = field(default_factory=_finetune_augment)  # augmentation of the pairs
-    plain_support: bool = False  # the support image unaugmented (as at inference), one backbone pass per batch
-    # for it instead of batch_size: 21% faster steps on a 2-core CPU; humanoid-0 PCK@0.1 0.904 vs 0.878 (one scene
-    # measured so far, so not yet the preset)
+    plain_support: bool = True  # the support image unaugmented (as at inference), one backbone pass per batch
+    # for it instead of batch_size: cape stage 219-257 s vs 336-381 s on a 2-core CPU; PCK@0.1 over seven scenes
+    # 0.785 vs 0.778 (README); False augments each pair's support as in `train-cape`
     num_workers: int = 0  # DataLoader workers
     precision: str = "32-true"  # Lightning precision of the fine-tuning; "auto": bf16 autocast where native
     predict_batch: int = 16  # driving frames per CAPE forward
