@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from dynapose4d.cameras import Camera, project, stack_cameras, unproject
-from dynapose4d.deform.control import quat_to_matrix
 from dynapose4d.render import rasterize
+from dynapose4d.rotations import quat_to_matrix
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dynapose4d.cape.finetune import articulate, skeleton_forest
-from dynapose4d.deform.control import quat_to_matrix
+from dynapose4d.rotations import quat_to_matrix
 
 
 def test_skeleton_forest_roots_each_part_at_its_best_connected_keypoint():

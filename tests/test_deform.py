@@ -19,8 +19,9 @@ from dynapose4d.deform import (
     gaussians_at,
     time_coordinate,
 )
-from dynapose4d.deform.control import farthest_point_sample, quat_multiply, quat_to_matrix
+from dynapose4d.deform.control import farthest_point_sample
 from dynapose4d.gaussians import GaussianModel
+from dynapose4d.rotations import quat_multiply, quat_to_matrix
 from dynapose4d.tracks import attach_points, carry_points, lift_keypoints
 
 

@@ -21,8 +21,8 @@ import torch
 from dynapose4d.cameras import Camera, project, stack_cameras
 from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
-from dynapose4d.deform.control import quat_multiply, quat_to_matrix
 from dynapose4d.render import rasterize
+from dynapose4d.rotations import quat_multiply, quat_to_matrix
 from dynapose4d.tracks import lift_keypoints, skeleton_forest, tree_depth
 
 

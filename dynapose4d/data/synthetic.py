@@ -46,6 +46,7 @@ from dynapose4d.data import rig as rigs
 from dynapose4d.errors import InputError
 from dynapose4d.io import over_background, to_uint8, write_video
 from dynapose4d.render import rasterize
+from dynapose4d.rotations import quat_multiply
 
 TEMPLATES: tuple[str, ...] = ("humanoid", "quadruped", "lamp", "hand", "bird", "random")
 
@@ -146,7 +147,7 @@ class SyntheticObject:
         m2 = torch.einsum("gab,gb->ga", A[self._partner], x) + t[self._partner]
         means = m1 + self._w * (m2 - m1)  # [G, 3]
         qj = torch.from_numpy(_matrix_to_quat(Rw)).float()  # [J, 4]
-        quats = _quat_mul(qj[self._drive], self._quats)  # [G, 4]
+        quats = quat_multiply(qj[self._drive], self._quats)  # [G, 4]
         return {"means": means, "quats": quats, "scales": self._scales, "opacities": self._opacities,
                 "colors": self._colors}
 
@@ -344,18 +345,6 @@ def _matrix_to_quat(R: np.ndarray) -> np.ndarray:
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     q = np.where(q[:, :1] < 0, -q, q)
     return q.reshape(R.shape[:-2] + (4,))
-
-
-def _quat_mul(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of quaternions [..., 4] (w, x, y, z)."""
-    pw, px, py, pz = p.unbind(-1)
-    qw, qx, qy, qz = q.unbind(-1)
-    return torch.stack([
-        pw * qw - px * qx - py * qy - pz * qz,
-        pw * qx + px * qw + py * qz - pz * qy,
-        pw * qy - px * qz + py * qw + pz * qx,
-        pw * qz + px * qy - py * qx + pz * qw,
-    ], -1)
 
 
 # ------------------------------------------------------------------------------------------- rendering

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dynapose4d.deform.hexplane import time_coordinate
+from dynapose4d.rotations import quat_multiply, quat_to_matrix
 
 
 @dataclass
@@ -56,28 +57,6 @@ def positional_encoding(x: torch.Tensor, freqs: int) -> torch.Tensor:
     f = (2.0 ** torch.arange(freqs, dtype=x.dtype, device=x.device)) * torch.pi  # [L]
     xf = x.unsqueeze(-1) * f  # [..., D, L]
     return torch.cat([x, torch.sin(xf).flatten(-2), torch.cos(xf).flatten(-2)], dim=-1)
-
-
-def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of quaternions [..., 4] (w, x, y, z)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], dim=-1)
-
-
-def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions [..., 4] (w, x, y, z) -> rotation matrices [..., 3, 3]."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
 
 
 class ControlPointDeformation(nn.Module):
