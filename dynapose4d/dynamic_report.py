@@ -16,17 +16,16 @@ Renders and gt are compared as RGB over the same background.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dynapose4d.cameras import Camera, load_cameras, project
+from dynapose4d.cameras import Camera, project
 from dynapose4d.deform import gaussians_at
-from dynapose4d.io import read_image, to_uint8, write_video
+from dynapose4d.gt_metrics import load_gt, read_gt_frames, summarise, track_view_metrics
+from dynapose4d.io import to_uint8, write_video
 from dynapose4d.render import rasterize
 
 # ------------------------------------------------------------------------------------------------
@@ -107,70 +106,28 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_gt_frames(folder: Path) -> torch.Tensor:
-    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
-    frames = [read_image(f) for f in files]
-    return torch.stack([f if f.shape[-1] == 4 else torch.cat([f, torch.ones_like(f[..., :1])], -1) for f in frames])
-
-
-def _same_camera(a: Camera, b: Camera) -> bool:
-    return (abs(a.elevation - b.elevation) < 1e-3 and abs((a.azimuth - b.azimuth + 180) % 360 - 180) < 1e-3
-            and abs(a.radius - b.radius) < 1e-6 and abs(a.fov_y - b.fov_y) < 1e-6)
-
-
-def _mean(xs: list[float | None]) -> float:
-    v = [x for x in xs if x is not None and math.isfinite(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
 def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor | None,
                 reference: Camera, background: float = 1.0, pck_threshold: float = 0.2) -> dict[str, Any]:
     """Metrics of the 4D model against gt/ beside the no-motion baselines (module docstring), with the
     conventions of `dynapose4d eval` (dynapose4d.metrics): {"mean", "novel", "per_view": {camera: ...}}."""
     from dynapose4d import metrics as M
 
-    gt_dir = Path(gt_dir)
-    cams = load_cameras(gt_dir / "cameras.json")
-    kp_gt = None
-    if (gt_dir / "keypoints3d.json").is_file():
-        kp_gt = torch.tensor(json.loads((gt_dir / "keypoints3d.json").read_text())["frames"], dtype=torch.float32)
-    vis2d: dict[str, torch.Tensor] = {}
-    if (gt_dir / "keypoints2d.json").is_file():
-        vis2d = {k: torch.tensor(v["visible"], dtype=torch.bool)
-                 for k, v in json.loads((gt_dir / "keypoints2d.json").read_text()).items() if "visible" in v}
-    per_view: dict[str, dict[str, float]] = {}
-    for cam in cams:
-        gt_rgba = _read_gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
+    gt = load_gt(gt_dir)
+    per_view: dict[str, dict[str, float | None]] = {}
+    for cam in gt.cameras:
+        gt_rgba = read_gt_frames(Path(gt_dir) / cam.name)  # [T, H, W, 4]
         T, H, W = gt_rgba.shape[:3]
         taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
         pred, _ = render_4d(canonical, phi, cam, taus, W, H, background)
         static = render_4d(canonical, None, cam, [0.0], W, H, background)[0]  # [1, H, W, 3]
         v: dict[str, float | None] = M.motion_image_metrics(pred, over(gt_rgba, background), held=static)
-        if tracks is not None and kp_gt is not None and kp_gt.shape[0] == T and tracks.shape[0] == T:
-            vm, K = cam.viewmat(), cam.K(W, H)
-            gt2d = project(kp_gt, vm, K)[0]  # [T, N, 2]
-            vis = vis2d.get(cam.name)
-            vis = vis if vis is not None and tuple(vis.shape) == tuple(gt2d.shape[:2]) else None
-            norm = M.bbox_size(gt2d, vis).clamp(min=1e-6)
-            v["pck"] = M.pck(project(tracks.cpu().float(), vm, K)[0], gt2d, norm, pck_threshold, vis)
-            v["pck_no_motion"] = M.pck(gt2d[:1].expand_as(gt2d), gt2d, norm, pck_threshold, vis)
-        v["novel"] = float(not _same_camera(cam, reference))
+        if tracks is not None and gt.keypoints3d is not None and gt.keypoints3d.shape[0] == T == tracks.shape[0]:
+            v.update(track_view_metrics(tracks.cpu(), gt.keypoints3d, cam, W, H, gt.visible.get(cam.name),
+                                        pck_threshold))
         per_view[cam.name] = v
-    keys = sorted({k for v in per_view.values() for k in v if k != "novel"})
-    mean = {k: _mean([v.get(k) for v in per_view.values()]) for k in keys}
-    novel = {k: _mean([v.get(k) for v in per_view.values() if v["novel"]]) for k in keys}
-    if tracks is not None and kp_gt is not None and kp_gt.shape[0] == tracks.shape[0]:
-        tr = tracks.cpu().float()
-        mean["kp_error_3d"] = M.keypoint_error_3d(tr, kp_gt)
-        mean["kp_error_3d_no_motion"] = M.keypoint_error_3d(kp_gt[:1].expand_as(kp_gt), kp_gt)
-        mean["kp_error_3d_frame0"] = M.keypoint_error_3d(tr[:1], kp_gt[:1])
-        mean["jitter"] = M.jitter(tr)
-        mean["jitter_gt"] = M.jitter(kp_gt)
-
-    def clean(d: dict[str, float]) -> dict[str, float | None]:
-        return {k: (round(float(x), 5) if x is not None and math.isfinite(x) else None) for k, x in d.items()}
-
-    return {"mean": clean(mean), "novel": clean(novel), "per_view": {k: clean(v) for k, v in per_view.items()}}
+    aligned = tracks is not None and gt.keypoints3d is not None and gt.keypoints3d.shape[0] == tracks.shape[0]
+    return summarise(per_view, gt.cameras, reference, tracks.cpu() if aligned else None,
+                     gt.keypoints3d if aligned else None)
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:

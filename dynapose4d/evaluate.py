@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras, project
+from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.errors import InputError
 from dynapose4d.gaussians import GaussianModel
+from dynapose4d.gt_metrics import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
 from dynapose4d.io import read_image, write_image, write_json, write_text
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
@@ -137,34 +137,17 @@ def render_cli(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ eval
 
 
-def _same_camera(a: Camera, b: Camera) -> bool:
-    da = (a.azimuth - b.azimuth + 180.0) % 360.0 - 180.0
-    return (abs(a.elevation - b.elevation) < 1e-3 and abs(da) < 1e-3 and abs(a.radius - b.radius) < 1e-3
-            and abs(a.fov_y - b.fov_y) < 1e-3)
-
-
-def _gt_cameras(gt_dir: Path, protocol: str) -> list[Camera]:
-    cams = load_cameras(gt_dir / "cameras.json")
+def _gt_cameras(gt_dir: Path, protocol: str, cams: list[Camera]) -> list[Camera]:
     if protocol == "gt":
         return cams
     picked, missing = [], []
     for want in CONSISTENT4D_CAMERAS:
-        hit = next((c for c in cams if _same_camera(c, want)), None)
+        hit = next((c for c in cams if same_camera(c, want)), None)
         (picked.append(hit) if hit else missing.append(f"azimuth {want.azimuth:g}"))
     if missing:
         raise InputError(f"{gt_dir / 'cameras.json'}: the consistent4d protocol needs its four cameras "
                          f"(elevation 0, radius 2, fov_y 49.1); missing {', '.join(missing)}")
     return picked
-
-
-def _gt_frames(folder: Path) -> torch.Tensor:
-    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
-    if not files:
-        raise InputError(f"{folder}: no gt frames (000.png ...)")
-    imgs = [read_image(f) for f in files]
-    if any(i.shape != imgs[0].shape for i in imgs):
-        raise InputError(f"{folder}: gt frames of different sizes")
-    return torch.stack([i if i.shape[-1] == 4 else torch.cat([i, torch.ones_like(i[..., :1])], -1) for i in imgs])
 
 
 def _over_white(rgba: torch.Tensor) -> torch.Tensor:
@@ -177,11 +160,6 @@ def _resize(rgb: torch.Tensor, size: int) -> torch.Tensor:
     x = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
                                         align_corners=False, antialias=True)
     return x.permute(0, 2, 3, 1).clamp(0, 1)
-
-
-def _mean(xs: list[float | None]) -> float:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
 def _read_tracks(model: RunModel) -> torch.Tensor | None:
@@ -207,56 +185,33 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
     if protocol not in ("gt", "consistent4d"):
         raise InputError(f"--protocol {protocol!r}: choose 'gt' or 'consistent4d'")
     gt_dir = Path(gt_dir)
-    if not (gt_dir / "cameras.json").is_file():
-        raise InputError(f"{gt_dir}: not a gt folder (no cameras.json)")
+    gt = load_gt(gt_dir)
     model = load_run(run_dir)
-    cams = _gt_cameras(gt_dir, protocol)
-    ref = _reference_camera(model)
+    cams = _gt_cameras(gt_dir, protocol, gt.cameras)
     use_lpips = M.lpips_available()
-    kp_gt = None
-    if (gt_dir / "keypoints3d.json").is_file():
-        kp_gt = torch.tensor(json.loads((gt_dir / "keypoints3d.json").read_text())["frames"], dtype=torch.float32)
     tracks = _read_tracks(model)
+    kp_gt = gt.keypoints3d
 
-    kp2d_vis = {}
-    if (gt_dir / "keypoints2d.json").is_file():
-        kp2d_vis = {k: torch.tensor(v["visible"], dtype=torch.bool)
-                    for k, v in json.loads((gt_dir / "keypoints2d.json").read_text()).items() if "visible" in v}
-
-    per_view: dict[str, dict[str, float]] = {}
+    per_view: dict[str, dict[str, float | None]] = {}
     T_gt = None
     for cam in cams:
-        gt_rgba = _gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
+        gt_rgba = read_gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
         T, H, W = gt_rgba.shape[:3]
         if T_gt is not None and T != T_gt:
             raise InputError(f"{gt_dir / cam.name}: {T} frames, but other cameras have {T_gt}")
         T_gt = T
         pred = torch.stack([render_rgba(model, [cam], model.tau(f, T), W, H)[0] for f in range(T)])
-        gt, pr = _over_white(gt_rgba), _over_white(pred)  # [T, H, W, 3]
+        gt_rgb, pr = _over_white(gt_rgba), _over_white(pred)  # [T, H, W, 3]
         if protocol == "consistent4d":
-            gt, pr = _resize(gt, C4D_SIZE), _resize(pr, C4D_SIZE)
-        v: dict[str, float | None] = M.motion_image_metrics(pr, gt, with_lpips=use_lpips)
-        if kp_gt is not None and tracks is not None:
-            vm, K = cam.viewmat(), cam.K(W, H)
-            gt2d = project(kp_gt, vm, K)[0]  # [T, N, 2]
-            vis = kp2d_vis.get(cam.name)
-            vis = vis if vis is not None and tuple(vis.shape) == tuple(gt2d.shape[:2]) else None
-            norm = M.bbox_size(gt2d, vis).clamp(min=1e-6)  # [T]
-            pred2d = project(tracks[_time_index(tracks.shape[0], T)], vm, K)[0]
-            v["pck"] = M.pck(pred2d, gt2d, norm, 0.2, vis)
-            v["pck_no_motion"] = M.pck(gt2d[:1].expand_as(gt2d), gt2d, norm, 0.2, vis)
-        v["novel"] = float(not _same_camera(cam, ref))
+            gt_rgb, pr = _resize(gt_rgb, C4D_SIZE), _resize(pr, C4D_SIZE)
+        v: dict[str, float | None] = M.motion_image_metrics(pr, gt_rgb, with_lpips=use_lpips)
+        if kp_gt is not None and tracks is not None and kp_gt.shape[0] == T:
+            v.update(track_view_metrics(tracks[_time_index(tracks.shape[0], T)], kp_gt, cam, W, H,
+                                        gt.visible.get(cam.name)))
         per_view[cam.name] = v
 
-    keys = sorted({k for v in per_view.values() for k in v if k != "novel"})
-    mean = {k: _mean([v.get(k) for v in per_view.values()]) for k in keys}
-    novel = {k: _mean([v.get(k) for v in per_view.values() if v["novel"]]) for k in keys}
-    if kp_gt is not None and tracks is not None:
-        tr = tracks[_time_index(tracks.shape[0], kp_gt.shape[0])]
-        mean["kp_error_3d"] = M.keypoint_error_3d(tr, kp_gt)
-        mean["kp_error_3d_no_motion"] = M.keypoint_error_3d(kp_gt[:1].expand_as(kp_gt), kp_gt)
-        mean["jitter"] = M.jitter(tr)
-        mean["jitter_gt"] = M.jitter(kp_gt)
+    aligned = None if kp_gt is None or tracks is None else tracks[_time_index(tracks.shape[0], kp_gt.shape[0])]
+    summary = summarise(per_view, cams, _reference_camera(model), aligned, kp_gt if aligned is not None else None)
     return {
         "protocol": protocol, "run": str(Path(run_dir)), "gt": str(gt_dir), "stage": model.stage,
         "frames": T_gt, "cameras": [c.name for c in cams], "background": "white",
@@ -264,7 +219,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
         "lpips": "available" if use_lpips else "unavailable (no local weights)",
         "keypoints": "available" if tracks is not None and kp_gt is not None else
         "unavailable (" + ("no dynamic/keypoints.json" if tracks is None else "no gt/keypoints3d.json") + ")",
-        "mean": _clean(mean), "novel": _clean(novel), "per_view": {k: _clean(v) for k, v in per_view.items()},
+        **summary,
     }
 
 
@@ -273,11 +228,6 @@ def _time_index(t_run: int, t_gt: int) -> torch.Tensor:
     if t_run == t_gt:
         return torch.arange(t_gt)
     return torch.tensor([round(f * (t_run - 1) / max(t_gt - 1, 1)) for f in range(t_gt)])
-
-
-def _clean(d: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), 5))
-            for k, v in d.items()}
 
 
 #: (row label, metric key, baseline key, higher is better)
