@@ -126,14 +126,16 @@ def motion_image_metrics(pred: torch.Tensor, gt: torch.Tensor, held: torch.Tenso
     pred's frame 0). Keys: psnr, ssim, psnr_moving (on `moving_mask` of gt), lpips (with_lpips), each for
     pred, for "_no_motion" (gt frame 0 held still) and for "_held" (held, held still: the same reconstruction
     error as pred, no motion; the moving-pixel mask does not see motion pred puts where gt stays still, whole
-    frames do). Frames 1..T-1 are averaged (all frames when T = 1): at frame 0 the gt baseline is exact by
-    construction and its capped 120 dB would dominate any mean over frames.
+    frames do). Averages run over the frames in which something moves (a non-empty `moving_mask`; all frames
+    when none does): at frame 0, and at any later frame that returns exactly to it (a looping clip), the gt
+    baseline is exact by construction and its capped 120 dB would dominate any mean over frames.
     """
     if pred.shape != gt.shape or pred.ndim != 4:
         raise ValueError(f"pred and gt must both be [T, H, W, 3], got {tuple(pred.shape)} and {tuple(gt.shape)}")
     held = pred[:1] if held is None else held
     mask = moving_mask(torch.cat([gt, torch.ones_like(gt[..., :1])], -1))  # [T, H, W]
-    f = slice(1, None) if gt.shape[0] > 1 else slice(None)
+    moves = mask.flatten(1).any(1)  # [T]
+    f = moves if moves.any() else torch.ones_like(moves)
     out: dict[str, float | None] = {}
     for tag, img in (("", pred), ("_no_motion", gt[:1]), ("_held", held)):
         img = img.expand_as(gt)[f].contiguous()

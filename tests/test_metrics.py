@@ -145,3 +145,20 @@ def test_motion_image_metrics_skip_frame_zero_and_compare_two_baselines():
     assert m2["psnr_held"] < m2["psnr_no_motion"] and m2["psnr"] > m2["psnr_held"]
     with pytest.raises(ValueError, match="must both be"):
         motion_image_metrics(pred[:, :8], gt)
+
+
+def test_motion_image_metrics_skip_frames_that_return_to_frame_zero():
+    """A looping clip: frame 3 equals frame 0, so the gt no-motion baseline is exact there by construction; its
+    capped 120 dB must not enter the means (it lifted a whole-frame baseline by ~7 dB on a looping scene)."""
+    from dynapose4d.metrics import motion_image_metrics, psnr
+
+    gt = torch.ones(4, 16, 16, 3)
+    gt[1, 4:8, 4:8] = 0.0
+    gt[2, 8:12, 8:12] = 0.0
+    pred = (gt - 0.1).clamp(min=0.0)
+    m = motion_image_metrics(pred, gt)
+    expected = psnr(gt[:1].expand(2, 16, 16, 3), gt[1:3])
+    assert m["psnr_no_motion"] == pytest.approx(expected) and expected < 40.0
+    assert m["psnr"] == pytest.approx(psnr(pred[1:3], gt[1:3]))
+    still = torch.ones(3, 16, 16, 3)  # nothing moves at all: every frame counts
+    assert motion_image_metrics(still * 0.9, still)["psnr"] == pytest.approx(20.0)
