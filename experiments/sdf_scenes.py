@@ -61,7 +61,8 @@ TEMPLATES = ("puppet", "spider", "crane", "eel")
 @dataclass
 class Joint:
     """One joint of a kinematic tree: its rest offset from the parent (world axes), the axis it turns about,
-    and the motion angle(τ) = amplitude · sin(2π·cycles·τ + phase) (radians)."""
+    and the motion angle(τ) = amplitude · sin(2π·cycles·τ + phase) (radians). The turn moves the bones from
+    this joint to its children (a shoulder's turn swings the upper arm)."""
 
     name: str
     parent: int  # -1 for the root
@@ -95,52 +96,52 @@ def _creature(template: str, rng: np.random.Generator) -> Creature:
     J: list[Joint] = []
     if template == "puppet":
         torso, thigh, shin, upper, fore = u(0.35, 0.5), u(0.25, 0.35), u(0.25, 0.35), u(0.2, 0.3), u(0.2, 0.3)
-        J += [Joint("pelvis", -1, (0, 0, 0), radius=0.0),
-              Joint("chest", 0, (0, torso, 0), (1, 0, 0), deg(u(5, 15)), 1, u(0, 6), radius=u(0.08, 0.12)),
-              Joint("head", 1, (0, u(0.15, 0.22), 0), (1, 0, 0), deg(u(10, 25)), 2, u(0, 6), radius=0.04)]
+        J += [Joint("pelvis", -1, (0, 0, 0), (0, 1, 0), deg(u(5, 15)), 1, u(0, 6), radius=0.0),
+              Joint("chest", 0, (0, torso, 0), (1, 0, 0), deg(u(5, 15)), 2, u(0, 6), radius=u(0.08, 0.12)),
+              Joint("head", 1, (0, u(0.15, 0.22), 0), radius=0.04)]
         for s, side in ((1, "l"), (-1, "r")):
             p = rng.uniform(0, 2 * math.pi)
-            J += [Joint(f"{side}_shoulder", 1, (s * u(0.12, 0.18), -0.02, 0), radius=0.05),
-                  Joint(f"{side}_elbow", len(J), (s * upper * 0.3, -upper, 0), (1, 0, 0), deg(u(35, 60)), 1, p,
-                        radius=0.045),
-                  Joint(f"{side}_hand", len(J) + 1, (0, -fore, 0.05), (1, 0, 0), deg(u(20, 45)), 1, p + 0.7,
-                        radius=0.04)]
+            J += [Joint(f"{side}_shoulder", 1, (s * u(0.12, 0.18), -0.02, 0), (1, 0, 0), deg(u(30, 50)), 1, p,
+                        radius=0.05),
+                  Joint(f"{side}_elbow", len(J), (s * upper * 0.3, -upper, 0), (1, 0, 0), deg(u(20, 45)), 1,
+                        p + 0.7, radius=0.045),
+                  Joint(f"{side}_hand", len(J) + 1, (0, -fore, 0.05), radius=0.04)]
         for s, side in ((1, "l"), (-1, "r")):
             p = rng.uniform(0, 2 * math.pi)
             b = len(J)
-            J += [Joint(f"{side}_hip", 0, (s * u(0.08, 0.12), -0.03, 0), radius=0.06),
-                  Joint(f"{side}_knee", b, (0, -thigh, 0), (1, 0, 0), deg(u(25, 45)), 1, p, radius=0.055),
-                  Joint(f"{side}_ankle", b + 1, (0, -shin, 0), (1, 0, 0), deg(u(20, 40)), 1, p - 1.0,
+            J += [Joint(f"{side}_hip", 0, (s * u(0.08, 0.12), -0.03, 0), (1, 0, 0), deg(u(25, 40)), 1, p,
+                        radius=0.06),
+                  Joint(f"{side}_knee", b, (0, -thigh, 0), (1, 0, 0), deg(u(20, 40)), 1, p - 1.0, radius=0.055),
+                  Joint(f"{side}_ankle", b + 1, (0, -shin, 0), (1, 0, 0), deg(u(10, 20)), 1, p - 1.5,
                         radius=0.045),
                   Joint(f"{side}_toe", b + 2, (0, -0.02, u(0.1, 0.14)), radius=0.035)]
         blobs = [(2, u(0.09, 0.12))]
         parts = [0, 0, 1] + [2, 2, 2, 3, 3, 3] + [4, 4, 4, 4, 5, 5, 5, 5]
     elif template == "spider":
-        J.append(Joint("body", -1, (0, 0, 0), radius=0.0))
-        J.append(Joint("head", 0, (0, 0.02, u(0.2, 0.28)), (1, 0, 0), deg(u(5, 15)), 2, u(0, 6), radius=0.08))
+        J.append(Joint("body", -1, (0, 0, 0), (0, 1, 0), deg(u(5, 15)), 1, u(0, 6), radius=0.0))
+        J.append(Joint("head", 0, (0, 0.02, u(0.2, 0.28)), radius=0.08))
         femur, tibia = u(0.25, 0.35), u(0.3, 0.4)
         for k, ang in enumerate((-50, 0, 50, 130, 180, 230)):
             a = math.radians(ang)
             d = np.array([math.sin(a), 0, math.cos(a) * 0.6])
             d /= np.linalg.norm(d)
             ph = (k % 2) * math.pi + u(-0.3, 0.3)
-            tangent = np.cross(d, [0, 1, 0])
+            tangent = tuple(np.cross(d, [0, 1, 0]))
             b = len(J)
-            J += [Joint(f"hip{k}", 0, tuple(0.17 * d), radius=0.0),
-                  Joint(f"knee{k}", b, tuple(femur * d + np.array([0, femur * 0.6, 0])), tuple(tangent),
-                        deg(u(20, 35)), 1, ph, radius=0.04),
-                  Joint(f"foot{k}", b + 1, tuple(tibia * 0.4 * d + np.array([0, -tibia, 0])), tuple(tangent),
-                        deg(u(15, 30)), 1, ph + 0.8, radius=0.03)]
+            J += [Joint(f"hip{k}", 0, tuple(0.17 * d), tangent, deg(u(20, 35)), 1, ph, radius=0.0),
+                  Joint(f"knee{k}", b, tuple(femur * d + np.array([0, femur * 0.6, 0])), tangent,
+                        deg(u(15, 30)), 1, ph + 0.8, radius=0.04),
+                  Joint(f"foot{k}", b + 1, tuple(tibia * 0.4 * d + np.array([0, -tibia, 0])), radius=0.03)]
         blobs = [(0, u(0.17, 0.21)), (1, u(0.1, 0.13))]
         parts = [0, 1] + sum([[2 + k % 3] * 3 for k in range(6)], [])
     elif template == "crane":
         h1, l1, l2, l3 = u(0.15, 0.25), u(0.35, 0.45), u(0.3, 0.4), u(0.15, 0.25)
         J += [Joint("base", -1, (0, 0, 0), radius=0.0),
               Joint("turret", 0, (0, h1, 0), (0, 1, 0), deg(u(50, 80)), 1, u(0, 6), radius=u(0.1, 0.13)),
-              Joint("shoulder", 1, (0, 0.05, 0), (0, 0, 1), radius=0.08),
+              Joint("shoulder", 1, (0, 0.05, 0), (0, 0, 1), deg(u(15, 30)), 1, u(0, 6), radius=0.08),
               Joint("elbow", 2, (l1 * 0.6, l1 * 0.8, 0), (0, 0, 1), deg(u(25, 40)), 1, u(0, 6), radius=0.06),
               Joint("wrist", 3, (l2, -l2 * 0.3, 0), (0, 0, 1), deg(u(30, 50)), 1.5, u(0, 6), radius=0.05),
-              Joint("tip", 4, (l3 * 0.3, -l3, 0), (0, 0, 1), deg(u(20, 40)), 2, u(0, 6), radius=0.035)]
+              Joint("tip", 4, (l3 * 0.3, -l3, 0), radius=0.035)]
         blobs = [(0, u(0.16, 0.2)), (2, 0.09)]
         parts = [0, 1, 1, 2, 3, 4]
     elif template == "eel":
