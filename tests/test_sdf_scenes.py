@@ -60,3 +60,29 @@ def test_scene_loads_and_its_ground_truth_is_consistent(scene):
         a = torch.from_numpy(iio.imread(frames[-1])[..., 3] / 255.0)
         on = [a[int(y), int(x)] > 0.5 for x, y in p.tolist() if 0 <= x < 48 and 0 <= y < 48]
         assert sum(on) >= len(on) - 2, cam.name
+
+
+SDF_NOVEL = ["az045", "az110", "az200", "el35_az300"]  # its gt cameras other than the reference
+
+
+def test_static_stage_on_a_scene_it_has_never_seen(tmp_path):
+    """The static stage on the second generator's shaded surfaces (64 px, 60 steps, its four views) against
+    the reference-only baseline, on gt cameras that are neither the reference nor a view (measured: novel-view
+    mean 24.0 dB against 16.2 dB without views, reference 26.6 dB; on the project's own humanoid the same
+    settings give 25.8 and 31.0)."""
+    from dynapose4d.config import TrainerConfig, WandbConfig, load_config
+    from dynapose4d.stages import static
+    from dynapose4d.stages.base import StageContext
+
+    sc = load_scene(S.make_scene("puppet", tmp_path / "puppet", seed=1, frames=1, size=64))
+    tc = TrainerConfig(accelerator="cpu", progress_bar=False, checkpoint_every_n_steps=50, log_every_n_steps=1)
+    novel = {}
+    for tag, sets in (("views", ["static.densify.start_step=30", "static.densify.every=30"]),
+                      ("none", ["static.prior=none", "static.init=image"])):
+        ctx = StageContext(scene=sc, run_dir=tmp_path / tag, trainer=tc, wandb=WandbConfig(enabled=False), seed=0)
+        cfg = load_config("configs/cpu.yaml", ["static.steps=60", "static.orbit_frames=4", *sets]).static
+        m = json.loads((tmp_path / tag / static.run(ctx, cfg)["metrics"]).read_text())
+        novel[tag] = sum(m[f"static/psnr/{c}"] for c in SDF_NOVEL) / len(SDF_NOVEL)
+        novel[tag + "/front"] = m["static/psnr/front"]
+    assert novel["views/front"] >= 24.0 and novel["none/front"] >= 30.0
+    assert novel["views"] >= 21.5 and novel["views"] >= novel["none"] + 5.0
