@@ -107,7 +107,32 @@ def test_defaults_visibility_flag_views_and_gt(tmp_path):
     s = load_scene(root)
     assert s.names == ["kp00", "kp01"] and s.keypoints.shape == (2, 2)
     assert len(s.views) == 1 and s.views[0][0].azimuth == 90 and s.views[0][1].shape == (H, W, 4)
-    assert s.gt_dir == root / "gt"
+    assert s.gt_dir is None  # an empty gt/ has nothing to evaluate against
+
+
+def test_broken_gt_is_an_input_error_at_load(tmp_path):
+    """A broken gt/ stops the run at load time (before any training), with the file named."""
+    root = write_scene(tmp_path / "s", keypoints=[[28.5, 20.5], [18.0, 18.0]], skeleton=[[0, 1]])
+    (root / "camera.json").write_text(json.dumps({"elevation": 0, "azimuth": 0, "radius": 2, "fov_y": 49.1}))
+    gt = root / "gt"
+    (gt / "az000").mkdir(parents=True)
+    iio.imwrite(gt / "az000" / "000.png", _u8(_object()))
+    iio.imwrite(gt / "az000" / "001.png", _u8(_object()))
+    with pytest.raises(InputError, match=r"gt: not a gt folder \(no cameras.json\)"):
+        load_scene(root)
+    (gt / "cameras.json").write_text(json.dumps([{"name": "az000"}, {"name": "az090", "azimuth": 90}]))
+    with pytest.raises(InputError, match=r"gt/az090: no gt frames"):
+        load_scene(root)
+    (gt / "az090").mkdir()
+    iio.imwrite(gt / "az090" / "000.png", _u8(_object()))
+    with pytest.raises(InputError, match=r"different frame counts"):
+        load_scene(root)
+    iio.imwrite(gt / "az090" / "001.png", _u8(_object()))
+    (gt / "keypoints3d.json").write_text(json.dumps({"frames": [[[0, 0, 0]] * 3] * 2}))
+    with pytest.raises(InputError, match=r"keypoints3d.json: 2 frames of 3 keypoints.*has 2 keypoints"):
+        load_scene(root)
+    (gt / "keypoints3d.json").write_text(json.dumps({"frames": [[[0, 0, 0]] * 2] * 2}))
+    assert load_scene(root).gt_dir == gt
 
 
 def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):

@@ -13,7 +13,10 @@ Files:
   video.mp4       both exist. RGB frames (and every mp4 frame) get the same background removal as image.png.
   camera.json     reference camera. Without it the default reference camera is used and the scene is recentred.
   views/          cameras.json + <name>.png (RGBA, or RGB with background removal), same size as image.png.
-  gt/             only its path is kept (`Scene.gt_dir`); `dynapose4d eval` reads it.
+  gt/             checked here (cameras.json, a folder of 000.png … per camera, equal frame counts, and
+                  keypoints3d.json of [T][N][3] with this scene's N and the gt frame count T), so that a broken
+                  gt/ stops the run before training and not when a stage evaluates; its path is kept
+                  (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none.
 
 Recentring (no camera.json, the DreamGaussian convention): image, keypoints and every video frame go through one
 2D similarity (one bilinear resample, antialiased when shrinking; output size = input size) that puts the centre
@@ -145,6 +148,9 @@ def load_scene(path: str | Path) -> Scene:
                 raise InputError(f"{d}: {what} needs camera.json (the reference camera it is aligned with); "
                                  "without it the scene is recentred and would no longer match")
     views = _read_views(views_dir, H, W) if views_dir.exists() else []
+    has_gt = gt_dir.exists() and not (gt_dir.is_dir() and not any(gt_dir.iterdir()))  # an empty gt/ is none
+    if has_gt:
+        _check_gt(gt_dir, int(keypoints.shape[0]))
 
     recentring = None
     if not has_camera:
@@ -153,7 +159,7 @@ def load_scene(path: str | Path) -> Scene:
     return Scene(
         root=root, image=image.contiguous(), keypoints=keypoints, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if video is None else video.contiguous(), views=views,
-        gt_dir=gt_dir if gt_dir.is_dir() else None, recentring=recentring,
+        gt_dir=gt_dir if has_gt else None, recentring=recentring,
     )
 
 
@@ -487,3 +493,27 @@ def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor
             raise InputError(f"{p}: view is {img.shape[1]}x{img.shape[0]} but image.png is {W}x{H}")
         views.append((cam, img))
     return views
+
+
+def _check_gt(folder: Path, num_keypoints: int) -> None:
+    """Validate a gt/ folder's structure without reading its images (see the module docstring)."""
+    from dynapose4d.gt_metrics import load_gt
+
+    if not folder.is_dir():
+        raise InputError(f"{folder}: expected a folder with cameras.json and one folder of frames per camera")
+    gt = load_gt(folder)
+    counts: dict[str, int] = {}
+    for cam in gt.cameras:
+        d = folder / cam.name
+        n = len(list(d.glob("[0-9][0-9][0-9].png"))) if d.is_dir() else 0
+        if n == 0:
+            raise InputError(f"{d}: no gt frames (000.png, 001.png, ...; gt/cameras.json lists camera '{cam.name}')")
+        counts[cam.name] = n
+    if len(set(counts.values())) > 1:
+        raise InputError(f"{folder}: gt cameras have different frame counts {counts}")
+    kp = gt.keypoints3d
+    if kp is not None:
+        T = next(iter(counts.values()))
+        if kp.shape[1] != num_keypoints or kp.shape[0] != T:
+            raise InputError(f"{folder / 'keypoints3d.json'}: {kp.shape[0]} frames of {kp.shape[1]} keypoints, but the "
+                             f"gt cameras have {T} frames and keypoints.json has {num_keypoints} keypoints")
