@@ -135,7 +135,8 @@ def _camera_from_dict(d: dict, path: Path, default_name: str) -> Camera:
         raise InputError(f"{path}: camera values must be numbers ({e})") from None
 
 
-def _read_json(path: Path):
+def read_json(path: str | Path):
+    """Parsed JSON of `path`; a missing or unreadable file is a one-line InputError naming it."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -147,7 +148,7 @@ def _read_json(path: Path):
 def load_camera(path: str | Path) -> Camera:
     """Read a single camera JSON ({"elevation", "azimuth", "radius", "fov_y"}), e.g. a scene's camera.json."""
     path = Path(path)
-    cam = _camera_from_dict(_read_json(path), path, "ref")
+    cam = _camera_from_dict(read_json(path), path, "ref")
     if cam.radius <= 0 or not (0 < cam.fov_y < 180):
         raise InputError(f"{path}: radius must be > 0 and fov_y in (0, 180), got {cam.radius}, {cam.fov_y}")
     return cam
@@ -156,7 +157,7 @@ def load_camera(path: str | Path) -> Camera:
 def load_cameras(path: str | Path) -> list[Camera]:
     """Read a camera list JSON ([{"name", "elevation", "azimuth", "radius", "fov_y"}, ...])."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list) or not data:
         raise InputError(f"{path}: expected a non-empty JSON list of cameras")
     cams = [_camera_from_dict(d, path, f"cam{i:02d}") for i, d in enumerate(data)]

@@ -15,7 +15,6 @@ camera's entry in "per_view" carries novel = 1.0 or 0.0.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from dynapose4d import metrics as M
-from dynapose4d.cameras import Camera, load_cameras, project
+from dynapose4d.cameras import Camera, load_cameras, project, read_json
 from dynapose4d.errors import InputError
 from dynapose4d.io import read_image
 
@@ -38,13 +37,6 @@ class GroundTruth:
     visible: dict[str, torch.Tensor] = field(default_factory=dict)  # camera name -> [T, N] bool (keypoints2d.json)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable JSON ({e})") from None
-
-
 def load_gt(gt_dir: str | Path) -> GroundTruth:
     """Read gt/cameras.json, gt/keypoints3d.json and gt/keypoints2d.json (the last two optional)."""
     gt_dir = Path(gt_dir)
@@ -54,7 +46,7 @@ def load_gt(gt_dir: str | Path) -> GroundTruth:
     path = gt_dir / "keypoints3d.json"
     if path.is_file():
         try:
-            gt.keypoints3d = torch.tensor(_read_json(path)["frames"], dtype=torch.float32)
+            gt.keypoints3d = torch.tensor(read_json(path)["frames"], dtype=torch.float32)
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{path}: expected {{\"frames\": [T][N][3]}} ({e})") from None
         if gt.keypoints3d.ndim != 3 or gt.keypoints3d.shape[-1] != 3:
@@ -62,16 +54,23 @@ def load_gt(gt_dir: str | Path) -> GroundTruth:
     path = gt_dir / "keypoints2d.json"
     if path.is_file():
         gt.visible = {k: torch.tensor(v["visible"], dtype=torch.bool)
-                      for k, v in _read_json(path).items() if isinstance(v, dict) and "visible" in v}
+                      for k, v in read_json(path).items() if isinstance(v, dict) and "visible" in v}
     return gt
+
+
+def gt_frame_files(folder: str | Path) -> list[Path]:
+    """gt/<camera>/000.png, 001.png … in order; none is a one-line InputError naming the folder."""
+    folder = Path(folder)
+    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
+    if not files:
+        raise InputError(f"{folder}: no gt frames (000.png, 001.png, ...)")
+    return files
 
 
 def read_gt_frames(folder: str | Path) -> torch.Tensor:
     """gt/<camera>/000.png … as RGBA [T, H, W, 4] in [0, 1] (an RGB frame gets alpha 1)."""
     folder = Path(folder)
-    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
-    if not files:
-        raise InputError(f"{folder}: no gt frames (000.png ...)")
+    files = gt_frame_files(folder)
     imgs = [read_image(f) for f in files]
     if any(i.shape != imgs[0].shape for i in imgs):
         raise InputError(f"{folder}: gt frames of different sizes")

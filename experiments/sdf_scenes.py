@@ -231,7 +231,7 @@ def render(prims: tuple[torch.Tensor, ...], cam: dict, size: int, light: np.ndar
     origin = -R.T @ t
     dirs = d_cam @ R  # R^T d, world directions [P, 3]
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    s = torch.full((dirs.shape[0],), radius_in(origin), dtype=torch.float64)
+    s = torch.full((dirs.shape[0],), float(origin.norm()) - 1.0, dtype=torch.float64)  # start at the unit sphere
     hit = torch.zeros_like(s, dtype=torch.bool)
     active = torch.arange(s.shape[0])  # rays still marching
     far = float(origin.norm()) + 1.0
@@ -255,11 +255,6 @@ def render(prims: tuple[torch.Tensor, ...], cam: dict, size: int, light: np.ndar
     rgba = torch.cat([rgb, hit[:, None].double()], -1).reshape(size, ss, size, ss, 4).mean((1, 3))
     rgba[..., :3] = rgba[..., :3] / rgba[..., 3:].clamp(min=1e-8)  # un-premultiply
     return rgba.clamp(0, 1).numpy()
-
-
-def radius_in(origin: torch.Tensor) -> float:
-    """Where the march starts: just outside the unit sphere that holds the object."""
-    return float(origin.norm()) - 1.0
 
 
 # ------------------------------------------------------------------------------------------- scenes

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from dynapose4d.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.errors import InputError
+from dynapose4d.gt_metrics import gt_frame_files, load_gt
 from dynapose4d.io import read_image, read_video
 
 FILL = 0.8  # recentring: the mask bounding box fills this fraction of the frame (DreamGaussian's 1 - border 0.2)
@@ -148,7 +149,7 @@ def load_scene(path: str | Path) -> Scene:
                 raise InputError(f"{d}: {what} needs camera.json (the reference camera it is aligned with); "
                                  "without it the scene is recentred and would no longer match")
     views = _read_views(views_dir, H, W) if views_dir.exists() else []
-    has_gt = gt_dir.exists() and not (gt_dir.is_dir() and not any(gt_dir.iterdir()))  # an empty gt/ is none
+    has_gt = gt_dir.exists() and (not gt_dir.is_dir() or any(gt_dir.iterdir()))  # an empty gt/ counts as none
     if has_gt:
         _check_gt(gt_dir, int(keypoints.shape[0]))
 
@@ -497,18 +498,10 @@ def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor
 
 def _check_gt(folder: Path, num_keypoints: int) -> None:
     """Validate a gt/ folder's structure without reading its images (see the module docstring)."""
-    from dynapose4d.gt_metrics import load_gt
-
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder with cameras.json and one folder of frames per camera")
     gt = load_gt(folder)
-    counts: dict[str, int] = {}
-    for cam in gt.cameras:
-        d = folder / cam.name
-        n = len(list(d.glob("[0-9][0-9][0-9].png"))) if d.is_dir() else 0
-        if n == 0:
-            raise InputError(f"{d}: no gt frames (000.png, 001.png, ...; gt/cameras.json lists camera '{cam.name}')")
-        counts[cam.name] = n
+    counts = {cam.name: len(gt_frame_files(folder / cam.name)) for cam in gt.cameras}
     if len(set(counts.values())) > 1:
         raise InputError(f"{folder}: gt cameras have different frame counts {counts}")
     kp = gt.keypoints3d
