@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 export OMP_WAIT_POLICY ?= PASSIVE  # no OpenMP spin-waiting on shared CPUs (see dynapose4d/__init__.py)
 
-.PHONY: help setup demo test test-slow test-gpu bench lint format train-cape clean
+.PHONY: help setup demo test test-slow test-gpu bench bench-gpu lint format train-cape clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-gpu: setup ## the gpu-marked tests (need CUDA)
 
 bench: setup ## rasterizer benchmark: prints a table, writes bench/results.json
 	$(BIN)/python -m dynapose4d.bench
+
+bench-gpu: setup ## the same on CUDA (gsplat, the torch tiles, the dense reference): bench/results_cuda.json
+	$(BIN)/python -m dynapose4d.bench --device cuda --out bench/results_cuda.json
 
 lint: setup ## ruff
 	$(BIN)/ruff check dynapose4d tests

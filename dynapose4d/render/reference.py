@@ -40,13 +40,12 @@ def composite_dense(
     idx = torch.nonzero(visible, as_tuple=False).squeeze(-1)
     zero = (means2d.sum() + colors.sum() + opacities.sum() + conics.sum()) * 0
     if idx.numel() == 0:
-        return zero + torch.zeros(height, width, D, dtype=colors.dtype), zero + torch.zeros(
-            height, width, 1, dtype=colors.dtype
-        )
+        return zero + colors.new_zeros(height, width, D), zero + colors.new_zeros(height, width, 1)
     order = idx[torch.argsort(depths.detach()[idx].float(), stable=True)]
     m, q, col, op = means2d[order], conics[order], colors[order], opacities[order]  # [M, ...]
     ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=m.dtype) + 0.5, torch.arange(width, dtype=m.dtype) + 0.5, indexing="ij"
+        torch.arange(height, dtype=m.dtype, device=m.device) + 0.5,
+        torch.arange(width, dtype=m.dtype, device=m.device) + 0.5, indexing="ij",
     )
     pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # [P, 2]
     out_c, out_a = [], []
