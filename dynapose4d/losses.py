@@ -87,3 +87,20 @@ def rigidity_loss(means: torch.Tensor, canonical: torch.Tensor, neighbours: torc
     d_t = (means.unsqueeze(2) - means[:, neighbours]).norm(dim=-1)  # [B, N, k]
     d_0 = (canonical.unsqueeze(1) - canonical[neighbours]).norm(dim=-1)  # [N, k]
     return ((d_t - d_0.detach().unsqueeze(0)) ** 2).mean()
+
+
+def bone_length_loss(points: torch.Tensor, rest: torch.Tensor, bones: torch.Tensor) -> torch.Tensor:
+    """Constant bone lengths: mean over frames and bones (i, j) of ((‖p_i − p_j‖ − l_ij) / l_ij)², points
+    [B, K, 3] (keypoint tracks at B frames), rest [K, 3] (their canonical positions, l_ij = ‖r_i − r_j‖),
+    bones [E, 2] keypoint indices (the support's skeleton). Relative, so its λ does not depend on the object's
+    size. Not part of the paper's losses: the articulated-object prior behind "the skeleton keeps its bones"
+    (zero-length bones are skipped)."""
+    if bones.numel() == 0:
+        return points.new_zeros(())
+    i, j = bones[:, 0], bones[:, 1]
+    l0 = (rest[i] - rest[j]).norm(dim=-1).detach()  # [E]
+    ok = l0 > 1e-6
+    if not bool(ok.any()):
+        return points.new_zeros(())
+    lt = (points[:, i[ok]] - points[:, j[ok]]).norm(dim=-1)  # [B, E']
+    return (((lt - l0[ok]) / l0[ok]) ** 2).mean()

@@ -1,6 +1,7 @@
 """How much of the 3D keypoint motion one camera can determine, on the synthetic generator's objects.
 
     .venv/bin/python experiments/depth_oracle.py [--seeds 8] [--first-seed 100] [--frames 16]
+    .venv/bin/python experiments/depth_oracle.py --scenes SCENE [SCENE ...]   # scene folders with gt/keypoints3d.json
 
 The dynamic stage sees its object from the reference camera only (no novel-view prior without Zero-1-to-3
 weights). This measures, with perfect information in that view, how close 3D keypoint tracks can get to the
@@ -21,11 +22,14 @@ reached (README: 0.58-1.05x on six scenes). Under a minute for the default 48 ob
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from dynapose4d.cameras import REFERENCE_CAMERA
+from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import TEMPLATES, make_object
+from dynapose4d.gt_metrics import load_gt
 from dynapose4d.tracks import skeleton_forest, tree_depth
 
 
@@ -55,40 +59,58 @@ def bone_reconstruction(rays: torch.Tensor, centre: torch.Tensor, rest: torch.Te
     return out
 
 
+def oracle_errors(gt: torch.Tensor, skeleton: list, viewmat: torch.Tensor) -> dict[str, float]:
+    """Mean 3D keypoint error of each estimate above (and of no motion) for true tracks `gt` [T, N, 3] seen by
+    the camera `viewmat` [4, 4] (world -> camera)."""
+    vm = viewmat.double()
+    gt = gt.double()
+    centre = torch.linalg.inv(vm)[:3, 3]
+    parent = skeleton_forest(list(skeleton), gt.shape[1])
+    cam_pts = gt @ vm[:3, :3].T + vm[:3, 3]  # [T, N, 3] camera frame, z = depth
+    plane = cam_pts / cam_pts[..., 2:] * cam_pts[:1, :, 2:]  # each ray at its frame-0 depth
+    plane = (plane - vm[:3, 3]) @ vm[:3, :3]
+    rays = torch.nn.functional.normalize(gt - centre, dim=-1)
+    est = {"none": gt[:1].expand_as(gt), "plane": plane,
+           "bones": bone_reconstruction(rays, centre, gt[0], parent),
+           "sign": bone_reconstruction(rays, centre, gt[0], parent, truth=gt)}
+    return {k: float((e - gt).norm(dim=-1).mean()) for k, e in est.items()}
+
+
+def _row(name: str, m: dict[str, float]) -> str:
+    return (f"{name:>10} {m['none']:>9.4f} {m['plane']:>5.4f} ({m['plane'] / m['none']:.2f}x) "
+            f"{m['bones']:>5.4f} ({m['bones'] / m['none']:.2f}x) {m['sign']:>6.4f} ({m['sign'] / m['none']:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=8, help="objects per template")
     ap.add_argument("--first-seed", type=int, default=100, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--frames", type=int, default=16, help="frames per object (the scenes' default)")
+    ap.add_argument("--scenes", nargs="+", default=None,
+                    help="scene folders instead of the generator: gt/keypoints3d.json seen by the scene's camera")
     args = ap.parse_args()
-    cam = REFERENCE_CAMERA
-    vm = cam.viewmat().double()  # [4, 4] world -> camera
-    centre = torch.linalg.inv(vm)[:3, 3]
-    print(f"{'template':>10} {'no motion':>9} {'in-plane':>9} {'bones':>9} {'bones+sign':>10}   (mean error, world "
+    print(f"{'':>10} {'no motion':>9} {'in-plane':>9} {'bones':>9} {'bones+sign':>10}   (mean error, world "
           "units; ratio to no motion)")
     rows = []
-    for template in TEMPLATES:
-        err = {k: [] for k in ("none", "plane", "bones", "sign")}
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            obj = make_object(template, seed, args.frames)
-            gt = torch.stack([obj.keypoints3d(f).double() for f in range(args.frames)])  # [T, N, 3]
-            parent = skeleton_forest(list(obj.skeleton), gt.shape[1])
-            cam_pts = gt @ vm[:3, :3].T + vm[:3, 3]  # [T, N, 3] camera frame, z = depth
-            plane = cam_pts / cam_pts[..., 2:] * cam_pts[:1, :, 2:]  # each ray at its frame-0 depth
-            plane = (plane - vm[:3, 3]) @ vm[:3, :3]
-            rays = torch.nn.functional.normalize(gt - centre, dim=-1)
-            for k, est in (("none", gt[:1].expand_as(gt)), ("plane", plane),
-                           ("bones", bone_reconstruction(rays, centre, gt[0], parent)),
-                           ("sign", bone_reconstruction(rays, centre, gt[0], parent, truth=gt))):
-                err[k].append((est - gt).norm(dim=-1).mean())
-        m = {k: float(torch.stack(v).mean()) for k, v in err.items()}
-        rows.append(m)
-        print(f"{template:>10} {m['none']:>9.4f} {m['plane']:>5.4f} ({m['plane'] / m['none']:.2f}x) "
-              f"{m['bones']:>5.4f} ({m['bones'] / m['none']:.2f}x) {m['sign']:>6.4f} ({m['sign'] / m['none']:.2f}x)")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-    print(f"{'mean':>10} {mean['none']:>9.4f} {mean['plane']:>5.4f} ({mean['plane'] / mean['none']:.2f}x) "
-          f"{mean['bones']:>5.4f} ({mean['bones'] / mean['none']:.2f}x) {mean['sign']:>6.4f} "
-          f"({mean['sign'] / mean['none']:.2f}x)")
+    if args.scenes:
+        for folder in args.scenes:
+            scene = load_scene(folder)
+            if scene.gt_dir is None or load_gt(scene.gt_dir).keypoints3d is None:
+                raise SystemExit(f"{folder}: no gt/keypoints3d.json")
+            m = oracle_errors(load_gt(scene.gt_dir).keypoints3d, scene.skeleton, scene.camera.viewmat())
+            rows.append(m)
+            print(_row(Path(folder).name[-10:], m))
+    else:
+        for template in TEMPLATES:
+            err = []
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                obj = make_object(template, seed, args.frames)
+                gt = torch.stack([obj.keypoints3d(f) for f in range(args.frames)])  # [T, N, 3]
+                err.append(oracle_errors(gt, obj.skeleton, REFERENCE_CAMERA.viewmat()))
+            m = {k: sum(e[k] for e in err) / len(err) for k in err[0]}
+            rows.append(m)
+            print(_row(template, m))
+    print(_row("mean", {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}))
 
 
 if __name__ == "__main__":

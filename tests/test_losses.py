@@ -8,6 +8,7 @@ from dynamic_helpers import ColourKeypoints
 from dynapose4d.cameras import REFERENCE_CAMERA, project
 from dynapose4d.gaussians import GaussianModel
 from dynapose4d.losses import (
+    bone_length_loss,
     keypoint_match_loss,
     pose_alignment_loss,
     reference_loss,
@@ -112,3 +113,22 @@ def test_kml_zero_at_target_and_gradient_moves_means_toward_it():
         opt.step()
     assert loss.item() < 0.1 * first
     assert abs(means[40:80, 1].mean().item() - (0.25 + 0.15)) < 0.05
+
+
+def test_bone_length_loss_analytic_and_blind_to_rigid_motion():
+    """Zero under any rotation + translation of the whole skeleton; a bone stretched by s costs (s - 1)^2 / E;
+    the gradient on a stretched bone pulls its end back along the bone; zero-length bones are skipped."""
+    rest = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 2.0, 0.0], [1.0, 2.0, 0.0]])  # [4, 3]
+    bones = torch.tensor([[0, 1], [1, 2], [2, 3]])  # the last has length 0
+    c, s_ = torch.cos(torch.tensor(0.7)), torch.sin(torch.tensor(0.7))
+    R = torch.tensor([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]])
+    moved = (rest @ R.T + torch.tensor([0.3, -1.0, 2.0]))[None]  # [1, 4, 3]
+    assert bone_length_loss(moved, rest, bones).abs() < 1e-10
+    stretched = rest.clone()
+    stretched[2:, 1] = 3.0  # bone 1-2 from length 2 to 3 (s = 1.5); 2-3 stays 0
+    pts = stretched[None].clone().requires_grad_(True)
+    loss = bone_length_loss(pts, rest, bones)
+    torch.testing.assert_close(loss, torch.tensor(0.25 / 2))  # (1.5 - 1)^2 over the two bones of non-zero length
+    loss.backward()
+    assert pts.grad[0, 2, 1] > 0 and pts.grad[0, 1, 1] < 0  # descent shortens the bone
+    assert bone_length_loss(pts, rest, torch.zeros(0, 2, dtype=torch.long)) == 0

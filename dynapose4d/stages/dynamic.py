@@ -33,7 +33,15 @@ from dynapose4d.deform import (
 )
 from dynapose4d.errors import ConfigError, InputError
 from dynapose4d.gaussians import GaussianModel, load_ply
-from dynapose4d.losses import KeypointFn, keypoint_match_loss, knn_indices, reference_loss, rigidity_loss, scl_pairs
+from dynapose4d.losses import (
+    KeypointFn,
+    bone_length_loss,
+    keypoint_match_loss,
+    knn_indices,
+    reference_loss,
+    rigidity_loss,
+    scl_pairs,
+)
 from dynapose4d.priors.sds import SDSConfig
 from dynapose4d.priors.svd import SVDConfig, driving_video, keypoint_file_recentring
 from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
@@ -65,6 +73,9 @@ class DynamicConfig:
     # lifted and attached to the canonical Gaussians, carried by φ) projected at the reference camera against
     # CAPE's driving keypoints p_τ, in KML's units. KML compares images, so any Gaussians that draw the right
     # picture satisfy it; this ties the Gaussians at each keypoint to that keypoint's motion.
+    lambda_bone: float = 0.0  # bone-length loss (not in the paper; 0 = off): the 3D keypoint tracks keep the
+    # lengths of the support skeleton's bones at every frame (relative squared change, `losses.bone_length_loss`).
+    # One view fixes how much a bone shortens on screen; a constant length turns that into motion in depth.
     lambda_sds: float = 0.0  # novel-view Zero-1-to-3 SDS weight (needs dynapose4d.priors.zero123 and weights)
     sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
     sds: SDSConfig = field(default_factory=SDSConfig)  # SDS timesteps / guidance (t annealed 0.98 -> 0.02)
@@ -85,7 +96,7 @@ class DynamicConfig:
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
         for k in ("lambda_rgb", "lambda_alpha", "lambda_kml", "lambda_scl", "lambda_rigid", "lambda_track",
-                  "lambda_sds"):
+                  "lambda_bone", "lambda_sds"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"config key 'dynamic.{k}': must be >= 0, got {getattr(self, k)}")
 
@@ -147,16 +158,20 @@ class DynamicGaussianModule(L.LightningModule):
         self.canonical.requires_grad_(cfg.train_canonical)
         nb = knn_indices(canonical.means, cfg.rigid_neighbours) if cfg.lambda_rigid > 0 else None
         self.register_buffer("neighbours", nb, persistent=False)
-        att = None  # the track loss's keypoints, lifted and attached to the canonical Gaussians
-        if cfg.lambda_track > 0:
-            if kp_targets is None or support_keypoints is None:
-                raise ConfigError("dynamic.lambda_track > 0 needs the support keypoints and driving keypoints (cape "
-                                  "stage)")
+        att, rest = None, None  # the track and bone losses' keypoints, lifted and attached to the canonical Gaussians
+        if cfg.lambda_track > 0 and kp_targets is None:
+            raise ConfigError("dynamic.lambda_track > 0 needs the driving keypoints (cape stage)")
+        if cfg.lambda_track > 0 or cfg.lambda_bone > 0:
+            if support_keypoints is None:
+                raise ConfigError("dynamic.lambda_track > 0 and dynamic.lambda_bone > 0 need the support keypoints")
             with torch.no_grad():  # as the written tracks (`keypoint_tracks`)
-                _, att = attach_keypoints(canonical.activated(), support_keypoints, camera, self.width, self.height,
-                                          cfg.track_neighbours, skeleton=skeleton)
+                rest, att = attach_keypoints(canonical.activated(), support_keypoints, camera, self.width,
+                                             self.height, cfg.track_neighbours, skeleton=skeleton)
         for name in ("idx", "weights", "offsets"):  # [N, k], [N, k], [N, k, 3]
             self.register_buffer(f"track_{name}", getattr(att, name) if att else None, persistent=False)
+        self.register_buffer("track_rest", rest, persistent=False)  # [N, 3] lifted keypoints (canonical)
+        bones = torch.tensor([[i, j] for i, j in (skeleton or []) if i != j], dtype=torch.long).reshape(-1, 2)
+        self.register_buffer("bones", bones, persistent=False)  # [E, 2]
 
     # rendering ----------------------------------------------------------------------------------
     def taus(self, frames: torch.Tensor) -> torch.Tensor:
@@ -202,14 +217,19 @@ class DynamicGaussianModule(L.LightningModule):
             scl = scl_pairs(g["means"][:B], g["means"][B:])
             loss = loss + cfg.lambda_scl * scl
             logs["loss_scl"] = scl
-        if cfg.lambda_track > 0:
+        if cfg.lambda_track > 0 or cfg.lambda_bone > 0:
             att = Attachment(self.track_idx, self.track_weights, self.track_offsets)
             world = carry_points(att, self.canonical.splats["quats"], g["means"][:B], g["quats"][:B])  # [B, N, 3]
+        if cfg.lambda_track > 0:
             px, _ = project(world, self.viewmats[0], self.Ks[0])  # [B, N, 2]
             trk = keypoint_match_loss(px, self.kp_targets[frames], self.kp_confidence[frames], self.width,
                                       self.height)
             loss = loss + cfg.lambda_track * trk
             logs["loss_track"] = trk
+        if cfg.lambda_bone > 0:
+            bone = bone_length_loss(world, self.track_rest, self.bones)
+            loss = loss + cfg.lambda_bone * bone
+            logs["loss_bone"] = bone
         if cfg.lambda_rigid > 0:
             rig = rigidity_loss(g["means"], self.canonical.means, self.neighbours)
             loss = loss + cfg.lambda_rigid * rig
