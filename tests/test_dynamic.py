@@ -190,3 +190,46 @@ def test_track_loss_starts_at_its_analytic_value_and_pulls_the_tracks_onto_the_d
     assert err() < 0.3 * before, (before, err())
     with pytest.raises(ConfigError, match="lambda_track"):
         DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera)  # no driving keypoints
+
+
+def test_bone_loss_turns_shrinking_keypoints_into_depth_motion(tmp_path):
+    """Driving keypoints that shrink towards their centre on screen (as the object moving away would) under
+    λ_track: alone, the tracks follow by shortening the bones; with λ_bone they follow as well and the bones keep
+    their lengths, which for a projection 15% smaller takes turning them in depth (foreshortening)."""
+    from dynapose4d.deform import build_deformation
+    from dynapose4d.stages.dynamic import DynamicGaussianModule
+    from dynapose4d.tracks import keypoint_tracks, project_tracks
+
+    S, F = 32, 2
+    write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=F, size=S)
+    scene = scene_from_folder(tmp_path / "scene")
+    canonical = load_ply(perfect_static(make_object("humanoid", 0, F), tmp_path / "run"))
+    kp = scene.keypoints.float()
+    targets = torch.stack([kp, kp.mean(0) + 0.85 * (kp - kp.mean(0))])  # [F, N, 2]: 15% smaller at frame 1
+    bones = torch.tensor(scene.skeleton)
+
+    def fit(lambda_bone: float) -> tuple[float, float]:
+        cfg = DynamicConfig(lambda_rgb=0.0, lambda_alpha=0.0, lambda_kml=0.0, lambda_scl=0.0, lambda_track=1.0,
+                            lambda_bone=lambda_bone)
+        cfg.hexplane.anchor_first_frame = True
+        torch.manual_seed(0)
+        phi = build_deformation("hexplane", canonical.means, F, cfg.hexplane)
+        module = DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera, targets, torch.ones(F, len(kp)),
+                                       support_keypoints=kp, skeleton=list(scene.skeleton))
+        module.log_dict = lambda *a, **k: None
+        opt = torch.optim.Adam(phi.parameters(), lr=0.01)
+        for _ in range(150):
+            opt.zero_grad()
+            module.training_step(torch.tensor([1]), 0).backward()
+            opt.step()
+        with torch.no_grad():
+            tr = keypoint_tracks(canonical, phi, kp, scene.camera, S, S, F, cfg.track_neighbours,
+                                 skeleton=list(scene.skeleton))  # [F, N, 3]
+        px_err = float((project_tracks(tr[1], scene.camera, S, S) - targets[1]).norm(dim=-1).mean())
+        length = (tr[:, bones[:, 0]] - tr[:, bones[:, 1]]).norm(dim=-1)  # [F, E]
+        stretch = float((length[1] / length[0] - 1.0).abs().mean())
+        return px_err, stretch
+
+    free, bone = fit(0.0), fit(1.0)  # (pixel error, relative change of bone length)
+    assert free[0] < 0.5 and bone[0] < 0.5, (free, bone)  # both follow the targets on screen (pixels)
+    assert free[1] > 0.10 and bone[1] < 0.03, (free, bone)  # bones shrink ~15% without the loss, not with it

@@ -124,6 +124,14 @@ class HexPlaneDeformation(nn.Module):
         self.d_position = _head(cfg.width, 3)
         self.d_scale = _head(cfg.width, 3) if cfg.deform_scale else None
         self.d_rotation = _head(cfg.width, 4) if cfg.deform_rotation else None
+        if cfg.anchor_first_frame:
+            # Anchored, φ is the identity at initialisation whatever the heads hold: the time planes start at
+            # ones, so the features do not depend on τ and Δ(τ) − Δ(0) = 0. Zero last layers on top of that would
+            # be a saddle (no gradient reaches any parameter; only rounding noise, which Adam amplifies, would
+            # start training), so they start small and random instead.
+            for head in (self.d_position, self.d_scale, self.d_rotation):
+                if head is not None:
+                    nn.init.normal_(head[-1].weight, std=1e-3)
 
     def param_groups(self) -> list[dict]:
         """Adam parameter groups with DreamGaussian4D's split: planes at `grid_lr`, the MLP at `mlp_lr`."""
