@@ -29,6 +29,7 @@ import torch
 from dynapose4d.cameras import REFERENCE_CAMERA
 from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import TEMPLATES, make_object
+from dynapose4d.errors import InputError
 from dynapose4d.gt_metrics import load_gt
 from dynapose4d.tracks import skeleton_forest, tree_depth
 
@@ -94,10 +95,14 @@ def main() -> None:
     rows = []
     if args.scenes:
         for folder in args.scenes:
-            scene = load_scene(folder)
-            if scene.gt_dir is None or load_gt(scene.gt_dir).keypoints3d is None:
+            try:
+                scene = load_scene(folder)
+            except InputError as e:
+                raise SystemExit(f"depth_oracle.py: error: {e}") from None
+            gt = load_gt(scene.gt_dir).keypoints3d if scene.gt_dir is not None else None
+            if gt is None:
                 raise SystemExit(f"{folder}: no gt/keypoints3d.json")
-            m = oracle_errors(load_gt(scene.gt_dir).keypoints3d, scene.skeleton, scene.camera.viewmat())
+            m = oracle_errors(gt, scene.skeleton, scene.camera.viewmat())
             rows.append(m)
             print(_row(Path(folder).name[-10:], m))
     else:
