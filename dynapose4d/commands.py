@@ -51,6 +51,12 @@ def _export(args: argparse.Namespace) -> int:
     return export_cli(args)
 
 
+def _showcase(args: argparse.Namespace) -> int:
+    from dynapose4d.showcase import showcase_cli
+
+    return showcase_cli(args)
+
+
 def _experiment(args: argparse.Namespace) -> int:
     from dynapose4d.experiments import experiment_cli
 
@@ -107,6 +113,14 @@ def add_all(sub: argparse._SubParsersAction) -> None:
                    help="ply-sequence: one 3DGS PLY per frame")
     p.add_argument("--out", default=None, help="output folder (default RUN/export/<format>)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("showcase", help="a small GIF of a finished run: input image | driving video | 4D orbit")
+    p.add_argument("run", help="run folder (its dynamic stage finished)")
+    p.add_argument("--out", required=True, help="output .gif (or .mp4)")
+    p.add_argument("--size", type=int, default=128, help="panel size in pixels")
+    p.add_argument("--loops", type=int, default=2, help="plays of the driving video during the orbit's one turn")
+    p.add_argument("--fps", type=int, default=8, help="frame rate")
+    p.set_defaults(func=_showcase)
 
     p = sub.add_parser("experiment", help="run an experiment file (ablation variants x scenes) and tabulate")
     p.add_argument("file", help="experiments/*.yaml")

@@ -1,0 +1,67 @@
+"""`dynapose4d showcase`: the panels are the input image, the driving video and the orbit, in that order."""
+
+from __future__ import annotations
+
+import _fakes
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from dynapose4d.cli import main
+from dynapose4d.config import load_config
+from dynapose4d.runner import StageRunner
+from dynapose4d.showcase import CAPTIONS, compose, fit_square
+
+
+def test_fit_square_letterboxes_and_keeps_the_aspect():
+    img = torch.zeros(10, 20, 3)  # black, twice as wide as high
+    out = fit_square(img, 40)
+    assert out.shape == (40, 40, 3)
+    assert torch.all(out[:10] == 1.0) and torch.all(out[30:] == 1.0)  # white bands above and below
+    assert torch.all(out[11:29] < 0.01)  # the image itself, scaled 2x
+
+
+def test_compose_puts_each_source_in_its_panel():
+    S, T, K = 8, 3, 7
+    image = torch.full((S, S, 3), 0.2)
+    driving = torch.stack([torch.full((S, S, 3), 0.1 * (f + 5)) for f in range(T)])
+    orbit = torch.stack([torch.full((S, S, 3), 0.9 - 0.01 * i) for i in range(K)])
+    frames = compose(image, driving, orbit)
+    cap = frames.shape[1] - S
+    assert frames.shape == (K, S + cap, 3 * S, 3) and cap > 0
+    body = frames[:, cap:].astype(np.float64) / 255
+    for i in range(K):
+        assert np.allclose(body[i, :, :S], 0.2, atol=1 / 255)
+        assert np.allclose(body[i, :, S:2 * S], 0.1 * (i % T + 5), atol=1 / 255)
+        assert np.allclose(body[i, :, 2 * S:], 0.9 - 0.01 * i, atol=1 / 255)
+    assert len(CAPTIONS) == 3 and (frames[:, :cap] < 128).any()  # captions drawn
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from dynapose4d.data.synthetic import write_scene
+
+    root = tmp_path_factory.mktemp("showcase")
+    scene = write_scene("humanoid", root / "scene", seed=0, num_frames=4, size=32)
+    run = root / "run"
+    StageRunner(scene, run, load_config(None, _fakes.fake_overrides(2)), stages=_fakes.FAKE_STAGES,
+                echo=lambda s: None).run()
+    return scene, run
+
+
+def test_showcase_cli_writes_a_small_gif(finished_run, tmp_path, capsys):
+    scene, run = finished_run
+    out = tmp_path / "show.gif"
+    assert main(["showcase", str(run), "--out", str(out), "--size", "48"]) == 0
+    frames = iio.imread(out, index=None)
+    assert frames.shape[0] == 24 and frames.shape[2] == 3 * 48  # at least 24 frames; three panels
+    assert out.stat().st_size < 2e6 and "MB" in capsys.readouterr().out
+    # the orbit panel shows the object (not an empty white frame); the input panel does not change
+    assert (frames[:, -48:, 96:, :3] < 200).any(axis=-1).mean() > 0.02
+    assert np.abs(frames[0, -48:, :48].astype(int) - frames[-1, -48:, :48]).mean() < 3  # up to GIF palettes
+
+
+def test_showcase_refuses_an_unfinished_run(tmp_path, capsys):
+    assert main(["showcase", str(tmp_path), "--out", str(tmp_path / "x.gif")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
