@@ -46,7 +46,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dynapose4d.export import export_cli
+    from dynapose4d.runner import export_cli
 
     return export_cli(args)
 
@@ -107,11 +107,17 @@ def add_all(sub: argparse._SubParsersAction) -> None:
                    help="also write an orbit video (mp4 + gif) of the ground-truth animation")
     p.set_defaults(func=_make_scene)
 
-    p = sub.add_parser("export", help="export a run's 4D result")
+    p = sub.add_parser("export", help="(re)write a run's outputs for other tools: splat PLY sequence, glb, bvh")
     p.add_argument("run", help="run folder")
-    p.add_argument("--format", choices=["ply-sequence"], default="ply-sequence",
-                   help="ply-sequence: one 3DGS PLY per frame")
-    p.add_argument("--out", default=None, help="output folder (default RUN/export/<format>)")
+    p.add_argument("--format", action="extend", nargs="+", default=None,
+                   choices=["all", "ply", "ply_compressed", "splat", "glb", "bvh", "videos", "ply-sequence"],
+                   help="what to write (default all = ply glb bvh videos): ply: one 3DGS PLY per frame; "
+                        "ply_compressed: SuperSplat's compressed PLY; splat: antimatter15 .splat; glb/bvh: the "
+                        "animated keypoint skeleton; videos: copies of the dynamic stage's videos")
+    p.add_argument("--up", choices=["+y", "-y", "+z"], default=None,
+                   help="up axis of every output (default: -y for splat files, as SuperSplat and most 3DGS "
+                        "viewers expect; +y for glb/bvh, as glTF and Blender's importers expect)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/export, recorded in the manifest)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("showcase", help="a small GIF of a finished run: input image | driving video | 4D orbit")

@@ -241,3 +241,33 @@ def read_stage_logs(run_dir: str | Path, stage: str) -> tuple[dict[str, float], 
             last.update({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")})
     summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
     return last, summary
+
+
+def log_export(run_dir: str | Path, wandb_cfg: Any, export_dir: str | Path, files: list[str],
+               metadata: dict[str, Any] | None = None) -> str | None:
+    """Log a run's exported files as one W&B Artifact (type "model", name "<run>-export") with the videos among
+    them as media, from a W&B run of its own in the pipeline run's group (job_type "export", name
+    "<run>-export"; under `wandb agent` it never takes over the sweep's run). Nothing when W&B is off.
+    Returns the artifact name, or None."""
+    wc = wandb_cfg
+    if wc is None or not wc.enabled or wc.mode == "disabled" or rank_zero_only.rank != 0:
+        return None
+    import wandb
+
+    run_dir, export_dir = Path(run_dir), Path(export_dir)
+    with _sweep_env(keep=False):
+        run = wandb.init(project=wc.project, entity=wc.entity, group=wc.group or run_dir.name, job_type="export",
+                         name=f"{run_dir.name}-export", dir=str(run_dir), mode=wc.mode, tags=list(wc.tags),
+                         config={"run_dir": str(run_dir)}, reinit="create_new")
+    try:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run_dir.name}-export")
+        art = wandb.Artifact(name=name, type="model", metadata=metadata or {})
+        for f in files:
+            art.add_file(str(export_dir / f), name=f)
+        run.log_artifact(art)
+        videos = [f for f in files if f.endswith(".mp4")]
+        if videos:
+            run.log({f"export/{Path(f).stem}": wandb.Video(str(export_dir / f)) for f in videos})
+        return name
+    finally:
+        run.finish()

@@ -8,6 +8,8 @@ RUN/manifest.json (written atomically after every change):
                         "config_hash", "upstream": {stage: hash}, "config": {...}, "resume_from_checkpoint",
                         "started", "ended", "seconds", "final_losses": {...}, "metrics": {...}, "error",
                         "attempts"}}}
+   "export": {"status", "dir": "export", "files", "up", "source": {the dynamic stage's config_hash, ended},
+              "wandb_artifact", "ended"}   (after the dynamic stage; removed when that stage reruns or goes stale)
 A stage's config hash covers its config section, the seed, the scene's content and the hashes of the stages
 before it. `--resume` skips a done stage whose hash is unchanged (when nothing before it reran), resumes an
 interrupted or failed stage from RUN/<stage>/checkpoints/last.ckpt, and reruns from scratch a stage whose
@@ -34,6 +36,7 @@ from dynapose4d.config import RunConfig, config_hash, load_config, save_config
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
 from dynapose4d.errors import InputError
+from dynapose4d.export import export_files, export_run
 from dynapose4d.io import write_json, write_text
 from dynapose4d.stages import cape, dynamic, static
 from dynapose4d.stages.base import StageContext, summary_line
@@ -180,6 +183,7 @@ class StageRunner:
         for name, action, rec, _ in plan:
             if action != "skip":
                 manifest["stages"][name] = rec
+        self._drop_stale_export(manifest)
         write_manifest(self.run_dir, manifest)
 
         executing = [name for name, action, _, _ in plan if action != "skip"]
@@ -198,6 +202,7 @@ class StageRunner:
                 if created and not any(r.get("status") == "done" for r in manifest["stages"].values()):
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 raise
+        self._export(manifest)
         self._report_outputs(manifest)
         return manifest
 
@@ -341,10 +346,92 @@ class StageRunner:
                 raise RuntimeError(f"rank {_rank()}: waited {timeout:.0f} s for rank zero to finish '{stage}'")
             time.sleep(poll)
 
+    def _drop_stale_export(self, manifest: dict[str, Any]) -> None:
+        """Remove RUN/export and its manifest record when they were not made from the dynamic stage's current
+        output (it is about to rerun, was marked stale, or is not done): nothing stale stays behind."""
+        rec = manifest.get("export")
+        if rec is not None and rec.get("source") == export_source(manifest) and rec.get("source") is not None:
+            return
+        manifest.pop("export", None)
+        shutil.rmtree(self.run_dir / EXPORT_DIR, ignore_errors=True)
+
+    def _export(self, manifest: dict[str, Any]) -> None:
+        """After the dynamic stage: RUN/export/ (splat PLY sequence, glb, bvh, videos), listed in the manifest
+        and logged to W&B as an Artifact; kept when it was made from the same dynamic output. A failure is
+        recorded and reported, not raised: the stages' results stand and `dynapose4d export RUN` retries."""
+        source = export_source(manifest)
+        old = manifest.get("export")
+        if source is None:
+            return
+        if (old and old.get("status") == "done" and old.get("source") == source
+                and all((self.run_dir / EXPORT_DIR / f).is_file() for f in old.get("files", []))):
+            self.echo(f"[export] up to date: {self.run_dir / EXPORT_DIR}")
+            return
+        try:
+            record_export(self.run_dir, manifest, export_run(self.run_dir, self.run_dir / EXPORT_DIR),
+                          self.cfg.wandb)
+        except Exception as e:  # noqa: BLE001 - reported in the manifest and on the console
+            manifest["export"] = {"status": "failed", "source": source, "error": f"{type(e).__name__}: {e}",
+                                  "ended": _now()}
+            write_manifest(self.run_dir, manifest)
+            self.echo(f"[export] failed ({type(e).__name__}: {e}); retry with `dynapose4d export {self.run_dir}`")
+            return
+        self.echo(f"[export] {self.run_dir / EXPORT_DIR}: {len(manifest['export']['files'])} files "
+                  "(splats/frame_*.ply, skeleton.glb, skeleton.bvh, videos/)")
+
     def _report_outputs(self, manifest: dict[str, Any]) -> None:
         self.echo(f"run folder: {self.run_dir}")
         for v in run_videos(self.run_dir, manifest):
             self.echo(f"  video: {v}")
+        if manifest.get("export", {}).get("status") == "done":
+            self.echo(f"  export: {self.run_dir / EXPORT_DIR} (glb/bvh for Blender, splats/ for splat viewers)")
+
+
+def export_source(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What an export is made from: the done dynamic stage's config hash and end time (None when not done)."""
+    rec = manifest.get("stages", {}).get("dynamic")
+    if not rec or rec.get("status") != "done":
+        return None
+    return {"config_hash": rec.get("config_hash"), "ended": rec.get("ended")}
+
+
+def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[str, Any], wandb_cfg: Any) -> None:
+    """List an export of RUN/export in the manifest ("export": status, files, up axes, source) and log it to
+    W&B (`logging.log_export`) when the run's config enables W&B."""
+    run_dir = Path(run_dir)
+    files = export_files(record)
+    manifest["export"] = {
+        "status": "done", "dir": EXPORT_DIR, "source": export_source(manifest), "files": files,
+        "up": {k: v["up"] for k, v in record["outputs"].items() if "up" in v}, "ended": _now(),
+    }
+    write_manifest(run_dir, manifest)
+    name = dlog.log_export(run_dir, wandb_cfg, run_dir / EXPORT_DIR, files,
+                           metadata={"up": manifest["export"]["up"], "fps": record.get("fps")})
+    if name:
+        manifest["export"]["wandb_artifact"] = name
+        write_manifest(run_dir, manifest)
+
+
+def export_cli(args: argparse.Namespace) -> int:
+    """`dynapose4d export RUN [--format ...] [--up +y|-y|+z] [--out DIR]`: rewrite a run's exported outputs.
+    Into RUN/export (the default) it also updates the manifest's "export" record and the W&B artifact."""
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: run folder not found")
+    out = Path(args.out) if args.out else run_dir / EXPORT_DIR
+    record = export_run(run_dir, out, up=args.up, formats=args.format)
+    manifest = read_manifest(run_dir)
+    if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
+        wandb_cfg = None
+        if (run_dir / "config.yaml").is_file():
+            try:
+                wandb_cfg = load_config(str(run_dir / "config.yaml"), []).wandb
+            except InputError:
+                wandb_cfg = None
+        record_export(run_dir, manifest, record, wandb_cfg)
+    files = export_files(record)
+    print(f"wrote {out}: {len(files)} files ({', '.join(sorted(record['outputs']))})")
+    return 0
 
 
 def run_videos(run_dir: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:

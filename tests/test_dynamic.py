@@ -1,6 +1,6 @@
 """The dynamic stage end to end on a tiny synthetic scene (perfect static stage, a differentiable stand-in for
 CAPE): the reference loss falls, the moved Gaussians beat the no-motion baseline on held-out cameras, every
-output is written, and `export --format ply-sequence` writes T loadable PLYs."""
+output is written, and `export --format ply` writes T loadable PLYs."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dynapose4d.data.scene import Recentring
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.deform import gaussians_at, load_dynamic, read_dynamic
 from dynapose4d.errors import InputError
-from dynapose4d.export import export_cli
 from dynapose4d.gaussians import load_ply
+from dynapose4d.runner import export_cli
 from dynapose4d.stages.base import StageContext
 from dynapose4d.stages.dynamic import DynamicConfig, run
 
@@ -96,16 +96,16 @@ def test_outputs_and_load_dynamic(fitted):
 
 def test_export_ply_sequence(fitted, tmp_path):
     run_dir, _, _, _ = fitted
-    assert export_cli(Namespace(run=str(run_dir), format="ply-sequence", out=str(tmp_path / "seq"))) == 0
-    files = sorted((tmp_path / "seq").glob("*.ply"))
-    assert [f.name for f in files] == [f"{i:03d}.ply" for i in range(T)]
+    assert export_cli(Namespace(run=str(run_dir), format=["ply"], up="+y", out=str(tmp_path / "seq"))) == 0
+    files = sorted((tmp_path / "seq" / "splats").glob("*.ply"))
+    assert [f.name for f in files] == [f"frame_{i:03d}.ply" for i in range(T)]
     canonical, phi = load_dynamic(run_dir)
     last = load_ply(files[-1])
     with torch.no_grad():
         torch.testing.assert_close(last.means, gaussians_at(canonical, phi, 1.0)["means"])
     torch.testing.assert_close(load_ply(files[0]).means, canonical.means)
     with pytest.raises(InputError, match="deform.ckpt"):
-        export_cli(Namespace(run=str(tmp_path), format="ply-sequence", out=None))
+        export_cli(Namespace(run=str(tmp_path), format=None, up=None, out=None))
 
 
 def test_lambda_kml_zero_never_runs_cape(tmp_path):

@@ -1,0 +1,190 @@
+"""A run's animated result as files for the tools people use (`dynapose4d export`, and the end of `run`).
+
+RUN/export/ (or another folder):
+  splats/frame_000.ply ...  the 4D Gaussians, one standard 3DGS PLY per frame (`export.ply`, gsplat's writer);
+                            with --format ply_compressed / splat: frame_000.compressed.ply / frame_000.splat
+  skeleton.glb              the 3D keypoint tracks as an animated joint hierarchy + skinned bone lines (glTF 2.0)
+  skeleton.bvh              the same motion as BVH (`export.skeleton`)
+  videos/                   copies of the dynamic stage's videos (reference, orbit, keypoints)
+  export.json               what was written: files, up axis per output, frames, fps, source run
+
+Up axes (`export.axes`): by default each output follows its tools: the splat files are "-y" up (SuperSplat and
+the viewers that follow the original 3DGS data roll splat files a half turn about z), the skeleton files "+y" up
+(glTF is +Y up by specification; Blender's glTF and BVH importers convert +Y up files to its +Z up). An explicit
+`up` applies to every output.
+
+A component: reads RUN/dynamic/{deform.ckpt, keypoints.json, videos/} and the scene's skeleton; no Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynapose4d.errors import InputError
+from dynapose4d.export.axes import UP_CHOICES, rotate_points
+from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
+from dynapose4d.export.skeleton import SkeletonTree, skeleton_tree, write_bvh, write_glb
+from dynapose4d.io import write_json
+
+FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "videos")
+DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "videos")
+EXPORT_FILE = "export.json"
+DEFAULT_FPS = 8.0  # when the run's config gives no dynamic.video_fps
+
+
+def default_up(fmt: str) -> str:
+    """The up axis of an output when none is asked for: "-y" for splat files, "+y" for glb and bvh."""
+    return "-y" if fmt in SPLAT_FORMATS else "+y"
+
+
+def read_tracks(run_dir: str | Path) -> tuple[list[str], np.ndarray, list[tuple[int, int]]]:
+    """(keypoint names, world tracks [T, N, 3], support skeleton bones) of a run.
+
+    The tracks are RUN/dynamic/keypoints.json's "world"; the bones its "skeleton" when present, else the
+    skeleton of the scene the run was made from (RUN/manifest.json "scene"/keypoints.json), else none."""
+    run_dir = Path(run_dir)
+    path = run_dir / "dynamic" / "keypoints.json"
+    try:
+        kp = json.loads(path.read_text())
+        world = np.asarray(kp["world"], dtype=np.float64)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no 3D keypoint tracks (run the dynamic stage first)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable keypoint tracks ({type(e).__name__}: {e})") from None
+    if world.ndim != 3 or world.shape[-1] != 3 or world.shape[0] < 1 or world.shape[1] < 1:
+        raise InputError(f"{path}: 'world' must be [T][N][3] with T, N >= 1, got shape {list(world.shape)}")
+    skeleton = kp.get("skeleton")
+    if skeleton is None:
+        skeleton = _scene_skeleton(run_dir)
+    return [str(n) for n in kp.get("names", [])], world, [(int(i), int(j)) for i, j in skeleton]
+
+
+def _scene_skeleton(run_dir: Path) -> list[list[int]]:
+    try:
+        scene = json.loads((run_dir / "manifest.json").read_text()).get("scene")
+        return json.loads((Path(scene) / "keypoints.json").read_text()).get("skeleton", [])
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+
+
+def run_fps(run_dir: str | Path) -> float:
+    """Frame rate of the run's videos (RUN/config.yaml dynamic.video_fps), else DEFAULT_FPS."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        return float(cfg.get("dynamic", {}).get("video_fps", DEFAULT_FPS))
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return DEFAULT_FPS
+
+
+def _formats(formats: list[str] | tuple[str, ...] | None) -> list[str]:
+    out: list[str] = []
+    for f in formats or DEFAULT_FORMATS:
+        f = "ply" if f == "ply-sequence" else f  # the former name of the PLY sequence
+        names = DEFAULT_FORMATS if f == "all" else (f,)
+        for n in names:
+            if n not in FORMATS:
+                raise InputError(f"--format {f}: choose from {['all', *FORMATS]}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str | None = None,
+               formats: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Write the run's 4D result to `out_dir` (default RUN/export); returns what export.json records.
+
+    `formats`: any of FORMATS (default DEFAULT_FORMATS; "all" means the default). `up`: "+y", "-y" or "+z"
+    for every output, or None for each output's own default (`default_up`). Each output replaces its
+    previous version in `out_dir` whole (written aside, then renamed); export.json lists every output present."""
+    from dynapose4d.deform import load_dynamic
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: run folder not found")
+    if up is not None and up not in UP_CHOICES:
+        raise InputError(f"--up {up}: choose from {list(UP_CHOICES)}")
+    fmts = _formats(formats)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    splat_fmts = [f for f in fmts if f in SPLAT_FORMATS]
+    canonical = phi = None
+    if splat_fmts:
+        canonical, phi = load_dynamic(run_dir)  # InputError naming deform.ckpt when missing
+    names, world, skeleton = read_tracks(run_dir) if {"glb", "bvh"} & set(fmts) else ([], None, [])
+    fps = run_fps(run_dir)
+    old = _read_record(out_dir)
+    record: dict[str, Any] = {"run": str(run_dir.resolve()), "fps": fps, "outputs": dict(old.get("outputs", {}))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+    for fmt in splat_fmts:
+        axis = up or default_up(fmt)
+        T = phi.num_frames
+        folder = "splats" if fmt == "ply" else f"splats_{fmt}"
+        tmp = out_dir / f".{folder}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        files = export_splat_sequence(canonical, phi, T, tmp, up=axis, fmt=fmt)
+        _replace_dir(tmp, out_dir / folder)
+        record["outputs"][fmt] = {"files": [f"{folder}/{p.name}" for p in files], "up": axis, "frames": T,
+                                  "written": stamp}
+    if world is not None:
+        tree = skeleton_tree(names, skeleton, world.shape[1])
+        for fmt in ("glb", "bvh"):
+            if fmt not in fmts:
+                continue
+            axis = up or default_up(fmt)
+            pos = rotate_points(world, axis)  # [T, N, 3]
+            if fmt == "glb":
+                write_glb(out_dir / "skeleton.glb", pos, tree, fps,
+                          extras={"up": axis, "fps": fps, "names": names, "skeleton": [list(e) for e in skeleton]})
+            else:
+                write_bvh(out_dir / "skeleton.bvh", pos, tree, fps)
+            record["outputs"][fmt] = {"files": [f"skeleton.{fmt}"], "up": axis, "frames": int(world.shape[0]),
+                                      "joints": tree.names, "root": tree.names[tree.root], "written": stamp}
+    if "videos" in fmts:
+        src = run_dir / "dynamic" / "videos"
+        videos = sorted(p for p in src.glob("*") if p.suffix in (".mp4", ".gif")) if src.is_dir() else []
+        tmp = out_dir / ".videos.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for p in videos:
+            shutil.copyfile(p, tmp / p.name)
+        _replace_dir(tmp, out_dir / "videos")
+        record["outputs"]["videos"] = {"files": [f"videos/{p.name}" for p in videos], "written": stamp}
+    write_json(out_dir / EXPORT_FILE, record)
+    return record
+
+
+def export_files(record: dict[str, Any]) -> list[str]:
+    """Every file an export record lists (relative to its folder), export.json included."""
+    return [EXPORT_FILE] + [f for out in record.get("outputs", {}).values() for f in out.get("files", [])]
+
+
+def _read_record(out_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out_dir / EXPORT_FILE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _replace_dir(tmp: Path, dst: Path) -> None:
+    old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "DEFAULT_FORMATS", "FORMATS", "SkeletonTree", "UP_CHOICES", "default_up", "export_files", "export_run",
+    "frame_name", "read_tracks", "run_fps", "skeleton_tree", "write_bvh", "write_glb",
+]
