@@ -53,6 +53,7 @@ DEFAULT_STAGES: tuple[StageSpec, ...] = (
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+EXPORT_DIR = "export"  # RUN/export: the outputs for other tools (dynapose4d.export)
 
 
 def _now() -> str:
