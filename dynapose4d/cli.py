@@ -1,4 +1,5 @@
-"""The one entry point: `dynapose4d run|fit-static|train-cape|fit-dynamic|render|eval|make-scene|export|experiment`.
+"""The one entry point: `dynapose4d run|fit-static|fit-dynamic|train-cape|render|eval|make-scene|export|...`
+(`dynapose4d --help` lists them all).
 
 Each sub-command lives in the module that owns it and is wired here by explicit import (no registry).
 User errors (`InputError`) print one line and exit with status 2.
@@ -14,14 +15,65 @@ from dynapose4d.errors import InputError, MissingWeightsError
 
 
 def _env_defaults() -> None:
-    os.environ.setdefault("WANDB_MODE", "offline")  # never block on a network unless the user asks
-    os.environ.setdefault("WANDB_SILENT", "true")
+    # No WANDB_MODE default here: the config's `wandb.mode` (offline unless a preset or --set says otherwise) is
+    # passed to every W&B run we start, and a WANDB_MODE the user exported wins over the preset (config.load_config).
+    os.environ.setdefault("WANDB_SILENT", "true")  # the stage logs say where the runs are (online: their URL)
+
+
+def package_version() -> str:
+    """The installed distribution's version (package metadata), else `dynapose4d.__version__`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dynapose4d")
+    except PackageNotFoundError:
+        from dynapose4d import __version__
+
+        return __version__
+
+
+def split_set_values(argv: list[str]) -> list[str]:
+    """`--set a=1 b=2 SCENE` -> `--set=a=1 --set=b=2 SCENE`: the values of `--set` are the words after it that
+    contain '='; the first one without '=' is a positional argument again (argparse alone would take it as
+    another value). Words after `--` are left alone. ValueError when the word right after `--set` has no '='."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return out + argv[i:]
+        if tok != "--set":
+            out.append(tok)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(argv) and "=" in argv[j] and not argv[j].startswith("-"):
+            out.append(f"--set={argv[j]}")
+            j += 1
+        if j == i + 1:
+            if j < len(argv) and not argv[j].startswith("-"):
+                raise ValueError(f"argument --set: expected KEY=VALUE, got {argv[j]!r}")
+            out.append(tok)  # a bare --set: argparse reports it ("expected at least one argument")
+        i = j
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: `--set` takes only KEY=VALUE words (see `split_set_values`)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        try:
+            args = split_set_values(list(sys.argv[1:] if args is None else args))
+        except ValueError as e:
+            self.error(str(e))
+        return super().parse_known_args(args, namespace)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from dynapose4d import commands
 
-    p = argparse.ArgumentParser(prog="dynapose4d", description=__doc__.splitlines()[0])
+    p = _Parser(prog="dynapose4d", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_all(sub)
     return p

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+_CONFIG_HELP = "preset: a name (cpu, default, dg4d, smoke; `dynapose4d config list`) or a YAML file"
+_SET_HELP = ("config overrides (repeatable; each value holds '=', so a word after them without one is the next "
+             "positional argument)")
+
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scene", help="scene folder (DESIGN §5)")
-    p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--config", default=None, help="YAML preset, e.g. configs/cpu.yaml")
+    p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png/jpg) alone, or "
+                                 "synthetic:<template>:<seed>")
+    p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
+    p.add_argument("--video", default=None, help="driving video: an mp4 or a folder of frames 000.png ... "
+                                                 "(replaces the scene's own)")
+    p.add_argument("--keypoints", default=None,
+                   help="keypoints file in keypoints.json's format (replaces the scene's; e.g. an edited "
+                        "RUN/inputs/keypoints.json). Without any, keypoints are made from the mask")
+    p.add_argument("--config", default=None, help=_CONFIG_HELP)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. --set static.steps=200 dynamic.lambda_kml=0 (repeatable)")
+                   help=_SET_HELP + ", e.g. --set static.steps=200 dynamic.lambda_kml=0")
     p.add_argument("--resume", action="store_true",
                    help="skip finished stages with unchanged config; resume an interrupted stage")
 
@@ -57,6 +67,27 @@ def _showcase(args: argparse.Namespace) -> int:
     return showcase_cli(args)
 
 
+def _config_show(args: argparse.Namespace) -> int:
+    from dynapose4d.config import load_config, to_commented_yaml
+
+    if args.train_cape:
+        from dynapose4d.cape.train import load_train_config
+
+        cfg = load_train_config(args.preset, list(args.overrides))
+    else:
+        cfg = load_config(args.preset, list(args.overrides))
+    print(to_commented_yaml(cfg), end="")
+    return 0
+
+
+def _config_list(args: argparse.Namespace) -> int:
+    from dynapose4d.config import preset_names, resolve_preset
+
+    for name in preset_names():
+        print(f"{name:16s} {resolve_preset(name)}")
+    return 0
+
+
 def _experiment(args: argparse.Namespace) -> int:
     from dynapose4d.experiments import experiment_cli
 
@@ -76,10 +107,12 @@ def add_all(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_run, stages=stage)
 
     p = sub.add_parser("train-cape", help="train the generic CAPE model on procedural data (writes a checkpoint)")
-    p.add_argument("--out", default="dynapose4d/assets/cape_small.ckpt", help="checkpoint to write")
-    p.add_argument("--config", default=None, help="YAML with CAPE training settings, e.g. configs/cape/gpu.yaml")
+    p.add_argument("--out", default=None,
+                   help="checkpoint to write (default runs/cape/cape.ckpt; the shipped "
+                        "dynapose4d/assets/cape_small.ckpt is replaced only when named here)")
+    p.add_argument("--config", default=None, help="CAPE training preset: a name (cape/cpu, cape/gpu) or a YAML file")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides, e.g. --set steps=200 trainer.accelerator=gpu (repeatable)")
+                   help=_SET_HELP + ", e.g. --set steps=200 trainer.accelerator=gpu")
     p.set_defaults(func=_train_cape)
 
     p = sub.add_parser("render", help="render a run's Gaussians for a camera list (gt/cameras.json format)")
@@ -133,5 +166,17 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/experiments", help="parent folder of the variant runs")
     p.add_argument("--gpus", type=int, default=0, help="run variants in parallel, one per GPU")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides applied to every variant (e.g. static.steps=2 for a smoke run)")
+                   help="overrides applied to every variant (e.g. static.steps=2 for a smoke run; values hold '=')")
     p.set_defaults(func=_experiment)
+
+    p = sub.add_parser("config", help="show a preset's resolved config with each key's doc, or list the presets")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("show", help="print the resolved config as YAML, each key with its doc as a comment")
+    c.add_argument("preset", nargs="?", default=None, help=_CONFIG_HELP + " (default: the built-in defaults)")
+    c.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=_SET_HELP)
+    c.add_argument("--train-cape", action="store_true",
+                   help="the settings of `train-cape` (presets cape/cpu, cape/gpu) instead of the pipeline's")
+    c.set_defaults(func=_config_show)
+    c = csub.add_parser("list", help="the preset names --config accepts, and their files")
+    c.set_defaults(func=_config_list)

@@ -6,12 +6,20 @@ Each stage's config lives next to its LightningModule (`stages/*.py`); this modu
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import inspect
+import io
 import json
-from dataclasses import dataclass, field
+import os
+import tokenize
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -23,6 +31,13 @@ from dynapose4d.stages.static import StaticConfig
 T = TypeVar("T")
 
 STAGE_NAMES: tuple[str, ...] = ("static", "cape", "dynamic")
+
+# Where `--config NAME` looks for presets: the folder installed with the package, then a source checkout's configs/.
+PACKAGED_PRESETS = Path(__file__).resolve().parent / "configs"
+SOURCE_PRESETS = Path(__file__).resolve().parent.parent / "configs"
+# The environment variables W&B users set; they take precedence over the preset's `wandb:` section (not over --set).
+WANDB_ENV: dict[str, str] = {"WANDB_MODE": "mode", "WANDB_PROJECT": "project", "WANDB_ENTITY": "entity"}
+_WANDB_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "run": "online", "dryrun": "offline"}
 
 
 @dataclass
@@ -77,7 +92,7 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
     the key on unknown keys, wrong types or unreadable YAML."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        for layer in _yaml_chain(Path(path)):
+        for layer in _yaml_chain(resolve_preset(path)):
             try:
                 cfg = OmegaConf.merge(cfg, layer[1])
             except OmegaConfBaseException as e:
@@ -92,14 +107,60 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The pipeline's RunConfig from defaults, an optional YAML preset and `key.sub=value` overrides
-    (see `merge_structured`); also checks the stage names."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                environ: Mapping[str, str] | None = None) -> RunConfig:
+    """The pipeline's RunConfig from defaults, an optional YAML preset (a path or a preset name, see
+    `resolve_preset`), the W&B environment variables (`wandb_env_overrides(environ)`, default `os.environ`) and
+    `key.sub=value` overrides, in that order (see `merge_structured`); also checks the stage names."""
+    overrides = [*wandb_env_overrides(os.environ if environ is None else environ), *overrides]
     obj = merge_structured(RunConfig, path, overrides)
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")
     return obj
+
+
+def wandb_env_overrides(environ: Mapping[str, str]) -> list[str]:
+    """`wandb.mode/project/entity=...` overrides from WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY when set (and
+    not empty): what W&B users expect to win over a preset. ConfigError on a WANDB_MODE W&B does not know."""
+    out = []
+    for var, key in WANDB_ENV.items():
+        value = environ.get(var, "").strip()
+        if not value:
+            continue
+        if key == "mode":
+            if value.lower() not in _WANDB_MODES:
+                raise ConfigError(f"environment WANDB_MODE={value!r}: expected online, offline or disabled")
+            value = _WANDB_MODES[value.lower()]
+        out.append(f"wandb.{key}={json.dumps(value)}")
+    return out
+
+
+def preset_names() -> list[str]:
+    """The preset names `--config` accepts (e.g. "cpu", "cape/gpu"): packaged ones, then a checkout's configs/."""
+    names: list[str] = []
+    for root in (PACKAGED_PRESETS, SOURCE_PRESETS):
+        if root.is_dir():
+            names += [p.relative_to(root).with_suffix("").as_posix() for p in sorted(root.rglob("*.yaml"))]
+    return list(dict.fromkeys(names))
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """The YAML file of `--config`: an existing path wins; otherwise a preset name, with or without ".yaml"
+    ("cpu", "cape/gpu.yaml"), in the presets installed with the package, then in a source checkout's configs/.
+    ConfigError listing the presets when neither exists."""
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        rel = path if path.suffix in (".yaml", ".yml") else path.with_name(path.name + ".yaml")
+        for root in (PACKAGED_PRESETS, SOURCE_PRESETS):
+            for cand in (root / rel, root / path):
+                if cand.is_file():
+                    return cand
+    names = preset_names()
+    raise ConfigError(f"{name_or_path}: config file not found, and no preset of that name"
+                      + (f" (presets: {', '.join(names)})" if names else ""))
 
 
 def _yaml_chain(path: Path) -> list[tuple[Path, Any]]:
@@ -135,3 +196,121 @@ def config_hash(section: Any) -> str:
     """Stable short hash of a config section (a dataclass or dict), used by resume to detect changes."""
     d = OmegaConf.to_container(OmegaConf.structured(section)) if not isinstance(section, dict) else section
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----- field docs: the comment on each dataclass field's line -------------------------------------------------
+
+def _comment_lines(source: str) -> tuple[dict[int, str], set[int]]:
+    """({line: comment text}, lines holding only a comment) of a piece of Python source (1-based lines)."""
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in skip:
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
+    return comments, {n for n in comments if n not in code_lines}
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: its doc} of a config dataclass, read from its source: the comment on the field's lines;
+    a comment block right above a field without one; comment-only lines right after a field continue its
+    comment. A field whose type is a dataclass and has no comment gets that class's docstring (first line).
+    Base classes' fields included."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if is_dataclass(k)]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        source = inspect.cleandoc("\n" + source) if source[:1].isspace() else source
+        comments, only = _comment_lines(source)
+        body = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)][0].body
+        nodes = [n for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+        for i, node in enumerate(nodes):
+            own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments and n not in only]
+            if own:  # continuation lines, unless they are the comment block above the next field
+                n = node.end_lineno + 1
+                nxt = nodes[i + 1] if i + 1 < len(nodes) else None
+                block = []
+                while n in only:
+                    block.append(comments[n])
+                    n += 1
+                next_has_own = nxt is not None and any(k in comments and k not in only
+                                                       for k in range(nxt.lineno, nxt.end_lineno + 1))
+                if block and not (nxt is not None and n == nxt.lineno and not next_has_own):
+                    own += block
+            else:  # the comment block right above
+                n, block = node.lineno - 1, []
+                while n in only:
+                    block.insert(0, comments[n])
+                    n -= 1
+                own = block
+            docs[node.target.id] = " ".join(own)
+    for f in fields(cls):
+        sub = None if docs.get(f.name) else _dataclass_default(f)
+        if sub is not None:
+            docs[f.name] = (inspect.getdoc(type(sub)) or "").split("\n")[0]
+    return docs
+
+
+def _dataclass_default(f: Any) -> Any:
+    """The default of a dataclass-valued field (None when it is not one)."""
+    from dataclasses import MISSING
+
+    value = f.default_factory() if f.default_factory is not MISSING else f.default
+    return value if is_dataclass(value) and not isinstance(value, type) else None
+
+
+def undocumented_fields(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of a config dataclass instance (nested ones included) that have no doc."""
+    missing = []
+    docs = field_docs(type(obj))
+    for f in fields(obj):
+        if not docs.get(f.name):
+            missing.append(prefix + f.name)
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            missing += undocumented_fields(value, f"{prefix}{f.name}.")
+    return missing
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of flow-style YAML."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=10**9, sort_keys=False).strip()
+    return text[1:-1]  # drop the list brackets
+
+
+def to_commented_yaml(obj: Any, indent: int = 0) -> str:
+    """A config dataclass instance as YAML, each field followed by its doc (`field_docs`) as a comment."""
+    docs = field_docs(type(obj))
+    lines = []
+    pad = "  " * indent
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        doc = " ".join(docs.get(f.name, "").split())
+        comment = f"  # {doc}" if doc else ""
+        key = f.name if yaml.safe_load(f.name) == f.name else _flow(f.name)  # e.g. a key "on" or "yes"
+        if is_dataclass(value):
+            lines.append(f"{pad}{key}:{comment}")
+            lines.append(to_commented_yaml(value, indent + 1).rstrip("\n"))
+        else:
+            lines.append(f"{pad}{key}: {_flow(_plain(value))}{comment}")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """Enums as their names, tuples as lists, paths as strings (what OmegaConf writes)."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value

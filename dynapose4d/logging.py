@@ -7,9 +7,11 @@ Files, per stage (always written, W&B or not):
   RUN/<stage>/logs/metrics.jsonl   every scalar Lightning logs, one JSON object per line ({"step": .., key: ..})
   RUN/<stage>/media/<key>/<step>_<i>.png   images given to `log_images`
   RUN/<stage>/summary.json         final metrics given to `log_summary`
-W&B: project/entity/mode from the config's `wandb:` section, group = run folder name (or `wandb.group`),
+W&B: project/entity/mode from the config's `wandb:` section (where WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY
+from the environment override the preset: `config.load_config`), group = run folder name (or `wandb.group`),
 job_type = stage, name = "<run>-<stage>", the resolved config as the W&B config; offline by default, the
-offline run lands in RUN/wandb/offline-run-*/ (upload later with `wandb sync`).
+offline run lands in RUN/wandb/offline-run-*/ (upload later with `wandb sync RUN/wandb/offline-run-*`); an
+online run prints its URL.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def _make_wandb_logger(ctx: Any, stage: str, wc: Any) -> Any:
         # Under `wandb agent` only the last stage reports into the sweep's run; the others get runs of their own.
         with _sweep_env(keep=getattr(ctx, "is_last", True)):
             exp = wl.experiment  # start the run now, with the resolved config
+        url = getattr(exp, "url", None) if wc.mode == "online" else None
+        if url:  # the CLI keeps wandb itself quiet (WANDB_SILENT), so say where the live run is
+            print(f"[{stage}] W&B run: {url}", flush=True)
         cfg = getattr(ctx, "config", None)
         if cfg is not None and exp is not None:
             from dynapose4d.config import to_dict

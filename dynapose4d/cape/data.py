@@ -57,13 +57,13 @@ class EvalSetConfig:
     size: int = 128  # render size in pixels
     objects_per_template: int = 4  # objects per template (seeds 10^6 + i)
     templates: list[str] = field(default_factory=lambda: ["humanoid", "quadruped", "lamp", "hand", "bird",
-                                                          "random"])
+                                                          "random"])  # object templates of the set
     offsets: list[float] = field(default_factory=lambda: [-90.0, -60.0, -30.0, 30.0, 60.0, 90.0])  # query azimuths
     elevation: float = 0.0  # support and query elevation
     num_frames: int = 16  # frames per object (queries at every frame)
     frame_stride: int = 1  # use every k-th frame as a query (1 = all frames)
-    workers: int = 0
-    render_device: str = "auto"
+    workers: int = 0  # generation processes (0 = in this process)
+    render_device: str = "auto"  # "cpu", "cuda" or "auto" (cuda when available)
 
 
 @dataclass
@@ -74,8 +74,8 @@ class AugmentConfig:
     rotation: float = 15.0  # max in-plane rotation (degrees)
     translate: float = 0.08  # max shift as a fraction of the image
     hue: float = 0.5  # max hue rotation (fraction of a turn), same for support and query
-    saturation: list[float] = field(default_factory=lambda: [0.7, 1.3])
-    brightness: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    saturation: list[float] = field(default_factory=lambda: [0.7, 1.3])  # saturation factor range, per pair
+    brightness: list[float] = field(default_factory=lambda: [0.8, 1.2])  # brightness factor range, per pair
     image_brightness: float = 0.05  # extra per-image brightness jitter (+-)
     background: float = 0.3  # probability of a random background colour (per image), else white
     flip: float = 0.5  # probability of mirroring the pair (both images)

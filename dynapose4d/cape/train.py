@@ -1,6 +1,9 @@
 """`dynapose4d train-cape`: train the generic CAPE model on procedural pairs and write a checkpoint.
 
-    dynapose4d train-cape --out dynapose4d/assets/cape_small.ckpt [--config configs/cape/gpu.yaml] [--set k=v ...]
+    dynapose4d train-cape [--out runs/cape/cape.ckpt] [--config cape/gpu] [--set k=v ...]
+
+Without `--out` the checkpoint goes to runs/cape/cape.ckpt; the shipped dynapose4d/assets/cape_small.ckpt is
+written only when `--out` names it (as `make train-cape` does).
 
 Steps: the training render set and the held-out evaluation set are generated (or read from the cache, see
 `dynapose4d.cape.data`), the model trains with `CAPEModule` (Lightning; DDP with trainer.devices > 1), then rank
@@ -41,8 +44,9 @@ class CapeTrainConfig:
     """Settings of `dynapose4d train-cape` (defaults: the small CPU model)."""
 
     seed: int = 0  # seeds the model init and the pair sampling
-    init: str = ""  # warm start: a CAPE checkpoint whose weights start the training ("" = random init); its model
-    # config must equal `model` (the schedule, warm-up included, starts afresh)
+    # warm start: a CAPE checkpoint whose weights start the training ("" = random init); its model config must
+    # equal `model` (the schedule, warm-up included, starts afresh)
+    init: str = ""
     model: CAPEModelConfig = field(default_factory=CAPEModelConfig)
     data: ProceduralConfig = field(default_factory=ProceduralConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -179,8 +183,11 @@ def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[
     return metrics
 
 
+DEFAULT_OUT = "runs/cape/cape.ckpt"  # where `train-cape` writes without --out (never the shipped checkpoint)
+
+
 def train_cape_cli(args: Any) -> int:
-    """`dynapose4d train-cape --out PATH [--config FILE] [--set key=value ...]`."""
+    """`dynapose4d train-cape [--out PATH] [--config FILE] [--set key=value ...]` (default out: DEFAULT_OUT)."""
     cfg = load_train_config(args.config, list(args.overrides))
-    train_cape(cfg, args.out)
+    train_cape(cfg, args.out or DEFAULT_OUT)
     return 0
