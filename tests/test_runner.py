@@ -211,6 +211,11 @@ def test_smoke_three_real_stages_then_render_eval_resume(tmp_path, capsys):
         assert (run / rel).is_file(), rel
     kp = json.loads((run / "dynamic" / "keypoints.json").read_text())
     assert len(kp["world"]) == 4 and len(kp["world"][0]) == len(kp["names"])
+    # RUN/export: the splat PLY sequence, the animated skeleton (glb, bvh) and the videos, listed in the manifest
+    assert m["export"]["status"] == "done" and kp["skeleton"]
+    for rel in ["export.json", "skeleton.glb", "skeleton.bvh", "videos/orbit.mp4", "videos/reference.mp4",
+                *(f"splats/frame_{f:03d}.ply" for f in range(4))]:
+        assert rel in m["export"]["files"] and (run / "export" / rel).is_file(), rel
     assert main(["render", str(run), "--cameras", str(scene / "gt" / "cameras.json"), "--frames", "0,3",
                  "--out", str(tmp_path / "renders")]) == 0
     assert (tmp_path / "renders" / "az090" / "003.png").is_file()

@@ -473,6 +473,7 @@ def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, l
         "world": tracks.tolist(),
         "reference_2d": ref_2d.tolist(),
         "confidence": conf.tolist(),
+        "skeleton": [list(b) for b in scene.skeleton],  # the support's bones (the exported skeleton's tree)
     })
     kp_targets = module.kp_targets.cpu() if module.kp_targets is not None else None
     paths = write_videos(out / "videos", module.canonical, module.phi, scene.camera, module.video.cpu(), tracks,
@@ -501,4 +502,3 @@ def save_module(path: str | Path, module: DynamicGaussianModule) -> None:
         "camera": module.camera.to_dict(), "width": module.width, "height": module.height,
         "background": float(module.cfg.background), "num_frames": module.num_frames,
     })
-
