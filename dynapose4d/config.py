@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dynapose4d.errors import ConfigError
+from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.cape import CapeStageConfig
 from dynapose4d.stages.dynamic import DynamicConfig
 from dynapose4d.stages.static import StaticConfig
@@ -72,6 +73,7 @@ class RunConfig:
 
     seed: int = 0  # global seed (lightning.seed_everything)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages to run, in pipeline order
+    zero123: Zero123Config = field(default_factory=Zero123Config)  # Zero-1-to-3 of static.prior, dynamic.lambda_sds
     static: StaticConfig = field(default_factory=StaticConfig)
     cape: CapeStageConfig = field(default_factory=CapeStageConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)

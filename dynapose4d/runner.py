@@ -51,6 +51,9 @@ DEFAULT_STAGES: tuple[StageSpec, ...] = (
     ("dynamic", lambda ctx, cfg: dynamic.run(ctx, cfg), lambda c: c.dynamic),
 )
 
+#: Stages that read the top-level `zero123` section (hashed with their own section: a change reruns them).
+ZERO123_STAGES = ("static", "dynamic")
+
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 EXPORT_DIR = "export"  # RUN/export: the outputs for other tools (dynapose4d.export)
@@ -231,6 +234,8 @@ class StageRunner:
         upstream_runs: list[str] = []
         for name, _fn, getter in self.specs:
             section = _section_dict(getter(self.cfg))
+            if name in ZERO123_STAGES:  # the shared top-level prior setting is part of what these stages read
+                section["zero123"] = _section_dict(self.cfg.zero123)
             upstream = {k: effective[k] for k in effective}
             h = _stage_hash(config_hash(section), self.cfg.seed, fp, upstream)
             old = manifest["stages"].get(name)

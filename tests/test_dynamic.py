@@ -137,10 +137,13 @@ def test_novel_view_sds_reaches_the_deformation(tmp_path):
     scene = scene_from_folder(tmp_path / "scene")
     canonical_path = perfect_static(make_object("lamp", 1, 3), tmp_path / "run")
     canonical = load_ply(canonical_path)
-    cfg = DynamicConfig(lambda_rgb=0.0, lambda_alpha=0.0, lambda_kml=0.0, lambda_scl=0.0, lambda_sds=1.0,
-                        zero123_path=str(write_tiny_zero123(tmp_path / "z123")), zero123_size=32)
+    from dynapose4d.priors.zero123 import Zero123Config
+
+    cfg = DynamicConfig(lambda_rgb=0.0, lambda_alpha=0.0, lambda_kml=0.0, lambda_scl=0.0, lambda_sds=1.0)
+    z123 = Zero123Config(path=str(write_tiny_zero123(tmp_path / "z123")), size=32)
     phi = build_deformation("hexplane", canonical.means, 3, cfg.hexplane)
-    module = DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera, sds_fn=_sds_fn(cfg, scene.video))
+    module = DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera,
+                                   sds_fn=_sds_fn(cfg, scene.video, z123, scene.camera.elevation))
     module.log_dict = lambda *a, **k: None
     loss = module.training_step(torch.tensor([0, 2]), 0)
     loss.backward()

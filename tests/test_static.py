@@ -61,8 +61,9 @@ def test_config_and_input_errors(scene64, tmp_path) -> None:
     no_views = static.Scene(**{**scene64.__dict__, "views": []})
     with pytest.raises(InputError, match="views"):
         static.run(_ctx(no_views, tmp_path), _cfg("static.prior=views"))
-    with pytest.raises(MissingWeightsError, match="static.zero123_path"):
-        static.run(_ctx(scene64, tmp_path), _cfg("static.prior=zero123", f"static.zero123_path={tmp_path}/none"))
+    with pytest.raises(MissingWeightsError, match=r"zero123\.path"):
+        static.run(_ctx(scene64, tmp_path), _cfg("static.prior=zero123"),
+                   zero123=load_config("configs/cpu.yaml", [f"zero123.path={tmp_path}/none"]).zero123)
     assert not (tmp_path / "static").exists()  # failed before writing anything
 
 

@@ -1,22 +1,34 @@
 """Stable Video Diffusion (diffusers) as the driving-video prior of the dynamic stage.
 
-`driving_video(scene, run_dir, cfg)` returns the scene's own video when it has one; otherwise it generates
+`driving_video(scene, run_dir, cfg, seed)` returns the scene's own video when it has one; otherwise it generates
 T frames from the input image with `StableVideoDiffusionPipeline` (default
-`stabilityai/stable-video-diffusion-img2vid`, or a local folder saved with `save_pretrained`; fp16 on CUDA),
-saves them as RGBA PNGs to RUN/inputs/video/000.png … and reuses them on later calls. Missing weights raise
-`MissingWeightsError` with instructions. The pipeline is built lazily, used under `torch.no_grad()` and never
-stored in a checkpoint.
+`stabilityai/stable-video-diffusion-img2vid`, or a local folder saved with `save_pretrained`; its fp16 weight files,
+`variant="fp16"`, are read when present, else the full-precision ones; fp16 on CUDA, fp32 on CPU).
 
-SVD returns RGB frames of the object over the white background it was given; the alpha channel is estimated
-from the distance to white (`alpha_from_white`) — good for the usual object-on-white renders, wrong for white
-parts of an object (a background-removal model would do better; none is shipped).
+The generated video is an artifact with its own hash (`video_hash`: the scene image, the seed and every SVD
+setting but `device`): RUN/inputs/video/000.png … with RUN/inputs/video/source.json ({"hash", "seed", "svd",
+"image_sha256"}). It is reused only when source.json's hash is the current one and regenerated (atomically
+replacing the folder) otherwise; frames without a source.json are never reused. Missing weights raise
+`MissingWeightsError` with the exact download command. The pipeline is built lazily, used under
+`torch.no_grad()`, freed after generation and never stored in a checkpoint.
+
+Framing: the image (over white) is padded with white to the generation size's aspect ratio and resized (never
+squeezed); the frames are resized back to the padded size and cropped to the image's box (`framing`).
+
+Alpha: SVD returns RGB frames over the white background it was given. Every frame's alpha, frame 0's included,
+comes from one rule, the distance to white (`rgba_from_white`: alpha = clamp(max_c(1 − rgb_c) / threshold, 0, 1),
+the colour un-premultiplied so that the frame over white is exactly what SVD drew). Frame 0 is the input image
+over white, through the same rule. Good for objects on white, wrong for white parts of an object (a
+background-removal model would do better; none is shipped).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from dynapose4d.errors import MissingWeightsError
+from dynapose4d.priors.framing import crop_back, pad_to_aspect
 
 DEFAULT_SVD_MODEL = "stabilityai/stable-video-diffusion-img2vid"
+#: The files `load_svd_pipeline` reads from a diffusers SVD folder (glob patterns, as `hf download --include`).
+SVD_FILES = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json",
+             "feature_extractor/preprocessor_config.json", "*/*.fp16.safetensors")
+SOURCE = "source.json"  # beside generated frames: the hash and settings they were made with
 
 
 @dataclass
@@ -34,30 +51,36 @@ class SVDConfig:
 
     model: str = DEFAULT_SVD_MODEL  # Hugging Face id (from the local cache, offline) or a local pipeline folder
     num_frames: int = 14  # T frames to generate (SVD img2vid: 14)
-    width: int = 512  # generation size (multiples of 64); frames are resized to the scene's image size
-    height: int = 512
+    width: int = 512  # generation width (multiples of 64); the image is padded with white to this aspect
+    height: int = 512  # generation height (multiples of 64)
     num_inference_steps: int = 25  # sampler steps
     min_guidance_scale: float = 1.0  # classifier-free guidance ramp over frames
-    max_guidance_scale: float = 3.0
+    max_guidance_scale: float = 3.0  # guidance at the last frame (the ramp's end)
     fps: int = 7  # SVD's fps conditioning
     motion_bucket_id: int = 127  # SVD's motion-amount conditioning (higher = more motion)
     noise_aug_strength: float = 0.02  # noise added to the conditioning image
-    decode_chunk_size: int = 4  # frames decoded at once by the VAE (memory)
-    alpha_threshold: float = 0.08  # alpha = clamp(distance-to-white / threshold, 0, 1) on the generated frames
+    decode_chunk_size: int = 0  # frames decoded at once by the VAE; 0 = all at once (fewer: less memory)
+    alpha_threshold: float = 0.08  # alpha = clamp(distance-to-white / threshold, 0, 1) on every frame
     device: str = "auto"  # "auto" (cuda when available), "cuda" or "cpu"
 
 
 def _missing(model: str, why: str) -> MissingWeightsError:
+    include = " ".join(f"--include '{p}'" for p in SVD_FILES)
     return MissingWeightsError(
         f"Stable Video Diffusion weights '{model}' are not available locally ({why}). Either give the scene a "
-        f"driving video (SCENE/video/000.png… or SCENE/video.mp4), or download the pipeline once: "
-        f"`huggingface-cli download {DEFAULT_SVD_MODEL} --local-dir DIR` (accept its licence on the Hub first) "
+        f"driving video (SCENE/video/000.png… or SCENE/video.mp4), or download the pipeline's fp16 files once "
+        f"(accept its licence on the Hub first): `hf download {DEFAULT_SVD_MODEL} {include} --local-dir DIR` "
         f"and set dynamic.svd.model=DIR"
     )
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
 def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
-    """StableVideoDiffusionPipeline from a local folder or the local Hugging Face cache (fp16 on CUDA)."""
+    """StableVideoDiffusionPipeline from a local folder or the local Hugging Face cache: the fp16 weight files
+    (`variant="fp16"`, the `SVD_FILES`) when present, else the full-precision ones; fp16 on CUDA, fp32 on CPU."""
     from diffusers import StableVideoDiffusionPipeline
 
     device = torch.device(device)
@@ -65,12 +88,14 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
     local = Path(model).expanduser()
     if local.exists() and not (local / "model_index.json").is_file():
         raise _missing(model, f"{local} has no model_index.json")
+    src = str(local) if local.exists() else model
+    kwargs = dict(torch_dtype=dtype, local_files_only=local.exists() or _offline())
     try:
-        pipe = StableVideoDiffusionPipeline.from_pretrained(
-            str(local) if local.exists() else model, torch_dtype=dtype,
-            local_files_only=local.exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"),
-        )
-    except (OSError, ValueError) as e:  # not in cache / offline / gated
+        try:
+            pipe = StableVideoDiffusionPipeline.from_pretrained(src, variant="fp16", **kwargs)
+        except (OSError, ValueError):  # no fp16 files: the full-precision ones
+            pipe = StableVideoDiffusionPipeline.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as e:  # not in cache / offline / gated / partial
         raise _missing(model, str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -81,18 +106,27 @@ def alpha_from_white(rgb: torch.Tensor, threshold: float) -> torch.Tensor:
     return ((1.0 - rgb).amax(dim=-1, keepdim=True) / max(threshold, 1e-6)).clamp(0.0, 1.0)
 
 
+def rgba_from_white(rgb: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Straight RGBA [..., 4] of RGB [..., 3] drawn over white: alpha by `alpha_from_white`, colour
+    un-premultiplied (1 − (1 − rgb) / alpha), so that compositing the result over white gives `rgb` back."""
+    alpha = alpha_from_white(rgb, threshold)
+    colour = torch.where(alpha > 0, 1.0 - (1.0 - rgb) / alpha.clamp_min(1e-6), torch.ones_like(rgb))
+    return torch.cat([colour.clamp(0.0, 1.0), alpha], dim=-1)
+
+
 def generate_video(image: torch.Tensor, cfg: SVDConfig, seed: int = 0, pipe: Any = None) -> torch.Tensor:
-    """Driving frames [T, H, W, 4] (RGBA, the size of `image` [H, W, 4] straight RGBA) generated by SVD."""
+    """Driving frames [T, H, W, 4] (RGBA, the size of `image` [H, W, 4] straight RGBA) generated by SVD; frame 0
+    is the input image. See the module docstring for the framing and the alpha rule."""
     from PIL import Image
 
     from dynapose4d.io import to_uint8
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipe or load_svd_pipeline(cfg.model, device)
-    H, W = image.shape[:2]
     a = image[..., 3:4]
-    rgb = image[..., :3] * a + (1.0 - a)  # over white, as DreamGaussian4D feeds SVD
-    cond = F.interpolate(rgb.permute(2, 0, 1)[None], (cfg.height, cfg.width), mode="bilinear", align_corners=False)
+    rgb = image[..., :3] * a + (1.0 - a)  # [H, W, 3] over white, as DreamGaussian4D feeds SVD
+    padded, box = pad_to_aspect(rgb.permute(2, 0, 1)[None], cfg.width / cfg.height, value=1.0)
+    cond = F.interpolate(padded, (cfg.height, cfg.width), mode="bilinear", align_corners=False, antialias=True)
     pil = Image.fromarray(to_uint8(cond[0].permute(1, 2, 0)))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -100,16 +134,38 @@ def generate_video(image: torch.Tensor, cfg: SVDConfig, seed: int = 0, pipe: Any
             pil, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,
             num_inference_steps=cfg.num_inference_steps, min_guidance_scale=cfg.min_guidance_scale,
             max_guidance_scale=cfg.max_guidance_scale, fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id,
-            noise_aug_strength=cfg.noise_aug_strength, decode_chunk_size=cfg.decode_chunk_size, generator=gen,
-            output_type="pt",
+            noise_aug_strength=cfg.noise_aug_strength, decode_chunk_size=cfg.decode_chunk_size or cfg.num_frames,
+            generator=gen, output_type="pt",
         ).frames  # [1, T, 3, h, w] in [0, 1]
-    frames = out[0].float().cpu().clamp(0, 1)
-    frames = F.interpolate(frames, (H, W), mode="bilinear", align_corners=False, antialias=True).permute(0, 2, 3, 1)
-    alpha = alpha_from_white(frames, cfg.alpha_threshold)  # [T, H, W, 1]
-    alpha[0] = a  # frame 0 is the input image: its mask is known
-    rgba = torch.cat([frames, alpha], dim=-1)
-    rgba[0, ..., :3] = torch.where(a > 0, image[..., :3], rgba[0, ..., :3])
-    return rgba
+    frames = crop_back(out[0].float().cpu().clamp(0, 1), box).permute(0, 2, 3, 1).clamp(0, 1)  # [T, H, W, 3]
+    frames = torch.cat([rgb[None].float(), frames[1:]])  # frame 0 is the input image (over white)
+    return rgba_from_white(frames, cfg.alpha_threshold)
+
+
+def video_hash(image: torch.Tensor, cfg: SVDConfig, seed: int) -> str:
+    """The generated video's identity: hash of the scene image [H, W, 4], the seed and every SVD setting that
+    shapes the frames (all but `device`)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    h = hashlib.sha256(_image_sha(image).encode())
+    h.update(json.dumps({"seed": int(seed), "svd": settings}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _image_sha(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def generated_video_folder(run_dir: str | Path) -> Path:
+    """RUN/inputs/video/: where generated driving frames and their source.json live."""
+    return Path(run_dir) / "inputs" / "video"
+
+
+def read_source(folder: Path) -> dict[str, Any] | None:
+    """folder/source.json (what the frames were generated from), or None when absent or unreadable."""
+    try:
+        return json.loads((folder / SOURCE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_frames(folder: Path) -> torch.Tensor | None:
@@ -124,15 +180,18 @@ def read_frames(folder: Path) -> torch.Tensor | None:
     return torch.stack(frames)
 
 
-def write_frames(folder: Path, frames: torch.Tensor) -> None:
-    """Write RGBA frames [T, H, W, 4] as folder/000.png… atomically (a temporary folder renamed at the end)."""
-    from dynapose4d.io import write_image
+def write_frames(folder: Path, frames: torch.Tensor, source: dict[str, Any] | None = None) -> None:
+    """Write RGBA frames [T, H, W, 4] as folder/000.png… (and `source` as folder/source.json) atomically: a
+    temporary folder renamed at the end, replacing the old one whole."""
+    from dynapose4d.io import write_image, write_json
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for i, f in enumerate(frames):
         write_image(tmp / f"{i:03d}.png", f)
+    if source is not None:
+        write_json(tmp / SOURCE, source)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -147,14 +206,23 @@ def keypoint_file_recentring(scene: Any, generated: bool) -> Any:
 
 def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | None = None, seed: int = 0,
                   pipe: Any = None) -> torch.Tensor:
-    """The driving video [T, H, W, 4] RGBA: the scene's, else RUN/inputs/video/ if already generated, else
-    generated now with SVD and saved there. Shared by the cape stage (driving keypoints) and the dynamic stage."""
+    """The driving video [T, H, W, 4] RGBA: the scene's, else RUN/inputs/video/ when its source.json carries the
+    current `video_hash`, else generated now with SVD and saved there (replacing stale frames). Shared by the
+    cape stage (driving keypoints) and the dynamic stage."""
     if getattr(scene, "video", None) is not None:
         return scene.video
-    folder = Path(run_dir) / "inputs" / "video"
-    frames = read_frames(folder)
-    if frames is not None:
-        return frames
-    frames = generate_video(scene.image, cfg or SVDConfig(), seed=seed, pipe=pipe)
-    write_frames(folder, frames)
+    from dynapose4d.memory import free_memory
+
+    cfg = cfg or SVDConfig()
+    folder = generated_video_folder(run_dir)
+    key = video_hash(scene.image, cfg, seed)
+    source = read_source(folder)
+    if source is not None and source.get("hash") == key:
+        frames = read_frames(folder)
+        if frames is not None and frames.shape[0] == cfg.num_frames:
+            return frames
+    frames = generate_video(scene.image, cfg, seed=seed, pipe=pipe)
+    free_memory()  # the pipeline is gone: hand its memory back before training
+    write_frames(folder, frames, {"hash": key, "seed": int(seed), "image_sha256": _image_sha(scene.image),
+                                  "svd": asdict(cfg)})
     return frames

@@ -12,10 +12,16 @@ A Zero-1-to-3 folder in the diffusers layout (e.g. `ashawkey/zero123-xl-diffuser
 
 Conditioning (as in Zero-1-to-3 and DreamGaussian): cross-attention context = Linear([CLIP image embedding of
 the reference, camera]) [B, 1, D]; the reference image's VAE latent (posterior mode, not scaled) is
-concatenated to the noisy latents. Camera = [Δpolar (rad), sin Δazimuth, cos Δazimuth, Δradius] relative to the
-reference view. Zero-1-to-3's polar angle grows downwards, so Δpolar = −Δelevation in this project's convention
-(elevation > 0 looks from above); Δazimuth has this project's sign (towards +x). The unconditional branch of
-classifier-free guidance zeroes both the context and the reference latent.
+concatenated to the noisy latents. The unconditional branch of classifier-free guidance zeroes both the context
+and the reference latent. Camera, relative to the reference view (`Zero123Config.kind`):
+  - "zero123" (Zero-1-to-3, Zero123-XL): [Δpolar (rad), sin Δazimuth, cos Δazimuth, Δradius];
+  - "stable_zero123" (Stable-Zero123): [Δpolar (rad), sin Δazimuth, cos Δazimuth, polar angle of the reference
+    view (rad) = 90° − its elevation], as DreamGaussian and threestudio condition it (no radius term).
+Zero-1-to-3's polar angle grows downwards, so Δpolar = −Δelevation in this project's convention (elevation > 0
+looks from above); Δazimuth has this project's sign (towards +x).
+
+Non-square references are padded with white to a centred square (never squeezed): renders scored by the prior
+must then see that square, i.e. a square image with the vertical field of view `framing.square_fov_y`.
 
 Weights are never downloaded implicitly when offline: a missing model raises `MissingWeightsError` that says
 how to provide it. Models are frozen, fp16 on CUDA (fp32 on CPU), and the prior is a plain object, never a child
@@ -25,7 +31,9 @@ module of a LightningModule (never in a checkpoint).
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynapose4d.errors import MissingWeightsError
+from dynapose4d.errors import ConfigError, MissingWeightsError
+from dynapose4d.priors.framing import pad_to_aspect
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight
 
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
@@ -42,12 +51,40 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+KINDS = ("zero123", "stable_zero123")
+
+
+@dataclass
+class Zero123Config:
+    """The Zero-1-to-3 prior, one setting for every stage that uses it (static SDS, the dynamic stage's SDS)."""
+
+    model: str = DEFAULT_ZERO123_MODEL  # Hugging Face id, read from the local cache (downloaded only when online)
+    path: str = ""  # local model folder in the diffusers layout (see the module docstring); overrides `model`
+    kind: str = "auto"  # camera embedding: "zero123" (Zero-1-to-3 / XL), "stable_zero123", or "auto": by name
+    size: int = 256  # the model's image size (Zero-1-to-3: 256, latents 32 x 32)
+    fp16: bool = True  # fp16 weights on CUDA (fp32 on CPU)
+
+    @property
+    def source(self) -> str:
+        """The folder or Hugging Face id the weights come from."""
+        return self.path or self.model
+
+    def resolved_kind(self) -> str:
+        """`kind`, with "auto" decided by the model's name: "stable_zero123" when it contains "stable"
+        (e.g. ashawkey/stable-zero123-diffusers), else "zero123"."""
+        if self.kind not in (*KINDS, "auto"):
+            raise ConfigError(f"config key 'zero123.kind': {self.kind!r} is not one of {[*KINDS, 'auto']}")
+        if self.kind != "auto":
+            return self.kind
+        return "stable_zero123" if "stable" in Path(self.source).name.lower() else "zero123"
+
+
 def _missing(model: str, why: str) -> MissingWeightsError:
     return MissingWeightsError(
         f"Zero-1-to-3 weights '{model}' are not available locally ({why}). On a machine with internet run "
-        f"`huggingface-cli download {DEFAULT_ZERO123_MODEL} --local-dir DIR`, copy DIR here and pass "
-        f"`--set static.zero123_path=DIR`; or train without it: `--set static.prior=views` (needs SCENE/views/) "
-        f"or `--set static.prior=none`"
+        f"`hf download {DEFAULT_ZERO123_MODEL} --local-dir DIR`, copy DIR here and pass "
+        f"`--set zero123.path=DIR` (used by every stage); or train without it: `--set static.prior=views` "
+        f"(needs SCENE/views/) or `--set static.prior=none`, and dynamic.lambda_sds=0"
     )
 
 
@@ -55,9 +92,10 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
-def resolve_zero123(model: str) -> Path:
+def resolve_zero123(model: str, local_only: bool = False) -> Path:
     """The local folder of a Zero-1-to-3 model: `model` itself when it is a folder, else its snapshot in the
-    Hugging Face cache (downloaded only when online). Raises MissingWeightsError when unavailable or incomplete."""
+    Hugging Face cache (downloaded only when online and not `local_only`). Raises MissingWeightsError when
+    unavailable or incomplete."""
     local = Path(model).expanduser()
     if local.exists():
         root = local
@@ -66,7 +104,7 @@ def resolve_zero123(model: str) -> Path:
             from huggingface_hub import snapshot_download
 
             root = Path(snapshot_download(
-                model, local_files_only=_offline(),
+                model, local_files_only=local_only or _offline(),
                 allow_patterns=["model_index.json", *[f"{p}/*" for p in PARTS], "feature_extractor/*"],
             ))
         except Exception as e:  # not cached / offline / unknown repo / network
@@ -77,6 +115,15 @@ def resolve_zero123(model: str) -> Path:
     if absent:
         raise _missing(model, f"{root} lacks {', '.join(p + '/' for p in absent)}")
     return root
+
+
+def find_local_zero123(cfg: Zero123Config) -> Path | None:
+    """The model's folder when its weights are on this machine (the configured path, or the local Hugging Face
+    cache), never downloading; None otherwise."""
+    try:
+        return resolve_zero123(cfg.source, local_only=True)
+    except MissingWeightsError:
+        return None
 
 
 def load_camera_projection(folder: Path) -> nn.Linear:
@@ -107,7 +154,11 @@ class Zero123Prior:
 
     def __init__(self, unet: nn.Module, vae: nn.Module, image_encoder: nn.Module, projection: nn.Linear,
                  scheduler: Any, image_mean: tuple[float, ...] = CLIP_MEAN, image_std: tuple[float, ...] = CLIP_STD,
-                 size: int = 256, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 size: int = 256, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 kind: str = "zero123") -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"config key 'zero123.kind': {kind!r} is not one of {list(KINDS)}")
+        self.kind = kind  # camera embedding (module docstring)
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet, self.vae, self.image_encoder, self.projection = (
@@ -121,11 +172,18 @@ class Zero123Prior:
         self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
         self.clip_embedding: torch.Tensor | None = None  # [1, 1, D]
         self.ref_latent: torch.Tensor | None = None  # [1, 4, h, w] (unscaled posterior mode)
+        self.ref_elevation: float = 0.0  # elevation (degrees) of the reference view (Stable-Zero123's embedding)
+
+    @classmethod
+    def from_config(cls, cfg: Zero123Config, device: torch.device | str = "cpu") -> Zero123Prior:
+        """The prior `cfg` describes (weights from `cfg.path` or `cfg.model`), on `device`."""
+        return cls.from_pretrained(cfg.source, device=device, fp16=cfg.fp16, size=cfg.size, kind=cfg.resolved_kind())
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_ZERO123_MODEL, device: torch.device | str = "cpu",
-                        fp16: bool = True, size: int = 256) -> Zero123Prior:
-        """Load from a local folder or the Hugging Face cache (see the module docstring). fp16 on CUDA if asked."""
+                        fp16: bool = True, size: int = 256, kind: str = "zero123") -> Zero123Prior:
+        """Load from a local folder or the Hugging Face cache (see the module docstring). fp16 on CUDA if asked;
+        `kind` picks the camera embedding ("zero123" or "stable_zero123")."""
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPVisionModelWithProjection
 
@@ -148,27 +206,39 @@ class Zero123Prior:
         if pre.is_file():
             pc = json.loads(pre.read_text())
             mean, std = tuple(pc.get("image_mean", mean)), tuple(pc.get("image_std", std))
-        return cls(unet, vae, enc, proj, sched, mean, std, size=size, device=device, dtype=dtype)
+        return cls(unet, vae, enc, proj, sched, mean, std, size=size, device=device, dtype=dtype, kind=kind)
 
     # conditioning -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def set_reference(self, image: torch.Tensor) -> None:
-        """Condition on the reference image [1, 3, H, W] in [0, 1] (RGB over a white background)."""
-        x = image.to(self.device, torch.float32)
+    def reference_inputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLIP input [1, 3, s, s] normalised, VAE input [1, 3, size, size] in [-1, 1]) of a reference image
+        [1, 3, H, W] in [0, 1] over white: padded with white to a centred square, then resized (never squeezed)."""
+        x, _ = pad_to_aspect(image.to(self.device, torch.float32), 1.0, value=1.0)
         s = int(self.image_encoder.config.image_size)
         clip_in = F.interpolate(x, (s, s), mode="bilinear", align_corners=False, antialias=True)
-        clip_in = (clip_in - self.mean) / self.std
+        vae_in = F.interpolate(x, (self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return (clip_in - self.mean) / self.std, 2 * vae_in - 1
+
+    @torch.no_grad()
+    def set_reference(self, image: torch.Tensor, elevation: float = 0.0) -> None:
+        """Condition on the reference image [1, 3, H, W] in [0, 1] (RGB over a white background; a non-square one
+        is padded to a square) seen from `elevation` degrees (used by Stable-Zero123's camera embedding)."""
+        clip_in, vae_in = self.reference_inputs(image)
         self.clip_embedding = self.image_encoder(clip_in.to(self.dtype)).image_embeds[:, None, :]  # [1, 1, D]
-        x = F.interpolate(x, (self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        self.ref_latent = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist.mode()  # [1, 4, h, w]
+        self.ref_latent = self.vae.encode(vae_in.to(self.dtype)).latent_dist.mode()  # [1, 4, h, w]
+        self.ref_elevation = float(elevation)
 
     def camera_embedding(self, d_elevation: torch.Tensor, d_azimuth: torch.Tensor,
                          d_radius: torch.Tensor) -> torch.Tensor:
-        """[B, 1, 4] = [Δpolar = −Δelevation (rad), sin Δazimuth, cos Δazimuth, Δradius]; angles in degrees."""
+        """[B, 1, 4] camera embeddings of views offset from the reference (angles in degrees): [Δpolar =
+        −Δelevation (rad), sin Δazimuth, cos Δazimuth, last], last = Δradius ("zero123") or the reference view's
+        polar angle 90° − elevation in radians ("stable_zero123", which has no radius term)."""
         e = torch.deg2rad(-torch.as_tensor(d_elevation, dtype=torch.float32))
         a = torch.deg2rad(torch.as_tensor(d_azimuth, dtype=torch.float32))
-        r = torch.as_tensor(d_radius, dtype=torch.float32)
-        return torch.stack([e, torch.sin(a), torch.cos(a), r], dim=-1)[:, None, :].to(self.device)
+        if self.kind == "stable_zero123":
+            last = torch.full_like(e, math.radians(90.0 - self.ref_elevation))
+        else:
+            last = torch.as_tensor(d_radius, dtype=torch.float32).expand_as(e)
+        return torch.stack([e, torch.sin(a), torch.cos(a), last], dim=-1)[:, None, :].to(self.device)
 
     @torch.no_grad()
     def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,
@@ -187,7 +257,10 @@ class Zero123Prior:
         return cfg_combine(cond, uncond, guidance_scale)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Differentiable latents [B, 4, h, w] (scaled, posterior sample) of images [B, 3, H, W] in [0, 1]."""
+        """Differentiable latents [B, 4, h, w] (scaled, posterior sample) of square images [B, 3, S, S] in [0, 1]
+        (renders of the square the reference was padded to)."""
+        if images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"Zero123Prior.encode: renders must be square, got {tuple(images.shape[-2:])}")
         x = F.interpolate(images, (self.size, self.size), mode="bilinear", align_corners=False)
         return self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist.sample() * self.scaling
 

@@ -305,7 +305,7 @@ def write_outputs(ctx: Any, cfg: CapeStageConfig, model: CAPEModel, start: CAPEM
     from dynapose4d.cape.overlay import draw_keypoints
     from dynapose4d.io import over_background, write_json, write_text, write_video
     from dynapose4d.logging import log_images, log_summary, log_videos
-    from dynapose4d.priors.svd import keypoint_file_recentring
+    from dynapose4d.priors.svd import generated_video_folder, keypoint_file_recentring, read_source
 
     out = ctx.stage_dir(STAGE)
     scene = ctx.scene
@@ -313,7 +313,10 @@ def write_outputs(ctx: Any, cfg: CapeStageConfig, model: CAPEModel, start: CAPEM
     pts, conf = predict_frames(model, scene, frames, cfg.predict_batch)  # [T, N, 2] px of the pipeline's frame
     rec = keypoint_file_recentring(scene, generated=scene.video is None and source == "video")
     saved = rec.to_scene(pts) if rec is not None else pts
-    write_json(out / "driving_keypoints.json", {"points": saved.tolist(), "confidence": conf.tolist()}, indent=None)
+    made = read_source(generated_video_folder(ctx.run_dir)) if scene.video is None and source == "video" else None
+    hashed = {"video_hash": made.get("hash")} if made else {}  # which generated video (the dynamic stage checks)
+    write_json(out / "driving_keypoints.json", {"points": saved.tolist(), "confidence": conf.tolist(), **hashed},
+               indent=None)
     rgb = over_background(frames, 1.0)
     drawn = np.stack([draw_keypoints(rgb[t], pts[t], scene.skeleton, conf[t]) for t in range(rgb.shape[0])])
     write_video(out / "overlay.mp4", drawn, fps=cfg.overlay_fps)

@@ -6,8 +6,14 @@ Losses (each with its λ, logged separately under dynamic/loss_*):
          (computed once per run; coordinates normalised by the image size, confidence-weighted); the
          gradient flows through CAPE into the render and the Gaussians; no CAPE forward when λ_kml = 0;
   SCL    spatio-temporal consistency: mean over Gaussians of ‖P_{τ+1} − P_τ‖² on centres;
-  SDS    optional novel-view score distillation with the static stage's Zero-1-to-3 prior (λ_sds, default 0).
-PAL = λ_kml · KML + λ_scl · SCL. Writes RUN/dynamic/deform.ckpt, keypoints.json, videos/, metrics.json.
+  SDS    optional novel-view score distillation with the Zero-1-to-3 prior of the top-level `zero123` setting
+         (the static stage's), conditioned on each driving frame (λ_sds, default 0). DreamGaussian4D's weights:
+         4 × SDS (mean over novel views of the summed surrogate) against 10000 × the reference RGB MSE, i.e.
+         λ_sds = 0.0004 · λ_rgb; the renders it scores are square, with the field of view of the square the
+         (padded) driving frame becomes.
+PAL = λ_kml · KML + λ_scl · SCL. Writes RUN/dynamic/deform.ckpt, keypoints.json, videos/, metrics.json. The
+frozen priors are freed when training ends; on CUDA the stage's peak memory goes to its summary; a generated
+driving video (RUN/inputs/video/) is an artifact, its hash in the summary.
 """
 
 from __future__ import annotations
@@ -42,9 +48,17 @@ from dynapose4d.losses import (
     rigidity_loss,
     scl_pairs,
 )
+from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
+from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.sds import SDSConfig
-from dynapose4d.priors.svd import SVDConfig, driving_video, keypoint_file_recentring
-from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
+from dynapose4d.priors.svd import (
+    SVDConfig,
+    driving_video,
+    generated_video_folder,
+    keypoint_file_recentring,
+    read_source,
+)
+from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
 from dynapose4d.tracks import Attachment, attach_keypoints, carry_points
 
@@ -76,12 +90,9 @@ class DynamicConfig:
     lambda_bone: float = 0.0  # bone-length loss (not in the paper; 0 = off): the 3D keypoint tracks keep the
     # lengths of the support skeleton's bones at every frame (relative squared change, `losses.bone_length_loss`).
     # One view fixes how much a bone shortens on screen; a constant length turns that into motion in depth.
-    lambda_sds: float = 0.0  # novel-view Zero-1-to-3 SDS weight (needs dynapose4d.priors.zero123 and weights)
+    lambda_sds: float = 0.0  # novel-view SDS weight, top-level `zero123` prior (DreamGaussian4D: 4e-4 x λ_rgb)
     sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
     sds: SDSConfig = field(default_factory=SDSConfig)  # SDS timesteps / guidance (t annealed 0.98 -> 0.02)
-    zero123_model: str = DEFAULT_ZERO123_MODEL  # Zero-1-to-3 Hugging Face id (local cache when offline)
-    zero123_path: str = ""  # local Zero-1-to-3 folder; overrides zero123_model when set
-    zero123_size: int = 256  # Zero-1-to-3's input resolution
     background: float = 1.0  # background grey level of renders and targets (1 = white, as DreamGaussian4D)
     svd: SVDConfig = field(default_factory=SVDConfig)  # driving-video generation when the scene has no video
     track_neighbours: int = 8  # Gaussians each 3D keypoint is attached to
@@ -249,11 +260,13 @@ class DynamicGaussianModule(L.LightningModule):
         d_elev = torch.empty(B).uniform_(lo, hi)
         d_azim = torch.empty(B).uniform_(-180.0, 180.0)
         imgs = []
+        size = max(self.width, self.height)  # square renders of the square the driving frames are padded to
+        fov = square_fov_y(self.camera.fov_y, self.width, self.height)
         for b in range(B):
             cam = Camera("sds", self.camera.elevation + float(d_elev[b]), self.camera.azimuth + float(d_azim[b]),
-                         self.camera.radius, self.camera.fov_y)
+                         self.camera.radius, fov)
             rgb, _ = self.render_frame(g, b, cam.viewmat()[None].to(self.device),
-                                       cam.K(self.width, self.height)[None].to(self.device))
+                                       cam.K(size, size)[None].to(self.device), size, size)
             imgs.append(rgb[0])
         progress = min(1.0, self.global_step / max(1, self.cfg.steps))
         return self._frozen["sds_fn"](torch.stack(imgs).permute(0, 3, 1, 2), frames, d_elev, d_azim, progress)
@@ -326,8 +339,9 @@ def _cape_keypoints(ctx: Any, background: float) -> CapeKeypoints:
 
 def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn | None, background: float
                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """p_τ for every driving frame: the cape stage's driving_keypoints.json when it matches the video, else
-    CAPE run once here on the driving frames. None when neither is available."""
+    """p_τ for every driving frame: the cape stage's driving_keypoints.json when it matches the video (its shape,
+    and for a generated video the hash of the frames it was made on), else CAPE run once here on the driving
+    frames. None when neither is available."""
     import json
 
     T, N = video.shape[0], ctx.scene.num_keypoints
@@ -338,7 +352,9 @@ def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn |
     if path is not None and Path(path).is_file():
         d = json.loads(Path(path).read_text())
         pts, conf = torch.tensor(d["points"], dtype=torch.float32), torch.tensor(d["confidence"], dtype=torch.float32)
-        if pts.shape == (T, N, 2) and conf.shape == (T, N):
+        made = read_source(generated_video_folder(ctx.run_dir)) if ctx.scene.video is None else None
+        same_video = d.get("video_hash") == (made.get("hash") if made else None)
+        if pts.shape == (T, N, 2) and conf.shape == (T, N) and same_video:
             rec = keypoint_file_recentring(ctx.scene, generated=ctx.scene.video is None)
             return (rec.from_scene(pts) if rec is not None else pts), conf
     if keypoints_fn is None:
@@ -355,14 +371,23 @@ def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn |
 
 
 class Zero123PerFrame:
-    """The static stage's Zero-1-to-3 prior conditioned per driving frame: `(images [B,3,h,w], frames [B],
-    Δelevation [B], Δazimuth [B], progress) -> SDS loss` (mean over the batch). Built lazily on first use, held
-    outside the LightningModule's children (never checkpointed)."""
+    """The Zero-1-to-3 prior (the top-level `zero123` setting) conditioned per driving frame seen from the
+    reference camera at `elevation` degrees: `(images [B,3,S,S], frames [B], Δelevation [B], Δazimuth [B],
+    progress) -> SDS loss` (mean over the batch). Built lazily on first use, held outside the LightningModule's
+    children (never checkpointed); `release()` frees it."""
 
-    def __init__(self, cfg: DynamicConfig, video: torch.Tensor) -> None:
+    def __init__(self, cfg: DynamicConfig, video: torch.Tensor, zero123: Zero123Config | None = None,
+                 elevation: float = 0.0) -> None:
         self.cfg, self.video = cfg, video  # [T, H, W, 4]
+        self.zero123 = zero123 or Zero123Config()
+        self.elevation = float(elevation)
         self.prior: Any = None
         self.refs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def release(self) -> None:
+        """Drop the model and the cached conditionings (the stage calls this when training ends)."""
+        self.prior = None
+        self.refs = {}
 
     def __call__(self, images: torch.Tensor, frames: torch.Tensor, d_elev: torch.Tensor, d_azim: torch.Tensor,
                  progress: float) -> torch.Tensor:
@@ -370,14 +395,13 @@ class Zero123PerFrame:
 
         c = self.cfg
         if self.prior is None:
-            self.prior = Zero123Prior.from_pretrained(c.zero123_path or c.zero123_model, device=images.device,
-                                                      size=c.zero123_size)
+            self.prior = Zero123Prior.from_config(self.zero123, device=images.device)
         losses = []
         for b, f in enumerate(frames.tolist()):
             if f not in self.refs:
                 fr = self.video[f]
                 rgb = (fr[..., :3] * fr[..., 3:] + (1 - fr[..., 3:])).permute(2, 0, 1)[None]  # over white
-                self.prior.set_reference(rgb.to(images.device))
+                self.prior.set_reference(rgb.to(images.device), elevation=self.elevation)
                 self.refs[f] = (self.prior.clip_embedding, self.prior.ref_latent)
             self.prior.clip_embedding, self.prior.ref_latent = self.refs[f]
             losses.append(self.prior.sds(images[b:b + 1], d_elev[b:b + 1], d_azim[b:b + 1],
@@ -385,20 +409,23 @@ class Zero123PerFrame:
         return torch.stack(losses).mean()
 
 
-def _sds_fn(cfg: DynamicConfig, video: torch.Tensor) -> Zero123PerFrame:
+def _sds_fn(cfg: DynamicConfig, video: torch.Tensor, zero123: Zero123Config | None = None,
+            elevation: float = 0.0) -> Zero123PerFrame:
     """Fail before training when the Zero-1-to-3 weights are missing; the prior itself loads on first use."""
     from dynapose4d.priors.zero123 import resolve_zero123
 
-    resolve_zero123(cfg.zero123_path or cfg.zero123_model)
-    return Zero123PerFrame(cfg, video)
+    zero123 = zero123 or Zero123Config()
+    resolve_zero123(zero123.source)
+    return Zero123PerFrame(cfg, video, zero123, elevation)
 
 
 # ------------------------------------------------------------------------------------------------
 # the stage
 # ------------------------------------------------------------------------------------------------
-def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor,
-                 keypoints_fn: KeypointFn | None = None) -> DynamicGaussianModule:
-    """The stage's LightningModule from the static stage's Gaussians, the driving video and (λ_kml > 0) CAPE."""
+def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor, keypoints_fn: KeypointFn | None = None,
+                 zero123: Zero123Config | None = None) -> DynamicGaussianModule:
+    """The stage's LightningModule from the static stage's Gaussians, the driving video, (λ_kml > 0) CAPE and
+    (λ_sds > 0) the Zero-1-to-3 prior `zero123` (default: the run config's top-level `zero123`)."""
     targets = conf = None
     if cfg.lambda_kml > 0 or cfg.lambda_track > 0:  # CAPE first: a missing cape stage fails before anything else
         if cfg.lambda_kml > 0:
@@ -408,7 +435,8 @@ def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor,
             raise ConfigError("dynamic.lambda_kml > 0 and dynamic.lambda_track > 0 need the cape stage (RUN/cape/): "
                               "run it, or set them to 0")
         targets, conf = kp
-    sds = _sds_fn(cfg, video) if cfg.lambda_sds > 0 else None
+    zero123 = zero123 or getattr(ctx.config, "zero123", None) or Zero123Config()
+    sds = _sds_fn(cfg, video, zero123, ctx.scene.camera.elevation) if cfg.lambda_sds > 0 else None
     canonical = load_ply(ctx.artifact("static", "gaussians"))
     phi = build_deformation(cfg.deform, canonical.means, video.shape[0], cfg.hexplane, cfg.control, seed=ctx.seed)
     return DynamicGaussianModule(cfg, canonical, phi, video, ctx.scene.camera, targets, conf,
@@ -416,10 +444,12 @@ def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor,
                                  list(ctx.scene.skeleton))
 
 
-def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None) -> dict[str, str]:
+def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
+        zero123: Zero123Config | None = None) -> dict[str, str]:
     """Train φ on the driving video, then write RUN/dynamic/{deform.ckpt, keypoints.json, videos/, metrics.json}.
 
-    `keypoints_fn` replaces CAPE (tests; any differentiable detector). Returns the artifacts."""
+    `keypoints_fn` replaces CAPE (tests; any differentiable detector); `zero123` the run config's top-level
+    Zero-1-to-3 setting (λ_sds > 0). Returns the artifacts (with "driving_video" when it was generated)."""
     import warnings
 
     from dynapose4d.stages.base import build_trainer, resume_checkpoint
@@ -428,11 +458,12 @@ def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None) ->
     if cfg.lambda_kml > 0 and keypoints_fn is None:
         ctx.artifact("cape", "model")  # fails now (clear message) rather than after the driving video
     scene = ctx.scene
+    device = reset_peak_memory(ctx.trainer)  # the stage's peak includes a driving video generated here
     video = driving_video(scene, ctx.run_dir, cfg.svd, seed=ctx.seed)  # [T, H, W, 4]
     if tuple(video.shape[1:3]) != (scene.height, scene.width):
         raise InputError(f"{scene.root}: driving video frames are {tuple(video.shape[1:3])}, the image is "
                          f"{(scene.height, scene.width)}")
-    module = build_module(ctx, cfg, video, keypoints_fn)
+    module = build_module(ctx, cfg, video, keypoints_fn, zero123)
     ctx.stage_dir("dynamic")
     trainer = build_trainer(ctx, "dynamic", cfg.steps)
     loader = DataLoader(_FrameBatches(module.num_frames, cfg.batch_frames, ctx.seed), batch_size=None)
@@ -440,12 +471,30 @@ def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None) ->
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*")
         trainer.fit(module, loader, ckpt_path=resume_checkpoint(ctx, "dynamic"))
+    release_priors(module)
     artifacts = {"deform": "dynamic/deform.ckpt", "keypoints": "dynamic/keypoints.json", "videos": "dynamic/videos"}
+    summary: dict[str, Any] = peak_memory_summary("dynamic", device)
+    source = read_source(generated_video_folder(ctx.run_dir)) if scene.video is None else None
+    if source is not None:  # the generated driving video: an artifact with its own hash
+        artifacts["driving_video"] = generated_video_folder(ctx.run_dir).relative_to(ctx.run_dir).as_posix()
+        summary["dynamic/driving_video_hash"] = source.get("hash")
     if trainer.is_global_zero:
         metrics = write_outputs(ctx, cfg, module, trainer.logger)
         if metrics:
             artifacts["metrics"] = "dynamic/metrics.json"
+        from dynapose4d.logging import log_summary
+
+        log_summary(trainer.logger, summary)
     return artifacts
+
+
+def release_priors(module: DynamicGaussianModule) -> None:
+    """Free the frozen models a trained module holds (the Zero-1-to-3 prior, CAPE) and their device memory."""
+    sds = module._frozen.get("sds_fn")
+    if hasattr(sds, "release"):
+        sds.release()
+    module._frozen = {k: None for k in module._frozen}
+    free_memory()
 
 
 def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, logger: Any = None
@@ -502,3 +551,4 @@ def save_module(path: str | Path, module: DynamicGaussianModule) -> None:
         "camera": module.camera.to_dict(), "width": module.width, "height": module.height,
         "background": float(module.cfg.background), "num_frames": module.num_frames,
     })
+

@@ -7,7 +7,11 @@ Losses per step: reference-view RGB and mask MSE at the scene's reference camera
     probability 0.5, guidance scale 5, t annealed 0.98 → 0.02, w = 1 − ᾱ_t, weight 1);
   - "views": the same RGB and mask losses on the scene's views/ images (a multi-view prior's output or a real
     capture), weighted by `lambda_views` relative to the reference-view losses;
-  - "none": reference view only.
+  - "none": reference view only;
+  - "auto" (the presets' choice): "views" when the scene has views/, else "zero123" when the weights of the
+    top-level `zero123` setting are on this machine, else "none"; `run` prints which and why in one line.
+Zero-1-to-3 sees the reference padded with white to a square, and the novel views are rendered square with that
+square's field of view. The prior is freed when training ends; on CUDA the stage's peak memory goes to its summary.
 Optimisation: one Adam per Gaussian attribute (gsplat's contract; DreamGaussian's learning rates, the means'
 decaying exponentially), densification by gsplat's DefaultStrategy through `Densifier`, which also resets
 opacities on its own schedule. Outputs: RUN/static/gaussians.ply, orbit.mp4 / orbit.gif, grid.png and, when the
@@ -20,7 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightning as L
@@ -36,15 +40,17 @@ from dynapose4d.gaussians.init import image_init, sphere_init
 from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.gaussians.ply import save_ply
 from dynapose4d.io import over_background, read_image, write_image, write_json
+from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
 from dynapose4d.metrics import psnr as metrics_psnr
 from dynapose4d.metrics import ssim as metrics_ssim
+from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.sds import SDSConfig
-from dynapose4d.priors.zero123 import DEFAULT_ZERO123_MODEL
+from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
 from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint
 
 STAGE = "static"
-PRIORS = ("zero123", "views", "none")
+PRIORS = ("auto", "zero123", "views", "none")
 INITS = ("image", "sphere")
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -60,7 +66,8 @@ class StaticConfig:
     init_opacity: float = 0.1  # initial opacity (DreamGaussian: 0.1)
     inflate: float = 1.0  # thickness of the "image" init: 1 lifts a disc to a sphere
     ref_size: int = 0  # training resolution (longer side) of the reference and views images; 0 = scene size
-    prior: str = "zero123"  # novel-view prior: "zero123", "views" (scene views/) or "none"
+    prior: str = "auto"  # novel-view prior: "zero123" (the top-level `zero123` setting), "views" (scene views/),
+    # "none", or "auto": views when the scene has views/, else zero123 when its weights are on this machine, else none
     view_names: list[str] = field(default_factory=list)  # views/ cameras the "views" prior uses; [] = all
     lambda_rgb: float = 10000.0  # reference-view RGB MSE weight (DreamGaussian: 10000)
     lambda_mask: float = 1000.0  # reference-view alpha MSE weight (DreamGaussian: 1000)
@@ -78,10 +85,6 @@ class StaticConfig:
     novel_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])  # novel-view render sizes ...
     novel_size_until: list[float] = field(default_factory=lambda: [0.3, 0.6])  # ... used until these progresses
     black_background: float = 0.5  # "zero123": probability of a black (not white) background on a novel view
-    zero123_model: str = DEFAULT_ZERO123_MODEL  # Hugging Face id (read from the local cache when offline)
-    zero123_path: str = ""  # local Zero-1-to-3 folder (diffusers layout); overrides zero123_model when set
-    zero123_fp16: bool = True  # fp16 weights on CUDA
-    zero123_size: int = 256  # Zero-1-to-3's input resolution
     sds: SDSConfig = field(default_factory=SDSConfig)  # guidance scale and timestep schedule
     densify: DensifyConfig = field(default_factory=DensifyConfig)  # densification / pruning / opacity reset
     render_size: int = 0  # size of the output renders (orbit video, grid); 0 = the scene's image height
@@ -119,6 +122,23 @@ def _targets(images: list[torch.Tensor], size: int) -> tuple[torch.Tensor, torch
     return rgb.clamp(0, 1), alpha.clamp(0, 1)
 
 
+def resolve_prior(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> tuple[str, str]:
+    """(prior, why) for `cfg.prior`; "auto" becomes "views" when the scene has views/, else "zero123" when the
+    Zero-1-to-3 weights are on this machine (`zero123.path` or the local Hugging Face cache; nothing is
+    downloaded), else "none". An explicit prior is returned as it is."""
+    if cfg.prior != "auto":
+        return cfg.prior, "static.prior"
+    if scene.views:
+        return "views", f"auto: the scene has views/ ({len(scene.views)} images)"
+    from dynapose4d.priors.zero123 import find_local_zero123
+
+    root = find_local_zero123(zero123)
+    if root is not None:
+        return "zero123", f"auto: no views/, Zero-1-to-3 weights found at {root}"
+    return "none", (f"auto: no views/ and no Zero-1-to-3 weights on this machine ('{zero123.source}'; "
+                    f"set zero123.path=DIR); reference view only")
+
+
 def supervised_views(scene: Scene, cfg: StaticConfig) -> list[tuple[Camera, torch.Tensor]]:
     """The (camera, RGBA) pairs of the "views" prior: scene views/ filtered by `view_names`."""
     if cfg.prior != "views":
@@ -146,9 +166,13 @@ class _Steps(IterableDataset):
 class StaticGaussianModule(L.LightningModule):
     """Fits `gaussians` to the reference image (+ the prior). Manual optimisation, one Adam per attribute."""
 
-    def __init__(self, cfg: StaticConfig, scene: Scene, gaussians: GaussianModel, seed: int = 0) -> None:
+    def __init__(self, cfg: StaticConfig, scene: Scene, gaussians: GaussianModel, seed: int = 0,
+                 zero123: Zero123Config | None = None) -> None:
         super().__init__()
         check_config(cfg)
+        self.zero123 = zero123 or Zero123Config()  # the Zero-1-to-3 prior's setting (prior "zero123")
+        if cfg.prior == "auto":
+            cfg = replace(cfg, prior=resolve_prior(cfg, scene, self.zero123)[0])
         self.automatic_optimization = False
         self.cfg = cfg
         self.seed = seed
@@ -194,11 +218,14 @@ class StaticGaussianModule(L.LightningModule):
         if self.cfg.prior == "zero123" and self.prior is None:
             from dynapose4d.priors.zero123 import Zero123Prior
 
-            c = self.cfg
-            self.prior = Zero123Prior.from_pretrained(c.zero123_path or c.zero123_model, device=self.device,
-                                                      fp16=c.zero123_fp16, size=c.zero123_size)
-            ref = self.target_rgb[:1].permute(0, 3, 1, 2)  # [1, 3, h, w] over white
-            self.prior.set_reference(ref)
+            self.prior = Zero123Prior.from_config(self.zero123, device=self.device)
+            ref = self.target_rgb[:1].permute(0, 3, 1, 2)  # [1, 3, h, w] over white (padded to a square)
+            self.prior.set_reference(ref, elevation=self.reference.elevation)
+
+    def on_fit_end(self) -> None:
+        """The prior is freed as soon as training ends (before the outputs are rendered)."""
+        self.prior = None
+        free_memory()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["densifier"] = self.densifier.state_dict()
@@ -276,7 +303,8 @@ class StaticGaussianModule(L.LightningModule):
         hi = min(c.novel_elevation[1], 80.0 - ref.elevation)
         d_elev = lo + (hi - lo) * torch.rand(b, generator=g)
         d_azim = -180.0 + 360.0 * torch.rand(b, generator=g)
-        cams = [Camera("novel", ref.elevation + float(e), ref.azimuth + float(a), ref.radius, ref.fov_y)
+        fov = square_fov_y(ref.fov_y, self.width, self.height)  # the square the prior's reference was padded to
+        cams = [Camera("novel", ref.elevation + float(e), ref.azimuth + float(a), ref.radius, fov)
                 for e, a in zip(d_elev, d_azim)]
         size = self.novel_size(progress)
         viewmats, Ks = stack_cameras(cams, size, size, device=self.device)
@@ -369,17 +397,31 @@ def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig
             "grid": f"{STAGE}/grid.png", "metrics": f"{STAGE}/metrics.json"}
 
 
-def run(ctx: StageContext, cfg: StaticConfig) -> dict[str, str]:
-    """Fit the static Gaussians for `ctx.scene` and write RUN/static/ (see the module docstring)."""
+def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = None) -> dict[str, str]:
+    """Fit the static Gaussians for `ctx.scene` and write RUN/static/ (see the module docstring). `zero123`:
+    the Zero-1-to-3 setting (default: the run config's top-level `zero123` section)."""
     check_config(cfg)
-    if cfg.prior == "zero123":  # fail before any training when the weights are missing
+    zero123 = zero123 or getattr(ctx.config, "zero123", None) or Zero123Config()
+    prior, why = resolve_prior(cfg, ctx.scene, zero123)
+    if cfg.prior == "auto":
+        print(f"[{STAGE}] prior: {prior} ({why})", flush=True)
+        cfg = replace(cfg, prior=prior)
+    if prior == "zero123":  # fail before any training when the weights are missing
         from dynapose4d.priors.zero123 import resolve_zero123
 
-        resolve_zero123(cfg.zero123_path or cfg.zero123_model)
+        resolve_zero123(zero123.source)
     t0 = time.perf_counter()
-    module = StaticGaussianModule(cfg, ctx.scene, initial_gaussians(ctx.scene, cfg, ctx.seed), seed=ctx.seed)
+    module = StaticGaussianModule(cfg, ctx.scene, initial_gaussians(ctx.scene, cfg, ctx.seed), seed=ctx.seed,
+                                  zero123=zero123)
+    device = reset_peak_memory(ctx.trainer)
     trainer = fit(module, ctx, cfg.steps, ckpt_path=resume_checkpoint(ctx, STAGE))
-    return write_outputs(module.gaussians, ctx, cfg, trainer.logger, time.perf_counter() - t0)
+    module.prior = None  # (on_fit_end did it too) the prior never outlives training
+    free_memory()
+    arts = write_outputs(module.gaussians, ctx, cfg, trainer.logger, time.perf_counter() - t0)
+    from dynapose4d.logging import log_summary
+
+    log_summary(trainer.logger, {f"{STAGE}/prior": prior, **peak_memory_summary(STAGE, device)})
+    return arts
 
 
 def fit(module: StaticGaussianModule, ctx: StageContext, max_steps: int, ckpt_path: str | None = None) -> Any:
