@@ -94,6 +94,12 @@ def _experiment(args: argparse.Namespace) -> int:
     return experiment_cli(args)
 
 
+def _eval_cape(args: argparse.Namespace) -> int:
+    from dynapose4d.cape.mp100_eval import eval_cape_cli
+
+    return eval_cape_cli(args)
+
+
 def add_all(sub: argparse._SubParsersAction) -> None:
     """Register every sub-command on `sub`."""
     p = sub.add_parser("run", help="run the pipeline (static -> cape -> dynamic) on a scene")
@@ -168,6 +174,20 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides applied to every variant (e.g. static.steps=2 for a smoke run; values hold '=')")
     p.set_defaults(func=_experiment)
+
+    p = sub.add_parser("eval-cape", help="PCK@0.2 per MP-100 test category, PoseAnything's 1-shot protocol")
+    p.add_argument("--mp100", required=True, metavar="ROOT",
+                   help="MP-100 folder: ROOT/annotations/mp100_split{K}_test.json and ROOT/images/")
+    p.add_argument("--split", type=int, required=True, help="MP-100 split K (1..5)")
+    p.add_argument("--checkpoint", default=None,
+                   help="official PoseAnything .pth, or a dynapose4d CAPE checkpoint (default: the shipped one)")
+    p.add_argument("--support-copy", action="store_true", help="score the support-copy baseline instead")
+    p.add_argument("--episodes", type=int, default=200, help="episodes per category (the benchmark: 200)")
+    p.add_argument("--queries", type=int, default=15, help="queries per episode (the benchmark: 15)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--skeleton-base", choices=["auto", "0", "1"], default="auto",
+                   help="skeleton index convention of the file (auto: detected; 0: read as-is, as PoseAnything does)")
+    p.set_defaults(func=_eval_cape)
 
     p = sub.add_parser("config", help="show a preset's resolved config with each key's doc, or list the presets")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

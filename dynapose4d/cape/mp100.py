@@ -5,10 +5,14 @@ train / val / test sets) holds
   images:      [{"id", "file_name", "width", "height"}, ...]
   annotations: [{"id", "image_id", "category_id", "keypoints": [x, y, v] * N, "bbox": [x, y, w, h],
                  "num_keypoints"}, ...]   (v > 0 = labelled)
-  categories:  [{"id", "name", "keypoints": [names], "skeleton": [[i, j], ...] 1-based}, ...]
-Skeletons are converted to 0-based here. An episode is a support and a query annotation of the same category;
-the benchmark's PCK@0.2 counts the keypoints labelled in both, correct when ||pred - gt|| / max(w, h) of the
-query box < 0.2, and averages the per-episode PCK over episodes.
+  categories:  [{"id", "name", "keypoints": [names], "skeleton": [[i, j], ...]}, ...]
+Skeleton indices come in either convention: the original MP-100 files are COCO-style 1-based, PoseAnything's
+updated files (the ones its models read, indexing keypoints with them directly) are 0-based. The convention is
+detected per file (`skeleton_base`) and skeletons are held 0-based here. An episode is a support and a query
+annotation of the same category; the benchmark's PCK@0.2 counts the keypoints labelled in both, correct when
+||pred - gt|| / max(w, h) of the query box < 0.2. The exact test protocol (PoseAnything's: cleaned boxes,
+256-px crops, fixed episodes) is `dynapose4d.cape.mp100_eval`; `EpisodeSampler` / `mp100_pck` here are the
+light training-time versions.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class MP100Annotation:
     category_id: int
     keypoints: torch.Tensor  # [N, 3]: x, y (pixels), v (> 0 labelled)
     bbox: tuple[float, float, float, float]  # x, y, w, h
+    area: float | None = None  # the file's "area" (None when absent)
+    num_keypoints: int | None = None  # the file's "num_keypoints" (None when absent)
+    iscrowd: bool = False  # the file's "iscrowd" (absent = False)
+    raw_keypoints_max: float = 1.0  # max over the file's flat [x, y, v] list (0 = an empty annotation)
 
     @property
     def visible(self) -> torch.Tensor:
@@ -58,8 +66,10 @@ class MP100Set:
     image_root: Path
     images: dict[int, dict[str, Any]]
     annotations: list[MP100Annotation]
-    categories: dict[int, MP100Category]
+    categories: dict[int, MP100Category]  # in the file's order
     by_category: dict[int, list[int]] = field(default_factory=dict)  # category id -> annotation indices
+    skeleton_base: int = 0  # the file's skeleton index convention (0 or 1), see `detect_skeleton_base`
+    dropped_edges: list[str] = field(default_factory=list)  # "category: [i, j]" left out by `drop_bad_edges`
 
     def image_path(self, ann: MP100Annotation) -> Path:
         return self.image_root / self.images[ann.image_id]["file_name"]
@@ -69,37 +79,75 @@ def _fail(path: Path, msg: str) -> InputError:
     return InputError(f"{path}: {msg}")
 
 
-def load_mp100(path: str | Path, image_root: str | Path | None = None) -> MP100Set:
+def detect_skeleton_base(categories: list[dict[str, Any]]) -> int:
+    """The skeleton index convention of a whole file: 0 or 1.
+
+    A 1-based file never holds index 0 and may hold N (a category's keypoint count); a 0-based file never holds
+    N. So: any 0 -> 0-based; else any index equal to its category's N -> 1-based; else (every index in 1..N-1,
+    valid either way) 0-based, the convention of PoseAnything's updated annotation files that the benchmark's
+    models read. A file holding both 0 and some N is caught by the range check of the caller."""
+    has_zero = has_n = False
+    for c in categories:
+        n = len(c.get("keypoints", []) or [])
+        for e in c.get("skeleton", []) or []:
+            for v in e:
+                has_zero |= int(v) == 0
+                has_n |= int(v) == n
+    return 0 if has_zero or not has_n else 1
+
+
+def load_mp100(path: str | Path, image_root: str | Path | None = None, drop_bad_edges: bool = False,
+               skeleton_base: int | None = None) -> MP100Set:
     """Read an MP-100-format JSON file. `image_root` (default: the file's folder, or its parent's images/ when
-    the file sits in annotations/) is where `file_name`s are looked up. InputError naming the file when bad."""
+    the file sits in annotations/) is where `file_name`s are looked up. Skeletons are read in the file's own
+    convention (`detect_skeleton_base`, or `skeleton_base` 0 / 1 when given) and held 0-based. An edge out of
+    range raises InputError, or with
+    `drop_bad_edges` is left out (what PoseAnything's model does in effect: such an index lands on a padded,
+    masked keypoint slot). Annotations without "bbox" or "keypoints" are skipped (as COCO tools skip them).
+    InputError naming the file when bad."""
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "MP-100 annotation file not found")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(path, f"unreadable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise _fail(path, "not an MP-100/COCO keypoint file (top level is not an object)")
     for key in ("images", "annotations", "categories"):
         if key not in data or not isinstance(data[key], list):
             raise _fail(path, f"missing list '{key}' (not an MP-100/COCO keypoint file)")
     if image_root is None:
         image_root = path.parent.parent / "images" if path.parent.name == "annotations" else path.parent
+    try:
+        base = detect_skeleton_base(data["categories"]) if skeleton_base is None else int(skeleton_base)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise _fail(path, f"malformed category skeleton ({e})") from None
+    if base not in (0, 1):
+        raise _fail(path, f"skeleton_base must be 0 or 1, got {base}")
     cats: dict[int, MP100Category] = {}
+    dropped: list[str] = []
     for c in data["categories"]:
         names = list(c.get("keypoints", []))
         n = len(names)
         sk = []
         for e in c.get("skeleton", []) or []:
-            i, j = int(e[0]) - 1, int(e[1]) - 1
+            i, j = int(e[0]) - base, int(e[1]) - base
             if not (0 <= i < n and 0 <= j < n):
+                if drop_bad_edges:
+                    dropped.append(f"{c.get('name')}: {list(e)}")
+                    continue
                 raise _fail(path, f"category {c.get('name')!r}: skeleton edge {e} out of range for {n} keypoints "
-                                  "(MP-100 skeletons are 1-based)")
+                                  f"(the file's skeletons read as {base}-based; MP-100 files are 0-based or "
+                                  "1-based throughout)")
             sk.append((i, j))
         cats[int(c["id"])] = MP100Category(int(c["id"]), str(c.get("name", c["id"])), names, sk)
     images = {int(im["id"]): im for im in data["images"]}
     anns: list[MP100Annotation] = []
     by_cat: dict[int, list[int]] = {}
     for a in data["annotations"]:
+        if "bbox" not in a or "keypoints" not in a:
+            continue
         cid = int(a["category_id"])
         if cid not in cats:
             raise _fail(path, f"annotation {a.get('id')}: unknown category_id {cid}")
@@ -112,10 +160,15 @@ def load_mp100(path: str | Path, image_root: str | Path | None = None) -> MP100S
         bbox = tuple(float(v) for v in a["bbox"])
         if len(bbox) != 4:
             raise _fail(path, f"annotation {a.get('id')}: bbox must be [x, y, w, h]")
-        anns.append(MP100Annotation(int(a["id"]), int(a["image_id"]), cid, kp, bbox))  # type: ignore[arg-type]
+        anns.append(MP100Annotation(
+            int(a["id"]), int(a["image_id"]), cid, kp, bbox,  # type: ignore[arg-type]
+            area=float(a["area"]) if a.get("area") is not None else None,
+            num_keypoints=int(a["num_keypoints"]) if a.get("num_keypoints") is not None else None,
+            iscrowd=bool(a.get("iscrowd", 0)),
+            raw_keypoints_max=float(max(a["keypoints"])) if len(a["keypoints"]) else 0.0))
         if bool((kp[:, 2] > 0).any()):
             by_cat.setdefault(cid, []).append(len(anns) - 1)
-    return MP100Set(path, Path(image_root), images, anns, cats, by_cat)
+    return MP100Set(path, Path(image_root), images, anns, cats, by_cat, base, dropped)
 
 
 def split_path(root: str | Path, split: int, subset: str) -> Path:
@@ -132,11 +185,14 @@ def split_path(root: str | Path, split: int, subset: str) -> Path:
     raise InputError(f"{root / 'annotations' / name}: MP-100 split file not found")
 
 
-def load_split(root: str | Path, split: int, subset: str) -> MP100Set:
-    """One of the 5 splits' train / val / test files (images under root/images/ or root/)."""
+def load_split(root: str | Path, split: int, subset: str, drop_bad_edges: bool = False,
+               skeleton_base: int | None = None) -> MP100Set:
+    """One of the 5 splits' train / val / test files (images under root/images/ or root/); the other arguments
+    as `load_mp100`'s."""
     p = split_path(root, split, subset)
     images = Path(root) / "images"
-    return load_mp100(p, images if images.is_dir() else Path(root))
+    return load_mp100(p, images if images.is_dir() else Path(root), drop_bad_edges=drop_bad_edges,
+                      skeleton_base=skeleton_base)
 
 
 # ------------------------------------------------------------------------------------------------ episodes
