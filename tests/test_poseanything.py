@@ -285,3 +285,64 @@ def test_predict_gradient_and_ones_confidence():
     with torch.no_grad():
         fd = (predict_prepared(prep, q + eps * d)[0].sum() - predict_prepared(prep, q - eps * d)[0].sum()) / (2 * eps)
     assert fd.item() == pytest.approx((grad * d).sum().item(), rel=1e-4, abs=1e-8)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(ruled, tmp_path_factory):
+    """A rule-weighted Tiny written as an official mmcv file."""
+    path = tmp_path_factory.mktemp("pa") / "graph_split1_tiny.pth"
+    torch.save({"meta": {"config": "...", "hook_msgs": {"best_score": np.float32(0.5)}},
+                "state_dict": OrderedDict(ruled["tiny"][0].state_dict())}, path)
+    return path
+
+
+def test_cape_api_with_an_official_file(tiny_file, tmp_path):
+    """dynapose4d.cape.predict / load_keypoint_model take the official file and our pointer to it; load_cape
+    refuses the pointer with a one-line error."""
+    from dynapose4d import cape
+
+    assert isinstance(cape.load_keypoint_model(tiny_file), PoseAnything)
+    pointer = cape.save_poseanything_pointer(tmp_path / "model.ckpt", tiny_file, {"metrics": {}})
+    assert isinstance(cape.load_keypoint_model(pointer), PoseAnything)
+    with pytest.raises(InputError, match="load_keypoint_model"):
+        cape.load_cape(pointer)
+    img = torch.ones(3, 40, 56)
+    img[:, 6:34, 10:46] = torch.linspace(0, 0.9, 36)
+    kps = torch.tensor([[12.5, 8.5], [30.5, 20.5], [44.5, 32.5]])
+    with torch.no_grad():
+        pts, conf = cape.predict(img, kps, [(0, 1), (1, 2)], img[None].expand(2, -1, -1, -1), checkpoint=pointer)
+    assert pts.shape == (2, 3, 2) and torch.equal(conf, torch.ones(2, 3))
+    assert torch.isfinite(pts).all() and torch.allclose(pts[0], pts[1])
+    # the support's keypoints reach the model in the crop's 256 px coordinates (pixel centres at integers)
+    fr = CropFrame.from_boxes(object_boxes(img[None]), 56, 40)
+    assert fr.centre.tolist() == [[27.5, 19.5]] and fr.side.item() == pytest.approx(1.25 * 35)
+    with pytest.raises(InputError, match="out of range"):
+        cape.predict(img, kps, [(0, 5)], img[None], checkpoint=tiny_file)
+
+
+def test_pipeline_with_poseanything(tiny_file, tmp_path):
+    """`cape.arch=poseanything cape.checkpoint=FILE`: the cape stage writes the driving keypoints through
+    PoseAnything (frozen) and a pointer as its model; the dynamic stage's KML runs the same model."""
+    from dynapose4d.cli import main
+    from dynapose4d.data.synthetic import write_scene
+    from dynapose4d.runner import read_manifest
+
+    scene = write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=2, size=32)
+    run = tmp_path / "run"
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    assert main(["run", str(scene), "--out", str(run), "--config", smoke, "--set", "cape.arch=poseanything",
+                 f"cape.checkpoint={tiny_file}", "dynamic.steps=2", "dynamic.lambda_kml=1.0"]) == 0
+    m = read_manifest(run)
+    assert all(m["stages"][s]["status"] == "done" for s in ("static", "cape", "dynamic"))
+    from dynapose4d.cape import load_keypoint_model, read_checkpoint_info
+
+    info = read_checkpoint_info(run / "cape" / "model.ckpt")
+    assert info["arch"] == "poseanything" and info["checkpoint"] == str(tiny_file.resolve())
+    assert isinstance(load_keypoint_model(run / "cape" / "model.ckpt"), PoseAnything)
+    kp = json.loads((run / "cape" / "driving_keypoints.json").read_text())
+    assert torch.tensor(kp["points"]).shape == (2, 14, 2) and torch.tensor(kp["confidence"]).eq(1).all()
+    metrics = json.loads((run / "cape" / "metrics.json").read_text())["all"]
+    assert {"trivial_pck@0.1", "poseanything_pck@0.1"} <= set(metrics)
+    logs = [json.loads(line) for line in (run / "dynamic" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    kml = [r["dynamic/loss_kml"] for r in logs if "dynamic/loss_kml" in r]
+    assert kml and all(math.isfinite(v) and v > 0 for v in kml)

@@ -1,8 +1,12 @@
-"""Category-agnostic pose estimation (CAPE): a PoseAnything-style graph model, its checkpoints and inference.
+"""Category-agnostic pose estimation (CAPE): a PoseAnything-style graph model, its checkpoints and inference; the
+official PoseAnything models (`dynapose4d.cape.poseanything`) behind the same API.
 
   - `predict(support_image, support_keypoints, skeleton, query_images, checkpoint=None) -> (points, confidence)`;
-    `prepare_support` + `predict_prepared` split it, for one support against many query batches
-  - `load_cape(path) -> CAPEModel` (eval mode), `save_cape(path, model, ...)`, `SHIPPED_CHECKPOINT`
+    `prepare_support` + `predict_prepared` split it, for one support against many query batches. `checkpoint`
+    may be one of our CAPE checkpoints, an official PoseAnything file (1-shot Tiny / Small), a pointer to one
+    (`save_poseanything_pointer`), or a loaded model
+  - `load_cape(path) -> CAPEModel` (eval mode), `save_cape(path, model, ...)`, `SHIPPED_CHECKPOINT`;
+    `load_keypoint_model(path) -> CAPEModel | PoseAnything` reads any of the files above
   - model: `dynapose4d.cape.model`; procedural data: `.data`; MP-100: `.mp100`; evaluation: `.evaluation`;
     training (`dynapose4d train-cape`): `.train`.
 """
@@ -16,16 +20,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dynapose4d.cape import poseanything as pa
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig, skeleton_adjacency
+from dynapose4d.cape.poseanything import PoseAnything, PoseAnythingSupport
 from dynapose4d.errors import InputError, MissingWeightsError
-from dynapose4d.io import load_checkpoint, save_checkpoint
+from dynapose4d.io import save_checkpoint
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "cape_small.ckpt"
 CHECKPOINT_FORMAT = "dynapose4d-cape"
-_cache: dict[tuple[str, float], CAPEModel] = {}
+POSEANYTHING_ARCH = "poseanything"  # "arch" of a pointer checkpoint (our format) naming an official file
+KeypointModel = CAPEModel | PoseAnything
+_cache: dict[tuple[str, float], KeypointModel] = {}
 
 __all__ = ["CAPEModel", "CAPEModelConfig", "SHIPPED_CHECKPOINT", "load_cape", "save_cape", "predict",
-           "prepare_support", "predict_prepared", "PreparedSupport", "read_checkpoint_info", "letterbox"]
+           "prepare_support", "predict_prepared", "PreparedSupport", "read_checkpoint_info", "letterbox",
+           "PoseAnything", "load_keypoint_model", "save_poseanything_pointer"]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -42,14 +51,37 @@ def save_cape(path: str | Path, model: CAPEModel, extra: dict[str, Any] | None =
     return save_checkpoint(path, data)
 
 
-def _read(path: str | Path) -> dict[str, Any]:
+def save_poseanything_pointer(path: str | Path, checkpoint: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write a small CAPE checkpoint that names an official PoseAnything file instead of holding weights:
+    {"format", "version", "arch": "poseanything", "checkpoint": absolute path, **extra}; `load_keypoint_model`
+    follows it."""
+    data = {"format": CHECKPOINT_FORMAT, "version": 1, "arch": POSEANYTHING_ARCH,
+            "checkpoint": str(Path(checkpoint).resolve()), **(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, data)
+
+
+def _missing(path: Path) -> MissingWeightsError:
+    if path.resolve() == SHIPPED_CHECKPOINT:
+        return MissingWeightsError(f"{path}: the shipped CAPE checkpoint is missing; train it with "
+                                   f"`make train-cape` (or `dynapose4d train-cape --out {path}`)")
+    return MissingWeightsError(f"{path}: CAPE checkpoint not found")
+
+
+def _read_any(path: str | Path) -> Any:
+    """A checkpoint file's content, loaded with weights_only=True (numpy values allow-listed)."""
     path = Path(path)
     if not path.is_file():
-        if path.resolve() == SHIPPED_CHECKPOINT:
-            raise MissingWeightsError(f"{path}: the shipped CAPE checkpoint is missing; train it with "
-                                      f"`make train-cape` (or `dynapose4d train-cape --out {path}`)")
-        raise MissingWeightsError(f"{path}: CAPE checkpoint not found")
-    return load_checkpoint(path, CHECKPOINT_FORMAT, "CAPE checkpoint", weights_only=False)
+        raise _missing(path)
+    return pa.read_checkpoint_file(path)
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    data = _read_any(path)
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a dynapose4d CAPE checkpoint")
+    return data
 
 
 def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
@@ -62,7 +94,13 @@ def load_cape(path: str | Path | None = None) -> CAPEModel:
 
     Raises MissingWeightsError when the file is absent, InputError when it is not a CAPE checkpoint."""
     path = Path(path) if path is not None else SHIPPED_CHECKPOINT
-    data = _read(path)
+    return _cape_from(_read(path), path)
+
+
+def _cape_from(data: dict[str, Any], path: Path) -> CAPEModel:
+    if data.get("arch") == POSEANYTHING_ARCH:
+        raise InputError(f"{path}: points to the PoseAnything checkpoint {data.get('checkpoint')}; load it with "
+                         "dynapose4d.cape.load_keypoint_model")
     try:
         model = CAPEModel(CAPEModelConfig(**data["model_config"]))
         model.load_state_dict(data["state_dict"])
@@ -71,14 +109,30 @@ def load_cape(path: str | Path | None = None) -> CAPEModel:
     return model.eval()
 
 
-def _model_for(checkpoint: str | Path | CAPEModel | None) -> CAPEModel:
-    if isinstance(checkpoint, CAPEModel):
+def load_keypoint_model(path: str | Path | None = None) -> KeypointModel:
+    """The keypoint model of a checkpoint file (None = the shipped one), in eval mode on CPU: our CAPE checkpoint
+    -> CAPEModel; an official PoseAnything file (mmcv format), or our pointer to one -> PoseAnything.
+
+    Raises MissingWeightsError when a file is absent, InputError when it is neither."""
+    path = Path(path) if path is not None else SHIPPED_CHECKPOINT
+    data = _read_any(path)
+    if pa.is_poseanything_state(data):
+        return pa.poseanything_from_checkpoint(data, path)
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: neither a dynapose4d CAPE checkpoint nor an official PoseAnything checkpoint")
+    if data.get("arch") == POSEANYTHING_ARCH:
+        return pa.load_poseanything(data["checkpoint"])
+    return _cape_from(data, path)
+
+
+def _model_for(checkpoint: str | Path | KeypointModel | None) -> KeypointModel:
+    if isinstance(checkpoint, (CAPEModel, PoseAnything)):
         return checkpoint
     path = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
     key = (str(path.resolve()), path.stat().st_mtime if path.is_file() else 0.0)
     if key not in _cache:
         _cache.clear()
-        _cache[key] = load_cape(path)
+        _cache[key] = load_keypoint_model(path)
     return _cache[key]
 
 
@@ -112,8 +166,9 @@ class PreparedSupport:
 
 
 def prepare_support(support_image: torch.Tensor, support_keypoints: torch.Tensor,
-                    skeleton: list[tuple[int, int]] | list, checkpoint: str | Path | CAPEModel | None = None,
-                    support_mask: torch.Tensor | None = None) -> PreparedSupport:
+                    skeleton: list[tuple[int, int]] | list, checkpoint: str | Path | KeypointModel | None = None,
+                    support_mask: torch.Tensor | None = None, support_box: Any = None
+                    ) -> PreparedSupport | PoseAnythingSupport:
     """Validate a support and compute its keypoint tokens (arguments as `predict`'s), on the model's device."""
     if support_image.ndim != 3 or support_image.shape[0] != 3:
         raise InputError(f"cape.predict: support_image must be [3, H, W], got {tuple(support_image.shape)}")
@@ -121,6 +176,11 @@ def prepare_support(support_image: torch.Tensor, support_keypoints: torch.Tensor
     if kps.ndim != 2 or kps.shape[-1] != 2 or not 1 <= kps.shape[0] <= 100:
         raise InputError(f"cape.predict: support_keypoints must be [N, 2] with 1 <= N <= 100, got {tuple(kps.shape)}")
     model = _model_for(checkpoint)
+    if isinstance(model, PoseAnything):
+        try:
+            return pa.prepare_support(model, support_image, kps, skeleton, support_mask, support_box)
+        except ValueError as e:
+            raise InputError(f"cape.predict: {e}") from None
     param = next(model.parameters())
     dev, dt = param.device, param.dtype
     N = kps.shape[0]
@@ -135,11 +195,14 @@ def prepare_support(support_image: torch.Tensor, support_keypoints: torch.Tensor
     return PreparedSupport(model, model.support_tokens(s_img, k[None], mask), mask, adj[None].to(dev, dt))
 
 
-def predict_prepared(support: PreparedSupport, query_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_prepared(support: PreparedSupport | PoseAnythingSupport, query_images: torch.Tensor,
+                     query_boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`predict` with a `prepare_support` result: query_images [B, 3, H, W] -> (points [B, N, 2] px, confidence
     [B, N]); differentiable with respect to the query images."""
     if query_images.ndim != 4 or query_images.shape[1] != 3:
         raise InputError(f"cape.predict: query_images must be [B, 3, H, W], got {tuple(query_images.shape)}")
+    if isinstance(support, PoseAnythingSupport):
+        return pa.predict_prepared(support, query_images, query_boxes)
     model = support.model
     param = next(model.parameters())
     dev, dt = param.device, param.dtype
@@ -151,17 +214,24 @@ def predict_prepared(support: PreparedSupport, query_images: torch.Tensor) -> tu
 
 
 def predict(support_image: torch.Tensor, support_keypoints: torch.Tensor, skeleton: list[tuple[int, int]] | list,
-            query_images: torch.Tensor, checkpoint: str | Path | CAPEModel | None = None,
-            support_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            query_images: torch.Tensor, checkpoint: str | Path | KeypointModel | None = None,
+            support_mask: torch.Tensor | None = None, support_box: Any = None,
+            query_boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Find the support's keypoints on query images.
 
     support_image [3, H, W] and query_images [B, 3, H', W'] float in [0, 1], RGB over a white background, any
-    size; support_keypoints [N, 2] pixels (centres at +0.5); skeleton 0-based index pairs; checkpoint: a path,
-    a loaded CAPEModel, or None for the shipped checkpoint; support_mask [N] bool (default all present).
+    size; support_keypoints [N, 2] pixels (centres at +0.5); skeleton 0-based index pairs; checkpoint: a path
+    (see `load_keypoint_model`), a loaded CAPEModel or PoseAnything, or None for the shipped checkpoint;
+    support_mask [N] bool (default all present).
     Returns points [B, N, 2] in query pixels and confidence [B, N] in [0, 1]. Runs in the model's current mode
     on its device and is differentiable with respect to the query images (no torch.no_grad inside).
+
+    With PoseAnything each image is cropped around its object as in PoseAnything's MP-100 test pipeline: a square
+    of 1.25x the longer side of the box of its non-white pixels (or support_box / query_boxes, (x, y, w, h) px),
+    warped to 256x256 (bilinear, black outside the image); the box is not differentiated. PoseAnything outputs no
+    confidence: it is 1 for every keypoint.
     """
     if query_images.ndim != 4 or query_images.shape[1] != 3:  # before the support's backbone pass
         raise InputError(f"cape.predict: query_images must be [B, 3, H, W], got {tuple(query_images.shape)}")
-    return predict_prepared(prepare_support(support_image, support_keypoints, skeleton, checkpoint, support_mask),
-                            query_images)
+    return predict_prepared(prepare_support(support_image, support_keypoints, skeleton, checkpoint, support_mask,
+                                            support_box), query_images, query_boxes)

@@ -12,6 +12,12 @@ with its recentring undone, or RUN/inputs/video/ for SVD), overlay.mp4 / overlay
 the driving frames) and, when the scene has gt/, metrics.json: PCK@0.1/0.2 on the gt cameras over all frames for
 the trivial baseline (support keypoints copied), the starting checkpoint and the fine-tuned model.
 
+With `cape.arch=poseanything` the official PoseAnything model (`cape.checkpoint`, 1-shot Tiny or Small,
+`dynapose4d.cape.poseanything`) runs frozen instead: no renders, no fine-tuning (`cape.steps` is ignored); it
+predicts the driving keypoints (confidence 1: PoseAnything has none), and RUN/cape/model.ckpt is a small pointer
+to the official file (`dynapose4d.cape.load_keypoint_model` follows it, so the dynamic stage's KML runs the same
+model); metrics.json compares it ("poseanything") with the trivial baseline.
+
 `CAPEModule` (the thin LightningModule) also trains the generic model (`dynapose4d train-cape`).
 """
 
@@ -46,8 +52,11 @@ def _finetune_augment() -> AugmentConfig:
 class CapeStageConfig:
     """Settings of the cape stage (per-object fine-tuning of the CAPE model, then driving-frame keypoints)."""
 
-    steps: int = 300  # fine-tuning steps (0 = use the starting checkpoint unchanged)
-    checkpoint: str = ""  # starting CAPE checkpoint; "" = the shipped dynapose4d/assets/cape_small.ckpt
+    arch: str = "graph"  # "graph": our graph model, fine-tuned per object; "poseanything": the official
+    # PoseAnything checkpoint (cape.checkpoint), frozen
+    steps: int = 300  # fine-tuning steps (0 = use the starting checkpoint unchanged); ignored with arch=poseanything
+    checkpoint: str = ""  # starting CAPE checkpoint; "" = the shipped dynapose4d/assets/cape_small.ckpt; with
+    # arch=poseanything the official PoseAnything file (required), e.g. the 1-shot split-1 Tiny or Small
     batch_size: int = 8  # pairs per step
     lr: float = 1e-3  # AdamW learning rate (linear warm-up, cosine decay); 1e-4 / 3e-4 measured worse
     weight_decay: float = 1e-4  # AdamW weight decay
@@ -78,6 +87,8 @@ class CapeStageConfig:
     def validate(self) -> None:
         from dynapose4d.errors import ConfigError
 
+        if self.arch not in ("graph", "poseanything"):
+            raise ConfigError(f"cape.arch must be 'graph' or 'poseanything', got {self.arch!r}")
         if self.steps < 0 or self.batch_size < 1 or self.num_views < 1:
             raise ConfigError("cape: steps must be >= 0, batch_size and num_views >= 1")
         if len(self.elevation) != 2 or self.elevation[0] > self.elevation[1]:
@@ -214,6 +225,8 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     from dynapose4d.stages.base import build_trainer, resume_checkpoint
 
     cfg.validate()
+    if cfg.arch == "poseanything":
+        return _run_poseanything(ctx, cfg)
     t0 = time.perf_counter()
     base = load_cape(cfg.checkpoint or None)  # fails first (clear message) when the weights are missing
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -251,6 +264,22 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     start.load_state_dict(base_state)
     write_outputs(ctx, cfg, model, start.to(next(model.parameters()).device).eval(), logger, time.perf_counter() - t0)
     return _artifacts(scene)
+
+
+def _run_poseanything(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
+    """cape.arch=poseanything: the official model, frozen, on the driving frames; RUN/cape/model.ckpt points to it."""
+    from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT, load_poseanything
+    from dynapose4d.errors import MissingWeightsError
+    from dynapose4d.logging import make_logger
+
+    t0 = time.perf_counter()
+    if not cfg.checkpoint:
+        raise MissingWeightsError(f"cape.checkpoint is empty: cape.arch=poseanything needs the official PoseAnything "
+                                  f"checkpoint; {OFFICIAL_WEIGHTS_HINT}")
+    model = load_poseanything(cfg.checkpoint).to(_render_device(ctx)).requires_grad_(False)
+    ctx.stage_dir(STAGE)
+    write_outputs(ctx, cfg, model, None, make_logger(ctx, STAGE), time.perf_counter() - t0)
+    return _artifacts(ctx.scene)
 
 
 def _artifacts(scene: Any) -> dict[str, str]:
@@ -294,13 +323,14 @@ def predict_frames(model: CAPEModel, scene: Any, frames: torch.Tensor, batch: in
     return torch.cat(pts), torch.cat(conf)
 
 
-def write_outputs(ctx: Any, cfg: CapeStageConfig, model: CAPEModel, start: CAPEModel, logger: Any,
+def write_outputs(ctx: Any, cfg: CapeStageConfig, model: Any, start: CAPEModel | None, logger: Any,
                   seconds: float) -> dict[str, Any]:
-    """model.ckpt, driving_keypoints.json, overlay.mp4/.gif and (with gt/) metrics.json. Returns the metrics."""
+    """model.ckpt, driving_keypoints.json, overlay.mp4/.gif and (with gt/) metrics.json. Returns the metrics.
+    `model` is the fine-tuned CAPEModel and `start` its starting point, or a PoseAnything and None."""
     import numpy as np
     from omegaconf import OmegaConf
 
-    from dynapose4d.cape import save_cape
+    from dynapose4d.cape import save_cape, save_poseanything_pointer
     from dynapose4d.cape.evaluation import evaluate_scene_gt, format_scene_table
     from dynapose4d.cape.overlay import draw_keypoints
     from dynapose4d.io import over_background, write_json, write_text, write_video
@@ -325,16 +355,20 @@ def write_outputs(ctx: Any, cfg: CapeStageConfig, model: CAPEModel, start: CAPEM
                                "cape/mean_confidence": float(conf.mean())}
     metrics: dict[str, Any] = {}
     if scene.gt_dir is not None:
-        metrics = evaluate_scene_gt(scene, {"start": start, "finetuned": model})
+        metrics = evaluate_scene_gt(scene, {"start": start, "finetuned": model} if start is not None
+                                    else {"poseanything": model})
         write_json(out / "metrics.json", metrics)
         write_text(out / "metrics.txt", format_scene_table(metrics) + "\n")
         a = metrics["all"]
-        summary.update({"cape/pck@0.1": a["finetuned_pck@0.1"], "cape/pck@0.2": a["finetuned_pck@0.2"],
-                        "cape/start_pck@0.1": a["start_pck@0.1"], "cape/start_pck@0.2": a["start_pck@0.2"],
-                        "cape/trivial_pck@0.1": a["trivial_pck@0.1"], "cape/trivial_pck@0.2": a["trivial_pck@0.2"]})
-    save_cape(out / "model.ckpt", model, {"config": OmegaConf.to_container(OmegaConf.structured(cfg)),
-                                          "base_checkpoint": cfg.checkpoint or "shipped", "metrics": metrics,
-                                          "driving_source": source})
+        # cape/pck@t: the model used (fine-tuned or PoseAnything); cape/start_pck@t, cape/trivial_pck@t
+        summary.update({"cape/" + k.removeprefix("finetuned_").removeprefix("poseanything_"): v
+                        for k, v in a.items() if "_pck@" in k})
+    extra = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+             "base_checkpoint": cfg.checkpoint or "shipped", "metrics": metrics, "driving_source": source}
+    if start is None:  # PoseAnything, unchanged: a pointer to the official file
+        save_poseanything_pointer(out / "model.ckpt", cfg.checkpoint, extra)
+    else:
+        save_cape(out / "model.ckpt", model, extra)
     log_summary(logger, summary)
     log_images(logger, "cape/overlay_first_frame", [drawn[0].astype(np.float32) / 255.0])
     log_videos(logger, "cape/overlay", [out / "overlay.mp4"])

@@ -329,7 +329,7 @@ class CapeKeypoints:
 def _cape_keypoints(ctx: Any, background: float) -> CapeKeypoints:
     from dynapose4d import cape
 
-    model = cape.load_cape(ctx.artifact("cape", "model"))
+    model = cape.load_keypoint_model(ctx.artifact("cape", "model"))  # CAPEModel, or PoseAnything via its pointer
     model.eval()
     model.requires_grad_(False)
     img = ctx.scene.image
