@@ -1,4 +1,4 @@
-"""Orbit cameras and pinhole intrinsics (DESIGN §3, a contract).
+"""Orbit cameras and pinhole intrinsics (the contract of docs/cameras.md).
 
 World: right-handed, +y up, object centred at the origin inside the unit sphere.
 Cameras: 4x4 world-to-camera matrices in the OpenCV convention (x right, y down, z forward).

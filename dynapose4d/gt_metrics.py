@@ -1,7 +1,7 @@
 """What `dynapose4d eval` and the dynamic stage's report share when they score a 4D model against gt/.
 
-A gt/ folder (DESIGN §5) holds cameras.json, <camera>/000.png … and optionally keypoints3d.json; the project's
-own generator also writes keypoints2d.json with per-camera visibility flags (another generator need not: then
+A gt/ folder (docs/scene-folder.md) holds cameras.json, <camera>/000.png … and optionally keypoints3d.json; the
+project's own generator also writes keypoints2d.json with per-camera visibility flags (another generator need not: then
 every keypoint counts). Both callers render the gt cameras themselves and compute the image metrics; here are
 reading the folder, the keypoint metrics of one camera, and the averages over cameras:
   pck, pck_no_motion   PCK@threshold of the 3D tracks projected into the camera, normalised by the gt

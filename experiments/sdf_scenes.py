@@ -1,4 +1,4 @@
-"""Scenes from a second, independent generator: ray-marched, shaded capsule creatures (DESIGN §5 folders).
+"""Scenes from a second, independent generator: ray-marched, shaded capsule creatures (docs/scene-folder.md folders).
 
     .venv/bin/python experiments/sdf_scenes.py TEMPLATE --out DIR [--seed 0] [--frames 16] [--size 128]
     .venv/bin/python experiments/sdf_scenes.py --list
@@ -11,7 +11,7 @@ that the pipeline can be measured on scenes it has never seen, made another way:
     2×2 supersampling (anti-aliased alpha), not Gaussians;
   - appearance: one flat albedo per part, Lambertian light from above-front plus ambient light, so shading
     changes as parts turn (the Gaussian scenes carry bands and two-tone colours painted on the surface);
-  - cameras: its own look-at code written from the DESIGN §3 contract (not dynapose4d.cameras), and its own
+  - cameras: its own look-at code written from the docs/cameras.md contract (not dynapose4d.cameras), and its own
     camera sets and names: views/ = az072, az144, az216, az288 (elevation 10); gt/ = front (the reference
     view), az045, az110, az200 and el35_az300;
   - motion: sinusoidal joint angles over 60-85% of their period (the clip does not loop back to frame 0),
@@ -261,7 +261,7 @@ def render(prims: tuple[torch.Tensor, ...], cam: dict, size: int, light: np.ndar
 
 
 def make_scene(template: str, out: Path, seed: int = 0, frames: int = 16, size: int = 128) -> Path:
-    """Write a DESIGN §5 scene folder for `template` at `out` (atomically: a temporary folder renamed)."""
+    """Write a scene folder (docs/scene-folder.md) for `template` at `out` (atomically: a temporary folder renamed)."""
     rng = np.random.default_rng([seed, TEMPLATES.index(template) if template in TEMPLATES else 99])
     c = _creature(template, rng)
     taus = [f / max(frames - 1, 1) for f in range(frames)]

@@ -26,7 +26,7 @@ CALLS: list[tuple[str, bool]] = []  # (stage, ctx.resume) of every fake stage ca
 
 
 def write_tiny_scene(root: Path, size: int = 32, frames: int = 4) -> Path:
-    """A valid scene folder (DESIGN §5): RGBA disc image, 3 keypoints, camera.json and a short video."""
+    """A valid scene folder (docs/scene-folder.md): RGBA disc image, 3 keypoints, camera.json and a short video."""
     root.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     for f in range(frames):

@@ -1,4 +1,4 @@
-"""The camera convention of DESIGN §3, pinned."""
+"""The camera convention of docs/cameras.md, pinned."""
 
 import json
 import math

@@ -194,7 +194,7 @@ def test_cli_one_line_errors(tmp_path, capsys):
 
 
 def test_smoke_three_real_stages_then_render_eval_resume(tmp_path, capsys):
-    """configs/smoke.yaml: static -> cape -> dynamic on a tiny synthetic scene; the run folder of DESIGN §6;
+    """configs/smoke.yaml: static -> cape -> dynamic on a tiny synthetic scene; the run folder of docs/run-folder.md;
     render and eval on it; --resume then has nothing to do."""
     from dynapose4d.cli import main
     from dynapose4d.data.synthetic import write_scene

@@ -1,4 +1,4 @@
-"""Scene loading and validation (DESIGN §5): good scenes load as given or recentred, RGB images get their
+"""Scene loading and validation (docs/scene-folder.md): good scenes load as given or recentred, RGB images get their
 background removed, and every bad input is a one-line InputError naming the file. Scenes are written by hand."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The second scene generator (experiments/sdf_scenes.py: ray-marched shaded capsules, its own camera code)
-against the contracts: its cameras are DESIGN §3's, its scenes load, and its keypoints, 3D ground truth and
+against the contracts: its cameras are docs/cameras.md's, its scenes load, and its keypoints, 3D ground truth and
 images agree with each other through the project's own projection."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_scene_loads_and_its_ground_truth_is_consistent(scene):
     sc = load_scene(scene)
     assert sc.has_camera_json and sc.video is not None and sc.video.shape[0] == 3 and len(sc.views) == 4
     kp3 = torch.tensor(json.loads((scene / "gt" / "keypoints3d.json").read_text())["frames"], dtype=torch.float64)
-    assert kp3.norm(dim=-1).max() < 0.75 + 1e-6  # inside the unit sphere, as DESIGN §3 asks
+    assert kp3.norm(dim=-1).max() < 0.75 + 1e-6  # inside the unit sphere, as docs/cameras.md asks
     ref = sc.camera
     px = project(kp3[0], ref.viewmat(torch.float64), ref.K(48, 48, torch.float64))[0]
     torch.testing.assert_close(px.float(), sc.keypoints, atol=2e-3, rtol=0)  # keypoints.json = projected gt

@@ -1,4 +1,4 @@
-"""Scene folder loading and validation (DESIGN §5).
+"""Scene folder loading and validation (the contract users read: docs/scene-folder.md).
 
 `load_scene(path)` reads a scene folder and returns a validated `Scene`, or raises `InputError` with a one-line
 message that names the offending file and the problem. It never leaves anything behind (it writes nothing).
@@ -123,7 +123,7 @@ class Scene:
 
 
 def load_scene(path: str | Path) -> Scene:
-    """Load and validate the scene folder at `path` (DESIGN §5). Raises `InputError` (one line, naming the file)
+    """Load and validate the scene folder at `path` (docs/scene-folder.md). Raises `InputError` (one line, naming the file)
     on any bad input; see the module docstring for the files, recentring and background removal."""
     root = Path(path)
     if not root.exists():

@@ -1,4 +1,4 @@
-"""Synthetic articulated objects made of 3D Gaussians, with ground truth (DESIGN §5 scene folders).
+"""Synthetic articulated objects made of 3D Gaussians, with ground truth (scene folders of docs/scene-folder.md).
 
 An object is a seeded `Rig` (dynapose4d/data/rig.py: joints, capsules, sinusoidal joint-angle motion) whose
 capsules are covered with flat Gaussians (a closed surface), coloured per bone group with bands along the
@@ -447,7 +447,7 @@ def write_scene(
     size: int = 128,
     orbit_video: bool = False,
 ) -> Path:
-    """Write the scene folder of DESIGN §5 for the seeded object of `template`, atomically.
+    """Write the scene folder (docs/scene-folder.md) for the seeded object of `template`, atomically.
 
     Files: image.png (RGBA, frame 0, reference camera), keypoints.json (projection of the 3D keypoints at
     frame 0, skeleton, names), video/000.png ... (RGBA, reference camera), camera.json, views/ (frame 0 from

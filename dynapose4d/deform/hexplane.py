@@ -42,7 +42,7 @@ class HexPlaneConfig:
 def time_coordinate(tau: torch.Tensor, num_frames: int) -> torch.Tensor:
     """DreamGaussian4D's time coordinate for normalised time τ = f / (T − 1): t = (f / T − 0.5) · 2.
 
-    τ ∈ [0, 1] (DESIGN §3) is the project's time; the grids see DG4D's t, so frame 0 is at −1 and the last
+    τ ∈ [0, 1] (docs/cameras.md) is the project's time; the grids see DG4D's t, so frame 0 is at −1 and the last
     frame at 1 − 2/T. Any τ in between (e.g. for smooth videos) is interpolated."""
     f = tau * max(num_frames - 1, 0)
     return (f / max(num_frames, 1) - 0.5) * 2.0

@@ -1,4 +1,4 @@
-"""`rasterize()`: 3D Gaussian splatting with gsplat's semantics (DESIGN §4, a contract).
+"""`rasterize()`: 3D Gaussian splatting with gsplat's semantics (a contract; cameras as in docs/cameras.md).
 
 CUDA tensors go to `gsplat.rasterization(rasterize_mode="classic", packed=False)`; CPU tensors to the
 project's own backend (projection in torch, compositing in the compiled CPU kernel or pure torch).

@@ -1,4 +1,4 @@
-"""The rasterizer entry point (DESIGN §4)."""
+"""The rasterizer entry point (`rasterize()`, see dynapose4d.render)."""
 
 from __future__ import annotations
 
