@@ -370,7 +370,11 @@ def test_poseanything_adapter_and_checkpoint_routing(tmp_path, monkeypatch):
     b = evaluate_mp100(ds, support_copy_predictor(), 2, 3)
     assert a.per_sample == pytest.approx(b.per_sample, abs=1e-9) and calls
     assert calls[0][0] == (3, 3, 256, 256) and calls[0][3] == [[0, 1], [1, 2], [2, 3]]
-    # anything else: a clear one-line error; a missing file says so
+    # a dynapose4d pointer to an official file goes the same way; anything else: a clear one-line error
+    from dynapose4d.cape import save_poseanything_pointer
+
+    ptr = save_poseanything_pointer(tmp_path / "pointer.ckpt", ck)
+    assert load_predictor(ptr)[1] == "PoseAnything-stand-in pointer.ckpt" and len(built) == 2
     junk = tmp_path / "junk.pth"
     torch.save({"state_dict": {"head.w": torch.zeros(1)}}, junk)
     with pytest.raises(InputError, match="junk.pth: neither"):

@@ -432,34 +432,20 @@ def poseanything_predictor(model: Any, device: str | torch.device | None = None)
     return predict
 
 
-def load_predictor(checkpoint: str | Path | None, device: str = "cpu", trusted: bool = False
-                   ) -> tuple[Predictor, str]:
-    """(predictor, description) for `eval-cape --checkpoint`: None = the shipped graph model; an official
-    PoseAnything file (mmcv format, `dynapose4d.cape.poseanything.is_poseanything_state`) = PoseAnything, read
-    with weights_only (numpy in its meta allow-listed; `trusted` unpickles anything); otherwise a dynapose4d
-    CAPE checkpoint."""
-    from dynapose4d.cape import CHECKPOINT_FORMAT, SHIPPED_CHECKPOINT, load_cape
+def load_predictor(checkpoint: str | Path | None, device: str = "cpu") -> tuple[Predictor, str]:
+    """(predictor, description) for `eval-cape --checkpoint`, through `dynapose4d.cape.load_keypoint_model`:
+    None = the shipped graph model; a dynapose4d CAPE checkpoint = the graph model; an official PoseAnything
+    file (mmcv format), or a dynapose4d pointer to one = PoseAnything. Files are read with weights_only."""
+    from dynapose4d.cape import SHIPPED_CHECKPOINT, CAPEModel, load_keypoint_model
 
-    if checkpoint is None:
-        return graph_predictor(None, device), f"graph model {SHIPPED_CHECKPOINT.name}"
-    path = Path(checkpoint)
+    path = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
     if not path.is_file():
         raise MissingWeightsError(f"{path}: checkpoint not found")
-    from dynapose4d.cape import poseanything as pa
-
-    try:
-        data = pa.read_checkpoint_file(path, trusted)
-    except InputError:
-        data = None  # objects weights_only refuses: not an official file; a project checkpoint may still load
-    if data is not None and pa.is_poseanything_state(data):
-        model = pa.poseanything_from_checkpoint(data, path).to(device).eval()
-        del data
-        return poseanything_predictor(model, device), f"PoseAnything-{getattr(model, 'variant', '?')} {path.name}"
-    if data is not None and not (isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT):
-        raise InputError(f"{path}: neither a dynapose4d CAPE checkpoint nor an official PoseAnything checkpoint "
-                         "(mmcv format, 'state_dict' with 'backbone.*' / 'keypoint_head.*' keys)")
-    del data
-    return graph_predictor(load_cape(path), device), f"graph model {path.name}"
+    model = load_keypoint_model(path)
+    if isinstance(model, CAPEModel):
+        return graph_predictor(model, device), f"graph model {path.name}"
+    model = model.to(device).eval()
+    return poseanything_predictor(model, device), f"PoseAnything-{getattr(model, 'variant', '?')} {path.name}"
 
 
 # ------------------------------------------------------------------------------------------------ CLI
