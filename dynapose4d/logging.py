@@ -11,7 +11,8 @@ W&B: project/entity/mode from the config's `wandb:` section (where WANDB_MODE, W
 from the environment override the preset: `config.load_config`), group = run folder name (or `wandb.group`),
 job_type = stage, name = "<run>-<stage>", the resolved config as the W&B config; offline by default, the
 offline run lands in RUN/wandb/offline-run-*/ (upload later with `wandb sync RUN/wandb/offline-run-*`); an
-online run prints its URL.
+online run prints its URL. After the dynamic stage, RUN/export/ goes to W&B as an Artifact of type "model" from a
+run of its own in the same group (job_type "export": `log_export`).
 """
 
 from __future__ import annotations
