@@ -190,6 +190,9 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
     cams = _gt_cameras(gt_dir, protocol, gt.cameras)
     use_lpips = M.lpips_available()
     tracks = _read_tracks(model)
+    auto = model.manifest.get("inputs", {}).get("keypoints") == "auto"
+    if auto:  # keypoints made from the mask are not the gt's: their tracks cannot be compared
+        tracks = None
     kp_gt = gt.keypoints3d
 
     per_view: dict[str, dict[str, float | None]] = {}
@@ -218,7 +221,8 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
         "image_size": [C4D_SIZE, C4D_SIZE] if protocol == "consistent4d" else None,
         "lpips": "available" if use_lpips else "unavailable (no local weights)",
         "keypoints": "available" if tracks is not None and kp_gt is not None else
-        "unavailable (" + ("no dynamic/keypoints.json" if tracks is None else "no gt/keypoints3d.json") + ")",
+        "unavailable (" + ("automatic keypoints, not the gt's" if auto else "no dynamic/keypoints.json"
+                           if tracks is None else "no gt/keypoints3d.json") + ")",
         **summary,
     }
 

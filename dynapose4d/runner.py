@@ -142,8 +142,12 @@ class StageRunner:
         stages: Sequence[StageSpec] = DEFAULT_STAGES,
         command: str | None = None,
         echo: Callable[[str], None] = print,
+        video: str | Path | None = None,
+        keypoints: str | Path | None = None,
     ) -> None:
         self.scene_path = Path(scene)
+        self.video = video  # replaces the scene's video (mp4 or folder of frames); needed with a picture alone
+        self.keypoints = keypoints  # replaces the scene's keypoints.json; without either, automatic keypoints
         self.run_dir = Path(run_dir)
         self.cfg = config
         self.resume = resume
@@ -162,7 +166,7 @@ class StageRunner:
         if _rank() != 0:
             return self._follow()
         existing = self._check_folder()
-        scene = scene_io.load_scene(self.scene_path)
+        scene = scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
         fp = scene_fingerprint(scene)
         manifest = existing or {
             "version": MANIFEST_VERSION, "run_name": self.run_dir.name, "created": _now(), "stages": {},
@@ -175,12 +179,19 @@ class StageRunner:
             "image_size": [scene.width, scene.height],
             "num_frames": int(scene.video.shape[0]) if scene.video is not None else None,
             "seed": self.cfg.seed,
+            "inputs": {"video": None if self.video is None else str(Path(self.video).resolve()),
+                       "keypoints": "auto" if scene.auto_keypoints is not None
+                       else str(Path(scene.keypoints_path or self.scene_path / "keypoints.json").resolve())},
         })
         plan = self._plan(manifest, fp)
 
         created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config_atomic(self.cfg, self.run_dir / "config.yaml")
+        if scene.auto_keypoints is not None:  # the keypoints made from the mask, for the user to check or edit
+            write_auto_keypoints(scene, self.run_dir / "inputs")
+            self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
+                      f"{self.run_dir / 'inputs' / 'keypoints.json'} (edit it and pass --keypoints FILE to use yours)")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{_now()}  {self.command}\n")
@@ -329,7 +340,7 @@ class StageRunner:
         manifest = read_manifest(self.run_dir)
         if manifest is None:
             raise RuntimeError(f"{self.run_dir}: rank {_rank()} found no {MANIFEST}")
-        scene = scene_io.load_scene(self.scene_path)
+        scene = scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
         todo = [n for n in self.selected if manifest["stages"].get(n, {}).get("status") in ("running", "pending")]
         for i, name in enumerate(todo):
             if i > 0:  # rank zero writes the previous stage's outputs after training: wait until it is done
@@ -487,9 +498,30 @@ def save_config_atomic(cfg: RunConfig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_auto_keypoints(scene: Scene, folder: Path) -> None:
+    """FOLDER/keypoints.json (keypoints.json's format, in the pixels of the scene's image file) and
+    FOLDER/keypoints.png (them drawn on the image) of a scene's automatic keypoints."""
+    import torch
+
+    from dynapose4d.cape.overlay import draw_keypoints
+    from dynapose4d.io import over_background, read_image, write_image
+
+    auto = scene.auto_keypoints
+    assert auto is not None
+    write_text(folder / "keypoints.json", auto.to_text())
+    img = read_image(scene.image_path or scene.root / "image.png")  # [H, W, 3|4] the file, not recentred
+    rgb = over_background(img, 1.0) if img.shape[-1] == 4 else img
+    drawn = draw_keypoints(rgb, torch.from_numpy(auto.keypoints).float(), list(auto.skeleton), min_side=512,
+                           labels=True)
+    write_image(folder / "keypoints.png", drawn.astype("float32") / 255.0)
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The `dynapose4d run` command equivalent to `args` (written to RUN/command.txt)."""
     parts = ["dynapose4d", "run", str(args.scene), "--out", str(args.out)]
+    for flag in ("video", "keypoints"):
+        if getattr(args, flag, None):
+            parts += [f"--{flag}", str(getattr(args, flag))]
     if getattr(args, "config", None):
         parts += ["--config", str(args.config)]
     for ov in getattr(args, "overrides", []) or []:
@@ -533,6 +565,7 @@ def run_cli(args: argparse.Namespace) -> int:
         from dynapose4d.experiments import resolve_scene
 
         scene = resolve_scene(str(scene), os.environ.get("DYNAPOSE4D_SCENES", "runs/scenes"))
-    StageRunner(scene, args.out, cfg, resume=bool(args.resume), command=command_line(args)).run()
+    StageRunner(scene, args.out, cfg, resume=bool(args.resume), command=command_line(args),
+                video=getattr(args, "video", None), keypoints=getattr(args, "keypoints", None)).run()
     sys.stdout.flush()
     return 0

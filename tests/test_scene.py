@@ -310,7 +310,8 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
     "unreadable image": (lambda r: (r / "image.png").write_bytes(b"not a png"), "image.png", "unreadable"),
     "rgb, non-uniform background": (_rgb_noise_background, "image.png", "provide an RGBA image"),
     "empty alpha": (lambda r: iio.imwrite(r / "image.png", np.zeros((H, W, 4), np.uint8)), "image.png", "empty"),
-    "missing keypoints": (lambda r: (r / "keypoints.json").unlink(), "keypoints.json", "not found"),
+    "no keypoints.json, round object": (lambda r: (r / "keypoints.json").unlink(), "image.png",
+                                        "automatic keypoints"),  # the ellipse's medial axis is too short
     "malformed json": (lambda r: (r / "keypoints.json").write_text('{"keypoints": [[1, 2],'), "keypoints.json",
                        "malformed JSON"),
     "not an object": (lambda r: (r / "keypoints.json").write_text("[1, 2]"), "keypoints.json", "JSON object"),

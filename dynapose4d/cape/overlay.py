@@ -14,11 +14,13 @@ def keypoint_colours(n: int) -> list[tuple[int, int, int]]:
 
 
 def draw_keypoints(image: torch.Tensor, points: torch.Tensor, skeleton: list[tuple[int, int]],
-                   confidence: torch.Tensor | None = None, min_side: int = 256, low: float = 0.3) -> np.ndarray:
+                   confidence: torch.Tensor | None = None, min_side: int = 256, low: float = 0.3,
+                   labels: bool = False) -> np.ndarray:
     """Draw keypoints [N, 2] (pixels of `image`) and skeleton lines on an image [H, W, 3] in [0, 1].
 
     The image is enlarged (nearest neighbour, integer factor) until its shorter side is >= `min_side`.
-    Keypoints with confidence < `low` are drawn hollow. Returns uint8 [H', W', 3]."""
+    Keypoints with confidence < `low` are drawn hollow; `labels` writes each keypoint's index beside it.
+    Returns uint8 [H', W', 3]."""
     from PIL import Image, ImageDraw
 
     H, W = image.shape[:2]
@@ -41,4 +43,6 @@ def draw_keypoints(image: torch.Tensor, points: torch.Tensor, skeleton: list[tup
             d.ellipse(box, outline=cols[k], width=max(1, f // 2))
         else:
             d.ellipse(box, fill=cols[k], outline=(0, 0, 0))
+        if labels:
+            d.text((x + r + 1, y - r - 1), str(k), fill=(0, 0, 0), stroke_width=2, stroke_fill=(255, 255, 255))
     return np.asarray(im)

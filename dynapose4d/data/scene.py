@@ -9,6 +9,8 @@ Files:
   keypoints.json  {"keypoints": [[x, y] | [x, y, v], ...] pixels, "skeleton": [[i, j], ...], "names": [...]}.
                   "names" is optional (default kp00, kp01, ...). A third entry v is a visibility flag: v > 0 is
                   accepted, v = 0 (invisible) is an error, since the support keypoints must all be visible.
+                  Optional: without it the keypoints and a tree skeleton are made from the mask's medial axis
+                  (`dynapose4d.data.auto_keypoints`, kept in `Scene.auto_keypoints` so the run can write them).
   video/000.png … driving frames, sorted by the number in their names (png/jpg). Preferred over video.mp4 when
   video.mp4       both exist. RGB frames (and every mp4 frame) get the same background removal as image.png.
   camera.json     reference camera. Without it the default reference camera is used and the scene is recentred.
@@ -17,6 +19,10 @@ Files:
                   keypoints3d.json of [T][N][3] with this scene's N and the gt frame count T), so that a broken
                   gt/ stops the run before training and not when a stage evaluates; its path is kept
                   (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none.
+
+A picture alone (png/jpg, `load_scene(picture, video=...)`) is a scene with only image.png: no camera.json,
+views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
+`keypoints`: a keypoints.json file, also accepted for a folder, where they replace the folder's own files).
 
 Recentring (no camera.json, the DreamGaussian convention): image, keypoints and every video frame go through one
 2D similarity (one bilinear resample, antialiased when shrinking; output size = input size) that puts the centre
@@ -55,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from dynapose4d.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.errors import InputError
 from dynapose4d.gt_metrics import gt_frame_files, load_gt
 from dynapose4d.io import read_image, read_video
@@ -105,6 +112,10 @@ class Scene:
     views: list[tuple[Camera, torch.Tensor]] = field(default_factory=list)  # (camera, [H, W, 4]) extra views
     gt_dir: Path | None = None  # scene/gt when present (eval only)
     recentring: Recentring | None = None  # the transform applied to the scene files (None: used as given)
+    image_path: Path | None = None  # the image file read (root/image.png, or the picture given alone)
+    keypoints_path: Path | None = None  # the keypoints file read; None when the keypoints are automatic
+    auto_keypoints: AutoKeypoints | None = None  # automatic keypoints in the image file's pixels (no keypoints file)
+    gt_keypoints: bool = False  # gt/keypoints3d.json holds this scene's keypoints (False for automatic keypoints)
 
     @property
     def height(self) -> int:
@@ -122,46 +133,78 @@ class Scene:
 # ------------------------------------------------------------------------------------------------ public
 
 
-def load_scene(path: str | Path) -> Scene:
-    """Load and validate the scene folder at `path` (docs/scene-folder.md). Raises `InputError` (one line, naming the file)
-    on any bad input; see the module docstring for the files, recentring and background removal."""
+def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None) -> Scene:
+    """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png/jpg) given alone. Raises
+    `InputError` (one line, naming the file) on any bad input; see the module docstring for the files,
+    recentring and background removal.
+
+    `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
+    file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
+    and skeleton are made from the mask (`dynapose4d.data.auto_keypoints`) and kept in `Scene.auto_keypoints`."""
     root = Path(path)
     if not root.exists():
-        raise InputError(f"{root}: scene folder not found")
-    if not root.is_dir():
-        raise InputError(f"{root}: a scene must be a folder (with image.png and keypoints.json)")
-    image_path = root / "image.png"
-    if not image_path.is_file():
-        raise InputError(f"{image_path}: file not found (a scene needs image.png)")
+        raise InputError(f"{root}: scene folder or picture not found")
+    picture = root.is_file()
+    if picture:
+        if root.suffix.lower() not in _IMAGE_SUFFIXES:
+            raise InputError(f"{root}: not a picture (png/jpg) nor a scene folder (a folder with image.png)")
+        image_path, root = root, root.parent
+    elif not root.is_dir():
+        raise InputError(f"{root}: a scene must be a folder (with image.png) or a picture (png/jpg)")
+    else:
+        image_path = root / "image.png"
+        if not image_path.is_file():
+            raise InputError(f"{image_path}: file not found (a scene needs image.png)")
     image = _read_rgba(image_path)  # [H, W, 4]
     H, W = image.shape[:2]
     if H < MIN_SIZE or W < MIN_SIZE:
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
-    keypoints, skeleton, names = _read_keypoints(root / "keypoints.json", W, H)
-    video = _read_video(root, H, W)
+    kp_path = Path(keypoints) if keypoints is not None else (None if picture else root / "keypoints.json")
+    auto = None
+    if kp_path is not None and (keypoints is not None or kp_path.exists()):
+        kps, skeleton, names = _read_keypoints(kp_path, W, H, image_path.name)
+    else:
+        auto = _auto_keypoints(image, image_path)
+        kps, skeleton, names = torch.tensor(auto.keypoints, dtype=torch.float32), list(auto.skeleton), list(auto.names)
+    if video is not None:
+        vid = _read_video_path(Path(video), H, W, image_path.name)
+    else:
+        vid = None if picture else _read_video(root, H, W)
 
-    has_camera = (root / "camera.json").exists()
+    has_camera = not picture and (root / "camera.json").exists()
     camera = load_camera(root / "camera.json") if has_camera else REFERENCE_CAMERA
     views_dir, gt_dir = root / "views", root / "gt"
-    if not has_camera:
+    if not has_camera and not picture:
         for d, what in ((views_dir, "views/"), (gt_dir, "gt/")):
             if d.exists():
                 raise InputError(f"{d}: {what} needs camera.json (the reference camera it is aligned with); "
                                  "without it the scene is recentred and would no longer match")
-    views = _read_views(views_dir, H, W) if views_dir.exists() else []
-    has_gt = gt_dir.exists() and (not gt_dir.is_dir() or any(gt_dir.iterdir()))  # an empty gt/ counts as none
-    if has_gt:
-        _check_gt(gt_dir, int(keypoints.shape[0]))
+    views = _read_views(views_dir, H, W) if not picture and views_dir.exists() else []
+    # an empty gt/ counts as none
+    has_gt = not picture and gt_dir.exists() and (not gt_dir.is_dir() or any(gt_dir.iterdir()))
+    gt_keypoints = False
+    if has_gt:  # automatic keypoints are not the gt's: their tracks are not compared with gt/keypoints3d.json
+        gt_keypoints = _check_gt(gt_dir, int(kps.shape[0]), check_keypoints=auto is None)  # False for auto
 
     recentring = None
     if not has_camera:
-        recentring = recentring_of(image, keypoints, video, fill=FILL)
-        image, keypoints, video = apply_recentring(recentring, image, keypoints, video)
+        recentring = recentring_of(image, kps, vid, fill=FILL)
+        image, kps, vid = apply_recentring(recentring, image, kps, vid)
     return Scene(
-        root=root, image=image.contiguous(), keypoints=keypoints, skeleton=skeleton, names=names, camera=camera,
-        has_camera_json=has_camera, video=None if video is None else video.contiguous(), views=views,
-        gt_dir=gt_dir if has_gt else None, recentring=recentring,
+        root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
+        has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
+        gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
+        keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
     )
+
+
+def _auto_keypoints(image: torch.Tensor, image_path: Path) -> AutoKeypoints:
+    """Keypoints from the mask of `image` [H, W, 4] (pixels of the file); a mask without enough object is an
+    InputError naming the file."""
+    try:
+        return auto_keypoints(image[..., 3].numpy() > 0.5)
+    except ValueError as e:
+        raise InputError(f"{image_path}: no keypoints.json, and automatic keypoints failed: {e}") from None
 
 
 def remove_background(rgb: torch.Tensor, threshold: float = BG_THRESHOLD, uniform: float = BORDER_UNIFORM
@@ -382,12 +425,13 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _read_keypoints(path: Path, W: int, H: int) -> tuple[torch.Tensor, list[tuple[int, int]], list[str]]:
+def _read_keypoints(path: Path, W: int, H: int, image_name: str = "image.png"
+                    ) -> tuple[torch.Tensor, list[tuple[int, int]], list[str]]:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object with 'keypoints' and 'skeleton', got {type(data).__name__}")
     if "keypoints" not in data:
-        raise InputError(f"{path}: missing 'keypoints' (a list of [x, y] pixel positions on image.png)")
+        raise InputError(f"{path}: missing 'keypoints' (a list of [x, y] pixel positions on {image_name})")
     kps = data["keypoints"]
     if not isinstance(kps, list) or len(kps) == 0:
         raise InputError(f"{path}: 'keypoints' must be a non-empty list of [x, y] pixel positions")
@@ -399,10 +443,10 @@ def _read_keypoints(path: Path, W: int, H: int) -> tuple[torch.Tensor, list[tupl
             raise InputError(f"{path}: keypoint {i} is not finite: {p}")
         if len(p) == 3 and p[2] <= 0:
             raise InputError(f"{path}: keypoint {i} has visibility v={p[2]}; the support keypoints must all be "
-                             "visible on image.png (remove it, or give it v > 0)")
+                             f"visible on {image_name} (remove it, or give it v > 0)")
         x, y = float(p[0]), float(p[1])
         if not (0.0 <= x <= W and 0.0 <= y <= H):
-            raise InputError(f"{path}: keypoint {i} at ({x:g}, {y:g}) is outside image.png ({W}x{H} pixels)")
+            raise InputError(f"{path}: keypoint {i} at ({x:g}, {y:g}) is outside {image_name} ({W}x{H} pixels)")
         pts.append((x, y))
     N = len(pts)
     if "skeleton" not in data:
@@ -451,13 +495,23 @@ def _frame_files(folder: Path) -> list[Path]:
 
 
 def _read_video(root: Path, H: int, W: int) -> torch.Tensor | None:
+    """A scene folder's video/ (preferred) or video.mp4, or None."""
     folder, mp4 = root / "video", root / "video.mp4"
     if folder.exists():
-        if not folder.is_dir():
-            raise InputError(f"{folder}: expected a folder of frames (000.png, 001.png, ...)")
-        files = _frame_files(folder)
+        return _read_video_path(folder, H, W)
+    if mp4.exists():
+        return _read_video_path(mp4, H, W)
+    return None
+
+
+def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") -> torch.Tensor:
+    """Frames RGBA [T, H, W, 4] of a folder of numbered frames or of an mp4 file, each the image's size."""
+    if not path.exists():
+        raise InputError(f"{path}: video not found (an mp4 file or a folder of frames 000.png, 001.png, ...)")
+    if path.is_dir():
+        files = _frame_files(path)
         if not files:
-            raise InputError(f"{folder}: the video has 0 frames (no 000.png, 001.png, ...)")
+            raise InputError(f"{path}: the video has 0 frames (no 000.png, 001.png, ...)")
         frames = []
         first: tuple[int, int] | None = None
         for f in files:
@@ -469,15 +523,15 @@ def _read_video(root: Path, H: int, W: int) -> torch.Tensor | None:
                 raise InputError(f"{f}: video frames of different sizes: {size[1]}x{size[0]}, "
                                  f"but {files[0].name} is {first[1]}x{first[0]}")
             if size != (H, W):
-                raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but image.png is {W}x{H}")
+                raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but {image_name} is {W}x{H}")
             frames.append(_to_rgba(img, f))
         return torch.stack(frames)  # [T, H, W, 4]
-    if mp4.exists():
-        vid = read_video(mp4)  # [T, H, W, 3]; InputError when unreadable or 0 frames
-        if tuple(vid.shape[1:3]) != (H, W):
-            raise InputError(f"{mp4}: video frames are {vid.shape[2]}x{vid.shape[1]} but image.png is {W}x{H}")
-        return torch.stack([_to_rgba(vid[t], f"{mp4} (frame {t})") for t in range(vid.shape[0])])
-    return None
+    if path.name == "video" and not path.suffix:
+        raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
+    vid = read_video(path)  # [T, H, W, 3]; InputError when unreadable or 0 frames
+    if tuple(vid.shape[1:3]) != (H, W):
+        raise InputError(f"{path}: video frames are {vid.shape[2]}x{vid.shape[1]} but {image_name} is {W}x{H}")
+    return torch.stack([_to_rgba(vid[t], f"{path} (frame {t})") for t in range(vid.shape[0])])
 
 
 def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor]]:
@@ -496,8 +550,10 @@ def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor
     return views
 
 
-def _check_gt(folder: Path, num_keypoints: int) -> None:
-    """Validate a gt/ folder's structure without reading its images (see the module docstring)."""
+def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) -> bool:
+    """Validate a gt/ folder's structure without reading its images (see the module docstring). Returns whether
+    gt/keypoints3d.json exists and holds the scene's keypoints: with `check_keypoints` a count other than
+    `num_keypoints` is an error; without (automatic keypoints, which are not the gt's) it is False."""
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder with cameras.json and one folder of frames per camera")
     gt = load_gt(folder)
@@ -505,8 +561,10 @@ def _check_gt(folder: Path, num_keypoints: int) -> None:
     if len(set(counts.values())) > 1:
         raise InputError(f"{folder}: gt cameras have different frame counts {counts}")
     kp = gt.keypoints3d
-    if kp is not None:
-        T = next(iter(counts.values()))
-        if kp.shape[1] != num_keypoints or kp.shape[0] != T:
-            raise InputError(f"{folder / 'keypoints3d.json'}: {kp.shape[0]} frames of {kp.shape[1]} keypoints, but the "
-                             f"gt cameras have {T} frames and keypoints.json has {num_keypoints} keypoints")
+    if kp is None:
+        return False
+    T = next(iter(counts.values()))
+    if kp.shape[0] != T or (check_keypoints and kp.shape[1] != num_keypoints):
+        raise InputError(f"{folder / 'keypoints3d.json'}: {kp.shape[0]} frames of {kp.shape[1]} keypoints, but the "
+                         f"gt cameras have {T} frames and keypoints.json has {num_keypoints} keypoints")
+    return check_keypoints

@@ -285,7 +285,7 @@ def _run_poseanything(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
 def _artifacts(scene: Any) -> dict[str, str]:
     arts = {"model": "cape/model.ckpt", "driving_keypoints": "cape/driving_keypoints.json",
             "overlay": "cape/overlay.mp4"}
-    if scene.gt_dir is not None:
+    if scene.gt_dir is not None and getattr(scene, "auto_keypoints", None) is None:  # auto: not the gt's keypoints
         arts["metrics"] = "cape/metrics.json"
     return arts
 
@@ -354,7 +354,7 @@ def write_outputs(ctx: Any, cfg: CapeStageConfig, model: Any, start: CAPEModel |
     summary: dict[str, Any] = {"cape/seconds": round(seconds, 1), "cape/driving_frames": int(frames.shape[0]),
                                "cape/mean_confidence": float(conf.mean())}
     metrics: dict[str, Any] = {}
-    if scene.gt_dir is not None:
+    if scene.gt_dir is not None and getattr(scene, "auto_keypoints", None) is None:  # auto: not the gt's keypoints
         metrics = evaluate_scene_gt(scene, {"start": start, "finetuned": model} if start is not None
                                     else {"poseanything": model})
         write_json(out / "metrics.json", metrics)

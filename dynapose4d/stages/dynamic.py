@@ -539,7 +539,8 @@ def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, l
     gt_dir = getattr(scene, "gt_dir", None)
     if cfg.evaluate and gt_dir is not None and Path(gt_dir).is_dir():
         with torch.no_grad():
-            metrics = evaluate_4d(module.canonical, module.phi, gt_dir, tracks, scene.camera, cfg.background)
+            gt_tracks = tracks if getattr(scene, "auto_keypoints", None) is None else None  # auto: not the gt's
+            metrics = evaluate_4d(module.canonical, module.phi, gt_dir, gt_tracks, scene.camera, cfg.background)
         write_json(out / "metrics.json", metrics)
         log_summary(logger, {f"dynamic/{k}": v for k, v in flat_metrics(metrics).items()})
     return metrics
