@@ -88,6 +88,8 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
     local = Path(model).expanduser()
     if local.exists() and not (local / "model_index.json").is_file():
         raise _missing(model, f"{local} has no model_index.json")
+    if not local.exists() and (model.startswith(("/", ".", "~")) or model.count("/") != 1):  # a path, not an id
+        raise _missing(model, f"no folder {local}")
     src = str(local) if local.exists() else model
     kwargs = dict(torch_dtype=dtype, local_files_only=local.exists() or _offline())
     try:

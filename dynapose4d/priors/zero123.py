@@ -1,7 +1,8 @@
 """Zero-1-to-3 (Liu et al. 2023) as a novel-view score-distillation prior, assembled from diffusers and
 transformers parts (no custom pipeline code is executed).
 
-A Zero-1-to-3 folder in the diffusers layout (e.g. `ashawkey/zero123-xl-diffusers`, DreamGaussian's default):
+A Zero-1-to-3 folder in the diffusers layout (`ashawkey/zero123-xl-diffusers`, DreamGaussian's default, or
+`ashawkey/stable-zero123-diffusers`, the same layout; `ZERO123_FILES` are the files read):
   unet/                    UNet2DConditionModel with 8 input channels (noisy latents + reference latents)
   vae/                     AutoencoderKL
   image_encoder/           CLIPVisionModelWithProjection (its `image_embeds` condition the UNet)
@@ -47,6 +48,8 @@ from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timestep
 
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 PARTS = ("unet", "vae", "image_encoder", "scheduler", "clip_camera_projection")
+#: What the loader reads (glob patterns, as `hf download --include` and snapshot_download's allow_patterns take).
+ZERO123_FILES = ("model_index.json", *[f"{p}/*" for p in PARTS], "feature_extractor/*")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -82,7 +85,8 @@ class Zero123Config:
 def _missing(model: str, why: str) -> MissingWeightsError:
     return MissingWeightsError(
         f"Zero-1-to-3 weights '{model}' are not available locally ({why}). On a machine with internet run "
-        f"`hf download {DEFAULT_ZERO123_MODEL} --local-dir DIR`, copy DIR here and pass "
+        f"`hf download {DEFAULT_ZERO123_MODEL} {' '.join(f'--include {p!r}' for p in ZERO123_FILES)} "
+        f"--local-dir DIR`, copy DIR here and pass "
         f"`--set zero123.path=DIR` (used by every stage); or train without it: `--set static.prior=views` "
         f"(needs SCENE/views/) or `--set static.prior=none`, and dynamic.lambda_sds=0"
     )
@@ -99,13 +103,15 @@ def resolve_zero123(model: str, local_only: bool = False) -> Path:
     local = Path(model).expanduser()
     if local.exists():
         root = local
+    elif model.startswith(("/", ".", "~")) or model.count("/") != 1:  # a path, not a Hugging Face id
+        raise _missing(model, f"no folder {local}")
     else:
         try:
             from huggingface_hub import snapshot_download
 
             root = Path(snapshot_download(
                 model, local_files_only=local_only or _offline(),
-                allow_patterns=["model_index.json", *[f"{p}/*" for p in PARTS], "feature_extractor/*"],
+                allow_patterns=list(ZERO123_FILES),
             ))
         except Exception as e:  # not cached / offline / unknown repo / network
             raise _missing(model, (str(e).splitlines()[0][:120] if str(e) else type(e).__name__)) from None
@@ -176,8 +182,13 @@ class Zero123Prior:
 
     @classmethod
     def from_config(cls, cfg: Zero123Config, device: torch.device | str = "cpu") -> Zero123Prior:
-        """The prior `cfg` describes (weights from `cfg.path` or `cfg.model`), on `device`."""
-        return cls.from_pretrained(cfg.source, device=device, fp16=cfg.fp16, size=cfg.size, kind=cfg.resolved_kind())
+        """The prior `cfg` describes (weights from `cfg.path` or `cfg.model`), on `device`. With kind "auto" one
+        line says which camera embedding the model's name chose."""
+        kind = cfg.resolved_kind()
+        if cfg.kind == "auto":
+            print(f"[zero123] camera embedding: {kind} (auto, from the name '{Path(cfg.source).name}'; "
+                  f"set zero123.kind to choose)", flush=True)
+        return cls.from_pretrained(cfg.source, device=device, fp16=cfg.fp16, size=cfg.size, kind=kind)
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_ZERO123_MODEL, device: torch.device | str = "cpu",
