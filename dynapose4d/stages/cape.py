@@ -233,7 +233,10 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     scene = ctx.scene
     for group in coincident_keypoints(scene.keypoints, COINCIDENT_FRACTION * max(scene.width, scene.height)):
         names = ", ".join(scene.names[i] for i in group)
-        warnings.warn(f"{scene.root / 'keypoints.json'}: keypoints {names} are within "
+        source = getattr(scene, "keypoints_path", None) or ("the automatic keypoints (RUN/inputs/keypoints.json)"
+                                                            if getattr(scene, "auto_keypoints", None) is not None
+                                                            else scene.root / "keypoints.json")
+        warnings.warn(f"{source}: keypoints {names} are within "
                       f"{COINCIDENT_FRACTION:.0%} of the image size of each other; one image cannot tell them "
                       "apart, so CAPE will confuse them where they separate", stacklevel=2)
     dev = _render_device(ctx)
