@@ -146,3 +146,31 @@ def test_dynamic_stage_frees_its_prior(tiny_zero123, tmp_path, monkeypatch):
                                 orbit_frames=2, evaluate=False)
     dynamic.run(ctx, cfg)
     assert len(refs) == 1 and refs[0]() is None
+
+
+def test_dynamic_sds_renders_the_padded_square(tmp_path):
+    """A non-square driving video (24 x 16): the dynamic stage's SDS renders are square (24 x 24) with the field
+    of view of the padded square, as the prior's padded reference (the geometry: test_zero123's
+    test_square_fov_sees_the_padded_reference). Before the fix they were 24 x 16 renders that the prior squeezed."""
+    from dynamic_helpers import perfect_static
+
+    from dynapose4d.cameras import Camera
+    from dynapose4d.deform import build_deformation
+    from dynapose4d.gaussians import load_ply
+    from dynapose4d.stages.dynamic import DynamicConfig, DynamicGaussianModule
+
+    seen: list[torch.Tensor] = []
+
+    def sds_fn(images, frames, d_elev, d_azim, progress):
+        seen.append(images.detach())
+        return images.mean()
+
+    canonical = load_ply(perfect_static(make_object("lamp", 1, 2), tmp_path / "run"))
+    cfg = DynamicConfig(lambda_rgb=0.0, lambda_alpha=0.0, lambda_kml=0.0, lambda_scl=0.0, lambda_sds=1.0,
+                        sds_elevation_range=[0.0, 0.0])
+    phi = build_deformation("hexplane", canonical.means, 2, cfg.hexplane)
+    cam = Camera("ref", 0.0, 0.0, 2.5, 40.0)
+    module = DynamicGaussianModule(cfg, canonical, phi, torch.rand(2, 24, 16, 4), cam, sds_fn=sds_fn)
+    module.log_dict = lambda *a, **k: None
+    module.training_step(torch.tensor([0, 1]), 0)
+    assert len(seen) == 1 and seen[0].shape == (2, 3, 24, 24)

@@ -129,7 +129,7 @@ def resolve_prior(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> tu
     if cfg.prior != "auto":
         return cfg.prior, "static.prior"
     if scene.views:
-        return "views", f"auto: the scene has views/ ({len(scene.views)} images)"
+        return "views", f"auto: the scene has {len(scene.views)} images in views/"
     from dynapose4d.priors.zero123 import find_local_zero123
 
     root = find_local_zero123(zero123)
