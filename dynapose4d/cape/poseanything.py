@@ -100,6 +100,11 @@ def point_embedding(points: torch.Tensor) -> torch.Tensor:
     return torch.cat([_sine(points[..., 1] * (2 * math.pi)), _sine(points[..., 0] * (2 * math.pi))], -1)
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 (autocast) -> float32; other dtypes unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     x = x.clamp(0, 1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
@@ -244,7 +249,7 @@ class ProposalGenerator(nn.Module):
         """kp [B, N, d], memory [B, h*w, d] -> (similarity [B, N, h, w], global [B, N, 2], local [B, N, 2])."""
         fs, fq = self.support_proj(kp), self.query_proj(memory)
         fs = (torch.tanh(self.dynamic_proj(fs)) + 1) * fs
-        sim = fs @ fq.transpose(1, 2)  # [B, N, h*w]
+        sim = _full(fs @ fq.transpose(1, 2))  # [B, N, h*w]; coordinates in full precision under autocast
         ys = (torch.arange(h, device=sim.device, dtype=sim.dtype) + 0.5) / h
         xs = (torch.arange(w, device=sim.device, dtype=sim.dtype) + 0.5) / w
         cells = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(-1, 2)  # [h*w, 2]
@@ -356,15 +361,15 @@ class PoseAnything(nn.Module):
         dec_ignore = kp_ignore.clone()
         dec_ignore[:, 0] &= ~kp_ignore.all(-1)
         dec = tr.decoder
-        q, ref = kp, local
+        q, ref = kp, local  # reference points and outputs stay float32 under autocast
         refs, outs, unnormed, normed = [local], [], [], []
         for l, layer in enumerate(dec.layers):
             qpos = dec.ref_point_head(point_embedding(ref))
             q = layer(q, qpos, mem, pos, dec_ignore, adj, valid)
             qn = dec.norm(q)
             inv = inverse_sigmoid(ref)
-            outs.append(torch.sigmoid(head.kpt_branch[l](qn) + inv))
-            ref = torch.sigmoid(inv + head.kpt_branch[l](q))
+            outs.append(torch.sigmoid(_full(head.kpt_branch[l](qn)) + inv))
+            ref = torch.sigmoid(inv + _full(head.kpt_branch[l](q)))
             refs.append(ref)
             unnormed.append(q)
             normed.append(qn)
@@ -625,5 +630,5 @@ def predict_prepared(support: PoseAnythingSupport, query_images: torch.Tensor,
     bx = object_boxes(q) if boxes is None else torch.as_tensor(boxes, dtype=torch.float32).reshape(B, 4)
     frame = CropFrame.from_boxes(bx, W, H).to(p.device)
     out = model.forward_tokens(normalize_images(frame.warp(q)), support.tokens, support.valid, support.adjacency)
-    pts = frame.from_input(out[-1] * INPUT_SIZE) + 0.5  # [B, N, 2] image px
+    pts = frame.from_input(_full(out[-1]) * INPUT_SIZE) + 0.5  # [B, N, 2] image px
     return pts, torch.ones(pts.shape[:2], device=pts.device, dtype=pts.dtype)
