@@ -99,7 +99,9 @@ def test_offline_runs_have_config_losses_media_and_summary(tmp_path):
     for r in runs:
         s = summarize_run(r)
         by_stage[s["run"]["job_type"]] = (r, s)
-    assert set(by_stage) == {"static", "cape", "dynamic"}
+    assert set(by_stage) == {"static", "cape", "dynamic", "export"}
+    _r, s = by_stage.pop("export")
+    assert s["run"]["group"] == "myrun" and s["run"]["name"] == "myrun-export"
     for stage, (_r, s) in by_stage.items():
         assert s["run"]["group"] == "myrun" and s["run"]["name"] == f"myrun-{stage}"
         assert s["config"]["stage"] == stage
