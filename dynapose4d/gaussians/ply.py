@@ -1,8 +1,9 @@
 """Standard 3DGS PLY (binary little-endian): x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3.
 
-The layout of the original 3DGS code and of `gsplat.export_splats(format="ply")`: raw parameters (log
-scales, logit opacity, SH coefficients), `f_rest_*` channel-major ([3, K] flattened). Opens in common
-splat viewers. Round trip is exact (float32).
+The layout of the original 3DGS code (`gsplat.export_splats(format="ply")`, which `dynapose4d export` uses,
+writes the same without the zero normals nx ny nz; `load_ply` reads both): raw parameters (log scales, logit
+opacity, SH coefficients), `f_rest_*` channel-major ([3, K] flattened). Opens in common splat viewers. Round
+trip is exact (float32).
 """
 
 from __future__ import annotations
