@@ -83,16 +83,18 @@ class WindowAttention(nn.Module):
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).reshape(Bw, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [Bw, heads, n, hd]
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)  # [Bw, heads, n, n]
-        attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        # logits = cos(q, k) * exp(min(logit_scale, ln 100)) + 16 sigmoid(cpb) (+ shift mask)
+        q = F.normalize(q, dim=-1) * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        k = F.normalize(k, dim=-1)
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.heads)  # [(2w-1)², heads]
         pb = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # [heads, n, n]
-        attn = attn + 16 * torch.sigmoid(pb)[None]
+        bias = (16 * torch.sigmoid(pb))[None].to(q.dtype)  # [1, heads, n, n]
         if mask is not None:
             nW = mask.shape[0]
-            attn = (attn.view(Bw // nW, nW, self.heads, n, n) + mask[None, :, None]).view(Bw, self.heads, n, n)
-        attn = attn.softmax(-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(Bw, n, C))
+            bias = (bias[None] + mask[None, :, None].to(q.dtype)).expand(Bw // nW, -1, -1, -1, -1)
+            bias = bias.reshape(Bw, self.heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # [Bw, heads, n, hd]
+        return self.proj(out.transpose(1, 2).reshape(Bw, n, C))
 
 
 class Mlp(nn.Module):
