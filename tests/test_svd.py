@@ -115,8 +115,9 @@ class FakeSVDPipe:
         self.me = self
 
     def __call__(self, image, **kw):
-        import numpy as np
         from types import SimpleNamespace
+
+        import numpy as np
 
         self.calls.append({"image": image, **kw})
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, h, w]
@@ -165,12 +166,13 @@ def test_generated_video_is_regenerated_when_its_inputs_change(tmp_path, monkeyp
 def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     """A scene without a video: the dynamic stage returns the generated frames as the `driving_video` artifact
     (so the manifest lists it) and writes their hash to its summary (the manifest's metrics)."""
+    from dynamic_helpers import perfect_static
+
     from dynapose4d.config import TrainerConfig, WandbConfig
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import make_object, write_scene
     from dynapose4d.stages import dynamic
     from dynapose4d.stages.base import StageContext
-    from dynamic_helpers import perfect_static
 
     monkeypatch.setattr(svd, "load_svd_pipeline", lambda *a, **k: FakeSVDPipe(fade=0.05))
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=1, size=24)
@@ -180,7 +182,8 @@ def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     scene = load_scene(root)
     assert scene.video is None
     perfect_static(make_object("lamp", 1, 1), tmp_path / "run")
-    ctx = StageContext(scene=scene, run_dir=tmp_path / "run", artifacts={"static": {"gaussians": "static/gaussians.ply"}},
+    ctx = StageContext(scene=scene, run_dir=tmp_path / "run",
+                       artifacts={"static": {"gaussians": "static/gaussians.ply"}},
                        trainer=TrainerConfig(accelerator="cpu", progress_bar=False), wandb=WandbConfig(enabled=False))
     cfg = dynamic.DynamicConfig(steps=1, lambda_kml=0.0, lambda_scl=0.0, orbit_frames=2, evaluate=False)
     cfg.svd.num_frames, cfg.svd.width, cfg.svd.height = 3, 32, 32

@@ -231,7 +231,8 @@ def test_square_fov_sees_the_padded_reference() -> None:
         torch.testing.assert_close(uv_sq, uv + torch.tensor([box.left, box.top], dtype=uv.dtype), atol=1e-4,
                                    rtol=0)
     x, box = pad_to_aspect(torch.zeros(1, 3, 5, 8), 1.0)
-    assert x.shape == (1, 3, 8, 8) and (box.top, box.left) == (1, 0) and x[0, :, 0].min() == 1 and x[0, :, 6:].min() == 1
+    assert x.shape == (1, 3, 8, 8) and (box.top, box.left) == (1, 0)
+    assert x[0, :, 0].min() == 1 and x[0, :, 6:].min() == 1  # white rows above and below
 
 
 def test_one_zero123_setting_reaches_both_stages(tmp_path, tiny_zero123, monkeypatch) -> None:
