@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 export OMP_WAIT_POLICY ?= PASSIVE  # no OpenMP spin-waiting on shared CPUs (see dynapose4d/__init__.py)
 
-.PHONY: help setup demo test test-slow test-gpu bench bench-gpu lint format train-cape clean
+.PHONY: help setup demo test test-slow test-full-size test-gpu bench bench-gpu lint format train-cape clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: setup ## unit + smoke tests on CPU (< 10 min; excludes slow and gpu)
 
 test-slow: setup ## the slow tests (quality floors on longer runs)
 	$(BIN)/python -m pytest -q -m "slow and not gpu"
+
+test-full-size: setup ## Zero-1-to-3 XL, SVD and PoseAnything at full size (random weights, cached in ~/.cache/dynapose4d/full_size, ~18 GB) through configs/default.yaml on the CPU: time and peak memory per stage
+	$(BIN)/python -m pytest -q -m slow tests/test_full_size.py -s
 
 test-gpu: setup ## the gpu-marked tests (need CUDA)
 	$(BIN)/python -m pytest -q -m gpu

@@ -1,0 +1,206 @@
+"""The paper's models at their real sizes through configs/default.yaml's code path (`make test-full-size`).
+
+Zero-1-to-3 XL and Stable Video Diffusion img2vid are built at full size from their published configurations
+with random weights (tests/full_size_models.py), saved in the diffusers layout and cached; PoseAnything SwinV2-T
+is written as the official mmcv checkpoint file when the cape stage can run it (`cape.arch`). A synthetic scene
+with only an image and keypoints (no video, no views/, no ground truth) then runs through
+`dynapose4d run ... --config configs/default.yaml` stage by stage on the CPU, with overrides only for step counts,
+model files, the accelerator and SVD's generation size:
+  static   2 steps, Zero-1-to-3 SDS at 256 px (static.prior=auto picks it: no views/, weights present);
+  svd      the driving video: one denoising step, 14 frames at 64 x 64 (the same `driving_video` call the cape
+           stage makes; cape and dynamic then reuse RUN/inputs/video/, whose source hash must not change);
+  cape     2 fine-tuning steps (PoseAnything when available);
+  dynamic  2 steps with Zero-1-to-3 SDS on every driving frame and the KML loss on the cape stage's keypoints.
+Each runs in its own process; its wall time and peak resident memory (`os.wait4`'s ru_maxrss) are printed
+(`-s`) and written to RUN/full_size_report.json. This catches shape, dtype, layout and memory errors that the
+tiny random models of the unit tests cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import full_size_models as fsm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "default.yaml"
+SVD_SIZE = 64  # SVD's generation size here (the smallest multiple of 64: latents 8 x 8)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
+               PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def measure(cmd: list[str], log: Path, timeout: float = 3600.0) -> dict[str, float]:
+    """Run `cmd` (output to `log`); its wall seconds and peak RSS in GiB. Fails the test with the log's tail."""
+    t0 = time.monotonic()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+        while True:  # os.wait4 gives this child's own rusage (a peak per process)
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                pid, status, ru = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.5)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        pytest.fail(f"{' '.join(cmd[:6])} ... failed (exit {proc.returncode}, {wall:.0f} s); {log}:\n{tail}")
+    return {"wall_s": round(wall, 1), "peak_rss_gib": round(ru.ru_maxrss / 2**20, 2)}  # ru_maxrss: KiB
+
+
+def cape_arch_available() -> bool:
+    """Whether the cape stage can run PoseAnything (`cape.arch=poseanything cape.checkpoint=FILE`)."""
+    from dataclasses import fields
+
+    from dynapose4d.stages.cape import CapeStageConfig
+
+    return "arch" in {f.name for f in fields(CapeStageConfig)}
+
+
+def overrides(zero123: Path, svd: Path, poseanything: Path | None) -> list[str]:
+    """default.yaml's settings changed for this check: step counts, model files, the CPU, SVD's size."""
+    out = [
+        "trainer.accelerator=cpu",
+        f"zero123.path={zero123}",
+        "static.steps=2",
+        "cape.steps=2",
+        "dynamic.steps=2",
+        f"dynamic.svd.model={svd}", "dynamic.svd.num_inference_steps=1",
+        f"dynamic.svd.width={SVD_SIZE}", f"dynamic.svd.height={SVD_SIZE}",
+    ]
+    if poseanything is not None:
+        out += ["cape.arch=poseanything", f"cape.checkpoint={poseanything}"]
+    return out
+
+
+SVD_SCRIPT = """
+import sys
+from dynapose4d.config import load_config
+from dynapose4d.data.scene import load_scene
+from dynapose4d.priors.svd import driving_video
+scene, run, cfg_path, *ovr = sys.argv[1:]
+cfg = load_config(cfg_path, ovr)
+frames = driving_video(load_scene(scene), run, cfg.dynamic.svd, seed=cfg.seed)
+print("frames", tuple(frames.shape), "finite", bool(frames.isfinite().all()))
+"""
+
+
+def test_configs_have_the_published_parameter_counts() -> None:
+    """The configs build the published architectures: parameter counts of the released checkpoints (SD 1.x
+    UNet 859,520,964 plus 4 x 320 x 3 x 3 weights for Zero-1-to-3's 4 extra input channels; SD VAE 83,653,863;
+    CLIP ViT-L/14 vision + projection 303,966,208; SVD UNet 1,524,623,082; its temporal-decoder VAE 97,742,847;
+    OpenCLIP ViT-H/14 vision + projection 632,076,800). Built on the meta device: no memory, no weights."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLTemporalDecoder,
+        UNet2DConditionModel,
+        UNetSpatioTemporalConditionModel,
+    )
+
+    def count(make) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in make().parameters())
+
+    z, s = fsm.ZERO123_XL, fsm.SVD_IMG2VID
+    assert count(lambda: UNet2DConditionModel(**z["unet"])) == 859_520_964 + 4 * 320 * 3 * 3
+    assert count(lambda: AutoencoderKL(**z["vae"])) == 83_653_863
+    assert count(lambda: fsm._clip(z["image_encoder"])) == 303_966_208
+    assert count(lambda: UNetSpatioTemporalConditionModel(**s["unet"])) == 1_524_623_082
+    assert count(lambda: AutoencoderKLTemporalDecoder(**s["vae"])) == 97_742_847
+    assert count(lambda: fsm._clip(s["image_encoder"])) == 632_076_800
+    # the camera projection is the 772 -> 768 Linear the loader expects
+    cc = z["clip_camera_projection"]
+    assert cc["embedding_dim"] + cc["additional_embeddings"] == 772 and cc["embedding_dim"] == 768
+    # the cache key changes with any config number
+    changed = json.loads(json.dumps(z))
+    changed["unet"]["attention_head_dim"] = 16
+    assert fsm.configs_hash(changed) != fsm.configs_hash(z)
+
+
+def _print_table(stats: dict[str, dict[str, float | str]]) -> None:
+    print("\nfull-size models, configs/default.yaml on the CPU (wall time, peak RSS of the step's process):")
+    for k, v in stats.items():
+        print(f"  {k:<24} {v['wall_s']:>8.1f} s  {v['peak_rss_gib']:>6.2f} GiB  {v.get('note', '')}")
+
+
+@pytest.mark.slow
+def test_default_config_runs_at_full_size(tmp_path: Path) -> None:
+    import torch
+
+    from dynapose4d.gaussians.ply import load_ply
+
+    py = sys.executable
+    stats: dict[str, dict[str, float | str]] = {}
+    folders = {}
+    use_pa = cape_arch_available()
+    models = [("zero123", "zero123-xl"), ("svd", "svd-img2vid")] + ([("poseanything", "poseanything-tiny")]
+                                                                   if use_pa else [])
+    for short, name in models:  # one per process: each model's memory goes back before the next
+        cached = (fsm.folder_of(name) / ".complete").is_file()
+        m = measure([py, str(ROOT / "tests" / "full_size_models.py"), short], tmp_path / f"build_{short}.log")
+        stats[f"build {name}"] = {**m, "note": "cached" if cached else "built"}
+        folders[short] = fsm.folder_of(name)
+        assert (folders[short] / ".complete").is_file()
+
+    scene, run = tmp_path / "scene", tmp_path / "run"
+    measure([py, "-m", "dynapose4d", "make-scene", "humanoid", "--out", str(scene), "--seed", "0", "--size", "256"],
+            tmp_path / "make_scene.log")
+    # a user's scene: image and keypoints only; no driving video (SVD makes it), no views/ (static.prior=auto
+    # then picks Zero-1-to-3), no ground truth
+    for extra in ("video", "video.mp4", "views", "gt"):
+        p = scene / extra
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+    pa = folders["poseanything"] / fsm.POSEANYTHING_FILE if use_pa else None
+    ovr = overrides(folders["zero123"], folders["svd"], pa)
+    run_cmd = [py, "-m", "dynapose4d", "run", str(scene), "--out", str(run), "--config", str(DEFAULT)]
+    sets = [a for o in ovr for a in ("--set", o)]
+    stats["static"] = measure(run_cmd + sets + ["--stages", "static"], tmp_path / "static.log")
+    stats["svd"] = measure([py, "-c", SVD_SCRIPT, str(scene), str(run), str(DEFAULT), *ovr], tmp_path / "svd.log")
+    source = (run / "inputs" / "video" / "source.json").read_text()
+    for stage in ("cape", "dynamic"):
+        stats[stage] = measure(run_cmd + sets + ["--stages", stage, "--resume"], tmp_path / f"{stage}.log")
+    stats["cape"]["note"] = "PoseAnything SwinV2-T" if use_pa else "shipped CAPE (no cape.arch in this tree)"
+    stats["dynamic"]["note"] = "KML from " + ("PoseAnything" if use_pa else "the shipped CAPE")
+
+    report = {"overrides": ovr, "stages": stats}
+    (run / "full_size_report.json").write_text(json.dumps(report, indent=2))
+    _print_table(stats)
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {k: v["status"] for k, v in manifest["stages"].items()} == {s: "done" for s in ("static", "cape",
+                                                                                            "dynamic")}
+    # the static stage distilled Zero-1-to-3 (auto prior) and its Gaussians stayed finite
+    assert "prior: zero123" in (tmp_path / "static.log").read_text()
+    g = load_ply(run / "static" / "gaussians.ply")
+    assert all(bool(torch.isfinite(v).all()) for v in g.state_dict().values())
+    # SVD img2vid's 14 frames at the scene's size, generated once and reused by cape and dynamic (same hash)
+    assert "frames (14, 256, 256, 4) finite True" in (tmp_path / "svd.log").read_text()
+    assert len(sorted((run / "inputs" / "video").glob("[0-9][0-9][0-9].png"))) == 14
+    assert (run / "inputs" / "video" / "source.json").read_text() == source
+    kp = json.loads((run / "cape" / "driving_keypoints.json").read_text())
+    pts = torch.tensor(kp["points"])
+    assert pts.shape[0] == 14 and bool(torch.isfinite(pts).all())
+    summary = run / "dynamic" / "summary.json"
+    if summary.is_file():
+        values = [v for v in json.loads(summary.read_text()).values() if isinstance(v, float)]
+        assert all(math.isfinite(v) for v in values), f"{summary}: non-finite values"
