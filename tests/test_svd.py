@@ -88,8 +88,10 @@ def test_driving_video_saves_and_reuses_frames(tiny_svd, tmp_path, monkeypatch):
 
 def test_missing_weights_error_explains_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingWeightsError, match="video"):
+    with pytest.raises(MissingWeightsError, match="not in the local Hugging Face cache"):
         load_svd_pipeline("stabilityai/stable-video-diffusion-img2vid")
+    with pytest.raises(MissingWeightsError, match=f"no folder {tmp_path}/absent"):
+        load_svd_pipeline(str(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingWeightsError, match="model_index.json"):
         load_svd_pipeline(str(tmp_path / "empty"))

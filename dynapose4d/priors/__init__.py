@@ -9,3 +9,11 @@
 
 Import the submodule you need; this package imports nothing heavy.
 """
+
+
+def load_failure(e: BaseException, limit: int = 160) -> str:
+    """A loader's exception as a short clause for a one-line missing-weights message."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "cached snapshot" in msg or "offline" in msg.lower() or type(e).__name__ == "LocalEntryNotFoundError":
+        return "not in the local Hugging Face cache, and downloads are off or failed"
+    return msg if len(msg) <= limit else msg[: limit - 1].rsplit(" ", 1)[0] + "…"

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dynapose4d.errors import MissingWeightsError
+from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
 
 DEFAULT_SVD_MODEL = "stabilityai/stable-video-diffusion-img2vid"
@@ -98,7 +99,7 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
         except (OSError, ValueError):  # no fp16 files: the full-precision ones
             pipe = StableVideoDiffusionPipeline.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as e:  # not in cache / offline / gated / partial
-        raise _missing(model, str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from None
+        raise _missing(model, load_failure(e)) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

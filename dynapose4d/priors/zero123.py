@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynapose4d.errors import ConfigError, MissingWeightsError
+from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import pad_to_aspect
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight
 
@@ -114,7 +115,7 @@ def resolve_zero123(model: str, local_only: bool = False) -> Path:
                 allow_patterns=list(ZERO123_FILES),
             ))
         except Exception as e:  # not cached / offline / unknown repo / network
-            raise _missing(model, (str(e).splitlines()[0][:120] if str(e) else type(e).__name__)) from None
+            raise _missing(model, load_failure(e)) from None
     if not root.is_dir():
         raise _missing(model, f"{root} is not a folder")
     absent = [p for p in PARTS if not (root / p).is_dir()]
@@ -207,7 +208,7 @@ class Zero123Prior:
             enc = CLIPVisionModelWithProjection.from_pretrained(str(root / "image_encoder"), local_files_only=True)
             sched = DDIMScheduler.from_pretrained(str(root), subfolder="scheduler", local_files_only=True)
         except (OSError, ValueError) as e:  # missing / partial weight files
-            raise _missing(model, str(e).splitlines()[0][:160] if str(e) else type(e).__name__) from None
+            raise _missing(model, load_failure(e)) from None
         if unet.config.in_channels != 2 * vae.config.latent_channels:
             raise _missing(model, f"unet/ has {unet.config.in_channels} input channels, Zero-1-to-3 needs "
                                   f"{2 * vae.config.latent_channels}")
