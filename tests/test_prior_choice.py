@@ -174,3 +174,17 @@ def test_dynamic_sds_renders_the_padded_square(tmp_path):
     module.log_dict = lambda *a, **k: None
     module.training_step(torch.tensor([0, 1]), 0)
     assert len(seen) == 1 and seen[0].shape == (2, 3, 24, 24)
+
+
+def test_dynamic_stage_checks_zero123_before_the_driving_video(tmp_path, monkeypatch):
+    """λ_sds > 0 without Zero-1-to-3 weights stops the dynamic stage before any driving video is generated."""
+    from types import SimpleNamespace
+
+    from dynapose4d.errors import MissingWeightsError
+    from dynapose4d.stages import dynamic
+
+    monkeypatch.setattr(dynamic, "driving_video", lambda *a, **k: pytest.fail("the video came first"))
+    run_cfg = load_config("configs/default.yaml", [f"zero123.path={tmp_path}/none"])
+    ctx = SimpleNamespace(config=run_cfg, scene=None, run_dir=tmp_path, trainer=None)
+    with pytest.raises(MissingWeightsError, match=r"zero123\.path"):
+        dynamic.run(ctx, run_cfg.dynamic, keypoints_fn=lambda x: x)

@@ -457,6 +457,11 @@ def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
     cfg.validate()
     if cfg.lambda_kml > 0 and keypoints_fn is None:
         ctx.artifact("cape", "model")  # fails now (clear message) rather than after the driving video
+    zero123 = zero123 or getattr(ctx.config, "zero123", None) or Zero123Config()
+    if cfg.lambda_sds > 0:  # missing Zero-1-to-3 weights fail before the driving video is generated
+        from dynapose4d.priors.zero123 import resolve_zero123
+
+        resolve_zero123(zero123.source)
     scene = ctx.scene
     device = reset_peak_memory(ctx.trainer)  # the stage's peak includes a driving video generated here
     video = driving_video(scene, ctx.run_dir, cfg.svd, seed=ctx.seed)  # [T, H, W, 4]
