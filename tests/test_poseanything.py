@@ -190,6 +190,22 @@ def test_outputs_match_the_original(ruled, variant):
     assert worst < 1e-5  # a faithful float32 port lands around 1e-6
 
 
+def test_batch_equals_single_items(ruled):
+    """A batch of two items (different visibility, one skeleton per item, one support shared) gives each item's
+    own output: the fixture only has batch 1."""
+    model, fs, fq = ruled["tiny"]
+    kp, _, skel = case_inputs("n5")
+    vis = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 1, 1]])
+    skels = [skel, [[0, 4], [1, 1]]]
+    with torch.no_grad():
+        tokens, valid = model.pool_support(fs.expand(2, -1, -1, -1), kp.expand(2, -1, -1), vis)
+        both = model.decode(fq.expand(2, -1, -1, -1), tokens, valid, skels)
+        for b in range(2):
+            one = model.decode(fq, tokens[b:b + 1], valid[b:b + 1], skels[b])
+            torch.testing.assert_close(both[:, b], one[:, 0], atol=1e-6, rtol=0)
+    assert (both[:, 0] - both[:, 1]).abs().max() > 1e-4  # the items differ
+
+
 def test_official_file_format_loads(ruled, tmp_path):
     """An mmcv-style file (meta with a numpy scalar, `module.` prefixes) loads strictly with weights_only=True and
     computes the same as the rule-weighted model; the full forward matches the fixture."""
