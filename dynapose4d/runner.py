@@ -184,6 +184,7 @@ class StageRunner:
                        else str(Path(scene.keypoints_path or self.scene_path / "keypoints.json").resolve())},
         })
         plan = self._plan(manifest, fp)
+        self._check_weights(scene, [name for name, action, _, _ in plan if action != "skip"])
 
         created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +223,19 @@ class StageRunner:
         return manifest
 
     # ------------------------------------------------------------------------------------------------
+    def _check_weights(self, scene: Scene, stages: list[str]) -> None:
+        """Missing weights of any stage about to run stop the run here, before anything is written (only for
+        the pipeline's own stages; tests' stand-ins need none)."""
+        own = {n: f for n, f, _ in DEFAULT_STAGES}
+        run_fns = {n: f for n, f, _ in self.specs}
+        c = self.cfg
+        if "static" in stages and run_fns.get("static") is own["static"]:
+            static.check_weights(c.static, scene, c.zero123)
+        if "cape" in stages and run_fns.get("cape") is own["cape"]:
+            cape.check_weights(c.cape)
+        if "dynamic" in stages and run_fns.get("dynamic") is own["dynamic"]:
+            dynamic.check_weights(c.dynamic, scene, c.zero123, self.run_dir)
+
     def _check_folder(self) -> dict[str, Any] | None:
         d = self.run_dir
         if d.exists() and not d.is_dir():

@@ -79,6 +79,22 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
+def check_svd_weights(model: str) -> None:
+    """Raise MissingWeightsError when `model` (a folder or a Hugging Face id) cannot be loaded from this machine:
+    a folder without model_index.json, or, with downloads off (HF_HUB_OFFLINE=1), an id not in the local cache.
+    Reads no weights (a check before a run starts)."""
+    local = Path(model).expanduser()
+    if local.exists() or model.startswith(("/", ".", "~")) or model.count("/") != 1:
+        if not (local / "model_index.json").is_file():
+            raise _missing(model, f"{local} has no model_index.json" if local.exists() else f"no folder {local}")
+        return
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+            raise _missing(model, "not in the local Hugging Face cache, and downloads are off (HF_HUB_OFFLINE=1)")
+
+
 def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
     """StableVideoDiffusionPipeline from a local folder or the local Hugging Face cache: the fp16 weight files
     (`variant="fp16"`, the `SVD_FILES`) when present, else the full-precision ones; fp16 on CUDA, fp32 on CPU."""

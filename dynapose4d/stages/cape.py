@@ -269,6 +269,23 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     return _artifacts(scene)
 
 
+def check_weights(cfg: CapeStageConfig) -> None:
+    """Raise MissingWeightsError now (before a run folder exists) when the CAPE checkpoint is not there."""
+    from pathlib import Path
+
+    from dynapose4d.cape import SHIPPED_CHECKPOINT
+    from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT
+    from dynapose4d.errors import MissingWeightsError
+
+    if cfg.arch == "poseanything":
+        if not cfg.checkpoint or not Path(cfg.checkpoint).is_file():
+            what = f"{cfg.checkpoint}: not found" if cfg.checkpoint else "cape.checkpoint is empty"
+            raise MissingWeightsError(f"{what}: cape.arch=poseanything needs the official PoseAnything checkpoint; "
+                                      f"{OFFICIAL_WEIGHTS_HINT}")
+    elif not Path(cfg.checkpoint or SHIPPED_CHECKPOINT).is_file():
+        raise MissingWeightsError(f"{cfg.checkpoint or SHIPPED_CHECKPOINT}: CAPE checkpoint not found")
+
+
 def _run_poseanything(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     """cape.arch=poseanything: the official model, frozen, on the driving frames; RUN/cape/model.ckpt points to it."""
     from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT, load_poseanything

@@ -444,6 +444,20 @@ def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor, keypoints_fn
                                  list(ctx.scene.skeleton))
 
 
+def check_weights(cfg: DynamicConfig, scene: Any, zero123: Zero123Config, run_dir: Path) -> None:
+    """Raise MissingWeightsError now (before a run folder exists) when this stage will need weights that this
+    machine does not have: Zero-1-to-3 for λ_sds > 0, Stable Video Diffusion when the scene has no video and
+    none was generated into `run_dir` yet."""
+    from dynapose4d.priors.svd import check_svd_weights
+
+    if cfg.lambda_sds > 0:
+        from dynapose4d.priors.zero123 import resolve_zero123
+
+        resolve_zero123(zero123.source)
+    if scene.video is None and not (Path(run_dir) / "inputs" / "video" / "source.json").is_file():
+        check_svd_weights(cfg.svd.model)
+
+
 def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
         zero123: Zero123Config | None = None) -> dict[str, str]:
     """Train φ on the driving video, then write RUN/dynamic/{deform.ckpt, keypoints.json, videos/, metrics.json}.

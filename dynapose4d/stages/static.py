@@ -397,6 +397,15 @@ def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig
             "grid": f"{STAGE}/grid.png", "metrics": f"{STAGE}/metrics.json"}
 
 
+def check_weights(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> None:
+    """Raise MissingWeightsError now (before a run folder exists) when the prior this stage will use needs
+    weights that this machine does not have."""
+    if resolve_prior(cfg, scene, zero123)[0] == "zero123":
+        from dynapose4d.priors.zero123 import resolve_zero123
+
+        resolve_zero123(zero123.source)
+
+
 def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = None) -> dict[str, str]:
     """Fit the static Gaussians for `ctx.scene` and write RUN/static/ (see the module docstring). `zero123`:
     the Zero-1-to-3 setting (default: the run config's top-level `zero123` section)."""
