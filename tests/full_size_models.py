@@ -17,10 +17,12 @@ fp32). Folders are cached under `cache_root()/<name>-<hash of the configs>/` and
 unchanged; a folder is complete only once its `.complete` file exists (written last, after an atomic rename).
 
 Run as a script to build one prior in a fresh process (so its memory goes back to the system afterwards):
-  python tests/full_size_models.py zero123|svd|poseanything [CACHE_DIR]    (prints the folder)
+  python tests/full_size_models.py zero123-xl|svd-img2vid|poseanything-small|poseanything-tiny [CACHE_DIR]
+(prints the folder).
 
-PoseAnything (SwinV2-T, 1-shot) is written as the official mmcv checkpoint file, from the port in
-dynapose4d.cape.poseanything (its state dict has the official keys and shapes).
+PoseAnything (1-shot, SwinV2-S "small" as configs/default.yaml uses, or SwinV2-T "tiny") is written as the
+official mmcv checkpoint file from the port in dynapose4d.cape.poseanything (whose state dict has the official
+keys and shapes); its cache key is that state dict's layout.
 """
 
 from __future__ import annotations
@@ -121,11 +123,11 @@ def configs_hash(configs: dict[str, Any]) -> str:
 
 
 def _configs(name: str) -> dict[str, Any]:
-    return poseanything_layout() if name == "poseanything-tiny" else CONFIGS[name]
+    return poseanything_layout(name.split("-")[1]) if name.startswith("poseanything-") else CONFIGS[name]
 
 
 def folder_of(name: str, root: Path | None = None) -> Path:
-    """The cache folder of model `name` ("zero123-xl", "svd-img2vid", "poseanything-tiny") for its configs."""
+    """The cache folder of model `name` (a key of BUILDERS, e.g. "zero123-xl") for its current configs."""
     return (root or cache_root()) / f"{name}-{configs_hash(_configs(name))}"
 
 
@@ -218,7 +220,7 @@ def build_svd(out: Path, seed: int = 0, fp16_variant: bool = True) -> Path:
     return out
 
 
-POSEANYTHING_FILE = "poseanything_tiny_1shot_split1.pth"
+POSEANYTHING_FILES = {v: f"poseanything_1shot_{v}_split1.pth" for v in ("tiny", "small")}  # the file in the folder
 
 
 def poseanything_layout(variant: str = "tiny") -> dict[str, Any]:
@@ -233,9 +235,10 @@ def poseanything_layout(variant: str = "tiny") -> dict[str, Any]:
     return {"variant": variant, "state_dict": [[k, list(v.shape)] for k, v in sd.items()]}
 
 
-def build_poseanything(out: Path, seed: int = 0, variant: str = "tiny") -> Path:
+def build_poseanything(out: Path, seed: int = 0, variant: str = "small") -> Path:
     """An official-format PoseAnything checkpoint (mmcv `save_checkpoint`: {"meta", "state_dict", "optimizer"},
-    torch.save) of the SwinV2-T 1-shot model with random weights: out/POSEANYTHING_FILE. The meta carries a numpy
+    torch.save) of the 1-shot SwinV2-S ("small") or SwinV2-T ("tiny") model with random weights:
+    out/POSEANYTHING_FILES[variant]. The meta carries a numpy
     scalar as mmcv's hook messages do (the loader allow-lists numpy objects under weights_only=True)."""
     import numpy as np
     import torch
@@ -246,11 +249,13 @@ def build_poseanything(out: Path, seed: int = 0, variant: str = "tiny") -> Path:
     model = PoseAnything(variant)
     meta = {"mmcv_version": "1.7.0", "time": "random weights", "epoch": 200, "iter": 0,
             "hook_msgs": {"best_score": np.float64(0.0), "best_ckpt": ""}}
-    torch.save({"meta": meta, "state_dict": model.state_dict(), "optimizer": {}}, out / POSEANYTHING_FILE)
+    torch.save({"meta": meta, "state_dict": model.state_dict(), "optimizer": {}}, out / POSEANYTHING_FILES[variant])
     return out
 
 
-BUILDERS = {"zero123-xl": build_zero123, "svd-img2vid": build_svd, "poseanything-tiny": build_poseanything}
+BUILDERS = {"zero123-xl": build_zero123, "svd-img2vid": build_svd,
+            "poseanything-tiny": lambda out: build_poseanything(out, variant="tiny"),
+            "poseanything-small": lambda out: build_poseanything(out, variant="small")}
 
 
 def ensure(name: str, root: Path | None = None) -> Path:
@@ -271,7 +276,6 @@ def ensure(name: str, root: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    names = {"zero123": "zero123-xl", "svd": "svd-img2vid", "poseanything": "poseanything-tiny"}
-    if len(sys.argv) < 2 or sys.argv[1] not in names:
-        sys.exit("usage: python tests/full_size_models.py zero123|svd|poseanything [CACHE_DIR]")
-    print(ensure(names[sys.argv[1]], Path(sys.argv[2]) if len(sys.argv) > 2 else None))
+    if len(sys.argv) < 2 or sys.argv[1] not in BUILDERS:
+        sys.exit(f"usage: python tests/full_size_models.py {'|'.join(BUILDERS)} [CACHE_DIR]")
+    print(ensure(sys.argv[1], Path(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -1,15 +1,15 @@
 """The paper's models at their real sizes through configs/default.yaml's code path (`make test-full-size`).
 
 Zero-1-to-3 XL and Stable Video Diffusion img2vid are built at full size from their published configurations
-with random weights (tests/full_size_models.py), saved in the diffusers layout and cached; PoseAnything SwinV2-T
-is written as the official mmcv checkpoint file when the cape stage can run it (`cape.arch`). A synthetic scene
-with only an image and keypoints (no video, no views/, no ground truth) then runs through
+with random weights (tests/full_size_models.py), saved in the diffusers layout and cached; PoseAnything 1-shot
+SwinV2-S (default.yaml's CAPE; SwinV2-T when it names a Tiny file) is written as the official mmcv checkpoint
+file. A synthetic scene with only an image and keypoints (no video, views/ or ground truth) then runs through
 `dynapose4d run ... --config configs/default.yaml` stage by stage on the CPU, with overrides only for step counts,
 model files, the accelerator and SVD's generation size:
   static   2 steps, Zero-1-to-3 SDS at 256 px (static.prior=auto picks it: no views/, weights present);
   svd      the driving video: one denoising step, 14 frames at 64 x 64 (the same `driving_video` call the cape
            stage makes; cape and dynamic then reuse RUN/inputs/video/, whose source hash must not change);
-  cape     2 fine-tuning steps (PoseAnything when available);
+  cape     PoseAnything, frozen, on the 14 frames (default.yaml's cape.arch; a graph CAPE gets 2 steps);
   dynamic  2 steps with Zero-1-to-3 SDS on every driving frame and the KML loss on the cape stage's keypoints.
 Each runs in its own process; its wall time and peak resident memory (`os.wait4`'s ru_maxrss) are printed
 (`-s`) and written to RUN/full_size_report.json. This catches shape, dtype, layout and memory errors that the
@@ -66,13 +66,15 @@ def measure(cmd: list[str], log: Path, timeout: float = 3600.0) -> dict[str, flo
     return {"wall_s": round(wall, 1), "peak_rss_gib": round(ru.ru_maxrss / 2**20, 2)}  # ru_maxrss: KiB
 
 
-def cape_arch_available() -> bool:
-    """Whether the cape stage can run PoseAnything (`cape.arch=poseanything cape.checkpoint=FILE`)."""
-    from dataclasses import fields
+def default_poseanything() -> str | None:
+    """The PoseAnything variant ("small" / "tiny") configs/default.yaml's cape stage runs, None when it runs
+    the graph model (then fine-tuned for 2 steps here)."""
+    from dynapose4d.config import load_config
 
-    from dynapose4d.stages.cape import CapeStageConfig
-
-    return "arch" in {f.name for f in fields(CapeStageConfig)}
+    cape = load_config(DEFAULT).cape
+    if getattr(cape, "arch", "graph") != "poseanything":
+        return None
+    return "tiny" if "tiny" in Path(cape.checkpoint).name.lower() else "small"
 
 
 def overrides(zero123: Path, svd: Path, poseanything: Path | None) -> list[str]:
@@ -81,13 +83,11 @@ def overrides(zero123: Path, svd: Path, poseanything: Path | None) -> list[str]:
         "trainer.accelerator=cpu",
         f"zero123.path={zero123}",
         "static.steps=2",
-        "cape.steps=2",
         "dynamic.steps=2",
         f"dynamic.svd.model={svd}", "dynamic.svd.num_inference_steps=1",
         f"dynamic.svd.width={SVD_SIZE}", f"dynamic.svd.height={SVD_SIZE}",
     ]
-    if poseanything is not None:
-        out += ["cape.arch=poseanything", f"cape.checkpoint={poseanything}"]
+    out += [f"cape.checkpoint={poseanything}"] if poseanything is not None else ["cape.steps=2"]
     return out
 
 
@@ -151,15 +151,14 @@ def test_default_config_runs_at_full_size(tmp_path: Path) -> None:
     py = sys.executable
     stats: dict[str, dict[str, float | str]] = {}
     folders = {}
-    use_pa = cape_arch_available()
-    models = [("zero123", "zero123-xl"), ("svd", "svd-img2vid")] + ([("poseanything", "poseanything-tiny")]
-                                                                   if use_pa else [])
-    for short, name in models:  # one per process: each model's memory goes back before the next
+    pa_variant = default_poseanything()
+    models = ["zero123-xl", "svd-img2vid"] + ([f"poseanything-{pa_variant}"] if pa_variant else [])
+    for name in models:  # one per process: each model's memory goes back before the next
         cached = (fsm.folder_of(name) / ".complete").is_file()
-        m = measure([py, str(ROOT / "tests" / "full_size_models.py"), short], tmp_path / f"build_{short}.log")
+        m = measure([py, str(ROOT / "tests" / "full_size_models.py"), name], tmp_path / f"build_{name}.log")
         stats[f"build {name}"] = {**m, "note": "cached" if cached else "built"}
-        folders[short] = fsm.folder_of(name)
-        assert (folders[short] / ".complete").is_file()
+        folders[name] = fsm.folder_of(name)
+        assert (folders[name] / ".complete").is_file()
 
     scene, run = tmp_path / "scene", tmp_path / "run"
     measure([py, "-m", "dynapose4d", "make-scene", "humanoid", "--out", str(scene), "--seed", "0", "--size", "256"],
@@ -170,8 +169,8 @@ def test_default_config_runs_at_full_size(tmp_path: Path) -> None:
         p = scene / extra
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
-    pa = folders["poseanything"] / fsm.POSEANYTHING_FILE if use_pa else None
-    ovr = overrides(folders["zero123"], folders["svd"], pa)
+    pa = folders[models[-1]] / fsm.POSEANYTHING_FILES[pa_variant] if pa_variant else None
+    ovr = overrides(folders["zero123-xl"], folders["svd-img2vid"], pa)
     run_cmd = [py, "-m", "dynapose4d", "run", str(scene), "--out", str(run), "--config", str(DEFAULT)]
     sets = [a for o in ovr for a in ("--set", o)]
     stats["static"] = measure(run_cmd + sets + ["--stages", "static"], tmp_path / "static.log")
@@ -179,8 +178,8 @@ def test_default_config_runs_at_full_size(tmp_path: Path) -> None:
     source = (run / "inputs" / "video" / "source.json").read_text()
     for stage in ("cape", "dynamic"):
         stats[stage] = measure(run_cmd + sets + ["--stages", stage, "--resume"], tmp_path / f"{stage}.log")
-    stats["cape"]["note"] = "PoseAnything SwinV2-T" if use_pa else "shipped CAPE (no cape.arch in this tree)"
-    stats["dynamic"]["note"] = "KML from " + ("PoseAnything" if use_pa else "the shipped CAPE")
+    stats["cape"]["note"] = f"PoseAnything {pa_variant}, frozen" if pa_variant else "graph CAPE, 2 steps"
+    stats["dynamic"]["note"] = "SDS on 14 frames + KML through " + ("PoseAnything" if pa_variant else "CAPE")
 
     report = {"overrides": ovr, "stages": stats}
     (run / "full_size_report.json").write_text(json.dumps(report, indent=2))
