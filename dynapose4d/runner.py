@@ -159,6 +159,7 @@ class StageRunner:
         if unknown:
             raise InputError(f"config key 'stages': unknown stage(s) {unknown}; this pipeline has {names}")
         self.selected = [n for n in names if n in config.stages]
+        self._auto_prior: str | None = None  # what static.prior=auto resolves to for this scene (set by run)
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -183,6 +184,9 @@ class StageRunner:
                        "keypoints": "auto" if scene.auto_keypoints is not None
                        else str(Path(scene.keypoints_path or self.scene_path / "keypoints.json").resolve())},
         })
+        # static.prior=auto is hashed as what it resolves to here, so weights that appear later rerun the stage
+        self._auto_prior = (static.resolve_prior(self.cfg.static, scene, self.cfg.zero123)[0]
+                            if self.cfg.static.prior == "auto" else None)
         plan = self._plan(manifest, fp)
         self._check_weights(scene, [name for name, action, _, _ in plan if action != "skip"])
 
@@ -261,6 +265,8 @@ class StageRunner:
             section = _section_dict(getter(self.cfg))
             if name in ZERO123_STAGES:  # the shared top-level prior setting is part of what these stages read
                 section["zero123"] = _section_dict(self.cfg.zero123)
+            if name == "static" and self._auto_prior:
+                section["auto_prior"] = self._auto_prior
             upstream = {k: effective[k] for k in effective}
             h = _stage_hash(config_hash(section), self.cfg.seed, fp, upstream)
             old = manifest["stages"].get(name)

@@ -46,3 +46,21 @@ def test_zero123_and_svd_checked_up_front(scene, tmp_path, capsys, monkeypatch):
                    "hf download")
     # a stage that will not run needs nothing: static alone on the video-less scene starts
     assert main(["run", str(scene), "--out", str(run), *smoke[:2], "--stages", "static"]) == 0
+
+
+def test_auto_prior_is_hashed_as_what_it_resolves_to(scene, tmp_path, monkeypatch):
+    """static.prior=auto: Zero-1-to-3 weights that appear after a run make --resume rerun the static stage
+    (the config still says "auto", but the stage would now train with another prior)."""
+    from dynapose4d.config import load_config
+    from dynapose4d.priors import zero123
+    from dynapose4d.runner import StageRunner
+
+    run, lines = tmp_path / "r", []
+    cfg = load_config(None, _fakes.fake_overrides(2) + ["static.prior=auto"])
+    StageRunner(scene, run, cfg, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
+    StageRunner(scene, run, cfg, resume=True, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
+    assert "[static] done earlier with the same config: skipped" in lines
+    monkeypatch.setattr(zero123, "find_local_zero123", lambda cfg: tmp_path)
+    lines.clear()
+    StageRunner(scene, run, cfg, resume=True, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
+    assert any(s.startswith("[static] starting") and "auto_prior" in s and "none -> zero123" in s for s in lines), lines
