@@ -145,6 +145,7 @@ def gt_keypoint_tracks(run: Path, scene_dir: Path) -> dict:
         "novel_psnr_moving": own.get("novel", {}).get("psnr_moving"),
         "novel_psnr_moving_no_motion": own.get("novel", {}).get("psnr_moving_no_motion"),
         "novel_pck": s["novel"].get("pck"), "novel_pck_no_motion": s["novel"].get("pck_no_motion"),
+        "own_novel_pck": own.get("novel", {}).get("pck"),  # the run's own tracks (= novel_pck for a hand run)
         "mean_pck": s["mean"].get("pck"), "kp_error_3d": s["mean"].get("kp_error_3d"),
         "kp_error_3d_no_motion": s["mean"].get("kp_error_3d_no_motion"),
         "kp_error_3d_frame0": s["mean"].get("kp_error_3d_frame0"),
