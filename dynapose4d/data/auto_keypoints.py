@@ -84,12 +84,12 @@ def segment_inside(mask: np.ndarray, p: np.ndarray, q: np.ndarray) -> bool:
 
 
 def auto_keypoints(mask: np.ndarray, target: int = 14, min_points: int = 8, max_points: int = 20,
-                   spur_ratio: float = 0.5, spacing: float = 0.04) -> AutoKeypoints:
+                   spur_ratio: float = 0.5, spacing: float = 0.04, min_gap: float = 0.0) -> AutoKeypoints:
     """Keypoints and a tree skeleton along the medial axis of `mask` [H, W] (bool, or alpha > 0.5), with between
-    `min_points` and `max_points` keypoints (`target` when the axis allows). `spacing` x the mask's longer
-    bounding-box side is the smallest distance along the axis between keypoints (halved, down to 1 px, when the
-    axis is too short for `min_points`). Raises ValueError (one line) when the mask is (nearly) empty or its
-    axis cannot hold `min_points` keypoints. See the module docstring for the method."""
+    `min_points` and `max_points` keypoints (`target` when the axis allows). The larger of `spacing` x the mask's
+    longer bounding-box side and `min_gap` px is the smallest distance along the axis between keypoints (halved,
+    down to 1 px, when the axis is too short for `min_points`). Raises ValueError (one line) when the mask is
+    (nearly) empty or its axis cannot hold `min_points` keypoints. See the module docstring for the method."""
     from scipy import ndimage
 
     m = np.asarray(mask)
@@ -108,7 +108,7 @@ def auto_keypoints(mask: np.ndarray, target: int = 14, min_points: int = 8, max_
     ys, xs = np.nonzero(obj)
     side = float(max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
     graph = _AxisGraph(obj)
-    gap = max(1.0, spacing * side)
+    gap = max(1.0, spacing * side, min_gap)
     while True:  # too short an axis: prune less first (round shapes), then allow closer keypoints
         for ratio in (spur_ratio, spur_ratio / 4.0, 0.0):
             out = _place(graph, obj, gap, target, min_points, max_points, ratio)
