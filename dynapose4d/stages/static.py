@@ -326,7 +326,7 @@ def initial_gaussians(scene: Scene, cfg: StaticConfig, seed: int) -> GaussianMod
     try:
         return image_init(scene.image, scene.camera, cfg.num_points, cfg.inflate, cfg.init_opacity, generator=g)
     except ValueError as e:
-        raise InputError(f"{scene.root}/image.png: {e}") from None
+        raise InputError(f"{scene.image_path or scene.root / 'image.png'}: {e}") from None
 
 
 def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float], list[tuple[str, torch.Tensor,
