@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dynapose4d.deform import Deformation, deformation_from_state, deformation_state
+from dynapose4d.deform.fields import Deformation, deformation_from_state, deformation_state
 from dynapose4d.errors import InputError
 from dynapose4d.gaussians import GaussianModel, sh_to_rgb
 from dynapose4d.io import load_checkpoint, save_checkpoint
