@@ -38,7 +38,7 @@ def _make_scene(args: argparse.Namespace) -> int:
 
 
 def _train_cape(args: argparse.Namespace) -> int:
-    from dynapose4d.cape.train import train_cape_cli
+    from dynapose4d.stages.train_cape import train_cape_cli
 
     return train_cape_cli(args)
 
@@ -68,10 +68,11 @@ def _showcase(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from dynapose4d.config import load_config, to_commented_yaml
+    from dynapose4d.config import load_config
+    from dynapose4d.structured import to_commented_yaml
 
     if args.train_cape:
-        from dynapose4d.cape.train import load_train_config
+        from dynapose4d.stages.train_cape import load_train_config
 
         cfg = load_train_config(args.preset, list(args.overrides))
     else:
@@ -81,7 +82,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _config_list(args: argparse.Namespace) -> int:
-    from dynapose4d.config import preset_names, resolve_preset
+    from dynapose4d.structured import preset_names, resolve_preset
 
     for name in preset_names():
         print(f"{name:16s} {resolve_preset(name)}")

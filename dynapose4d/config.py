@@ -1,70 +1,31 @@
 """Typed run configuration: dataclasses + YAML presets + `key.sub=value` overrides (OmegaConf structured).
 
-Each stage's config lives next to its LightningModule (`stages/*.py`); this module composes them into
-`RunConfig`. Unknown keys and wrong types fail with a `ConfigError` that names the key.
+The stages' sections are defined in `dynapose4d.stages.settings` (plain dataclasses, no Lightning); this module
+composes them into `RunConfig`. Loading, presets and field docs: `dynapose4d.structured`. Unknown keys and wrong
+types fail with a `ConfigError` that names the key.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import hashlib
-import inspect
-import io
 import json
 import os
-import tokenize
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
-import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from dynapose4d.errors import ConfigError
+from dynapose4d.io import write_text
 from dynapose4d.priors.zero123 import Zero123Config
-from dynapose4d.stages.cape import CapeStageConfig
-from dynapose4d.stages.dynamic import DynamicConfig
-from dynapose4d.stages.static import StaticConfig
-
-T = TypeVar("T")
+from dynapose4d.stages.settings import CapeStageConfig, DynamicConfig, StaticConfig, TrainerConfig, WandbConfig
+from dynapose4d.structured import merge_structured
 
 STAGE_NAMES: tuple[str, ...] = ("static", "cape", "dynamic")
 
-# Where `--config NAME` looks for presets: the folder installed with the package, then a source checkout's configs/.
-PACKAGED_PRESETS = Path(__file__).resolve().parent / "configs"
-SOURCE_PRESETS = Path(__file__).resolve().parent.parent / "configs"
 # The environment variables W&B users set; they take precedence over the preset's `wandb:` section (not over --set).
 WANDB_ENV: dict[str, str] = {"WANDB_MODE": "mode", "WANDB_PROJECT": "project", "WANDB_ENTITY": "entity"}
 _WANDB_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "run": "online", "dryrun": "offline"}
-
-
-@dataclass
-class TrainerConfig:
-    """Lightning Trainer settings shared by the stages."""
-
-    accelerator: str = "auto"  # "cpu", "gpu" or "auto" (gpu when CUDA is available)
-    devices: int = 1  # >1 trains the cape and dynamic stages with DDP (static stays on one device)
-    strategy: str = "auto"  # Lightning strategy; "ddp_spawn" for CPU multi-process tests
-    precision: str = "32-true"  # Lightning precision string, or "auto": bf16-mixed where the hardware has it
-    log_every_n_steps: int = 10  # scalar logging interval in steps
-    checkpoint_every_n_steps: int = 50  # interval of the resumable "last.ckpt" of each stage
-    progress_bar: bool = True  # a progress bar per stage with the current losses
-
-
-@dataclass
-class WandbConfig:
-    """Weights & Biases tracking through Lightning's WandbLogger (rank zero only)."""
-
-    enabled: bool = True  # log to W&B at all (files in the run folder are written either way)
-    project: str = "dynapose4d"  # W&B project
-    entity: str | None = None  # W&B entity (team/user); None = the default one
-    # "offline" (default; `wandb sync RUN/wandb/offline-run-*` uploads later), "online" or "disabled"
-    mode: str = "offline"
-    group: str | None = None  # W&B group; None = the run folder's name (one group per pipeline run)
-    tags: list[str] = field(default_factory=list)  # W&B tags
 
 
 @dataclass
@@ -79,34 +40,6 @@ class RunConfig:
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-def _fail(e: Exception, where: str) -> ConfigError:
-    key = getattr(e, "full_key", None) or getattr(e, "key", None)
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return ConfigError(f"{where}: config key '{key}': {msg}" if key else f"{where}: {msg}")
-
-
-def merge_structured(schema: type[T], path: str | Path | None = None,
-                     overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """An instance of the dataclass `schema`: its defaults, then an optional YAML file (or a chain via
-    `defaults: [file.yaml]`), then `key.sub=value` overrides. Raises ConfigError naming the file or override and
-    the key on unknown keys, wrong types or unreadable YAML."""
-    cfg = OmegaConf.structured(schema)
-    if path is not None:
-        for layer in _yaml_chain(resolve_preset(path)):
-            try:
-                cfg = OmegaConf.merge(cfg, layer[1])
-            except OmegaConfBaseException as e:
-                raise _fail(e, str(layer[0])) from None
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"--set {ov!r}: expected key=value")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
-        except OmegaConfBaseException as e:
-            raise _fail(e, f"--set {ov}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -138,181 +71,11 @@ def wandb_env_overrides(environ: Mapping[str, str]) -> list[str]:
     return out
 
 
-def preset_names() -> list[str]:
-    """The preset names `--config` accepts (e.g. "cpu", "cape/gpu"): packaged ones, then a checkout's configs/."""
-    names: list[str] = []
-    for root in (PACKAGED_PRESETS, SOURCE_PRESETS):
-        if root.is_dir():
-            names += [p.relative_to(root).with_suffix("").as_posix() for p in sorted(root.rglob("*.yaml"))]
-    return list(dict.fromkeys(names))
-
-
-def resolve_preset(name_or_path: str | Path) -> Path:
-    """The YAML file of `--config`: an existing path wins; otherwise a preset name, with or without ".yaml"
-    ("cpu", "cape/gpu.yaml"), in the presets installed with the package, then in a source checkout's configs/.
-    ConfigError listing the presets when neither exists."""
-    path = Path(os.path.expanduser(str(name_or_path)))
-    if path.is_file():
-        return path
-    if not path.is_absolute():
-        rel = path if path.suffix in (".yaml", ".yml") else path.with_name(path.name + ".yaml")
-        for root in (PACKAGED_PRESETS, SOURCE_PRESETS):
-            for cand in (root / rel, root / path):
-                if cand.is_file():
-                    return cand
-    names = preset_names()
-    raise ConfigError(f"{name_or_path}: config file not found, and no preset of that name"
-                      + (f" (presets: {', '.join(names)})" if names else ""))
-
-
-def _yaml_chain(path: Path) -> list[tuple[Path, Any]]:
-    """A YAML file and the files named in its `defaults:` list (relative to it), base first."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = OmegaConf.load(path)
-    except Exception as e:  # yaml errors
-        raise ConfigError(f"{path}: unreadable YAML ({str(e).splitlines()[0]})") from None
-    chain: list[tuple[Path, Any]] = []
-    if "defaults" in data:
-        for base in data.pop("defaults"):
-            chain += _yaml_chain(path.parent / str(base))
-    return chain + [(path, data)]
-
-
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """Plain nested dict of a config (for YAML, W&B and hashing)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
-
-
 def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (RUN/config.yaml)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(to_yaml(cfg))
-
-
-def config_hash(section: Any) -> str:
-    """Stable short hash of a config section (a dataclass or dict), used by resume to detect changes."""
-    d = OmegaConf.to_container(OmegaConf.structured(section)) if not isinstance(section, dict) else section
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# ----- field docs: the comment on each dataclass field's line -------------------------------------------------
-
-def _comment_lines(source: str) -> tuple[dict[int, str], set[int]]:
-    """({line: comment text}, lines holding only a comment) of a piece of Python source (1-based lines)."""
-    comments: dict[int, str] = {}
-    code_lines: set[int] = set()
-    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        elif tok.type not in skip:
-            code_lines.update(range(tok.start[0], tok.end[0] + 1))
-    return comments, {n for n in comments if n not in code_lines}
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """{field name: its doc} of a config dataclass, read from its source: the comment on the field's lines;
-    a comment block right above a field without one; comment-only lines right after a field continue its
-    comment. A field whose type is a dataclass and has no comment gets that class's docstring (first line).
-    Base classes' fields included."""
-    docs: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if is_dataclass(k)]):
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        source = inspect.cleandoc("\n" + source) if source[:1].isspace() else source
-        comments, only = _comment_lines(source)
-        body = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)][0].body
-        nodes = [n for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
-        for i, node in enumerate(nodes):
-            own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments and n not in only]
-            if own:  # continuation lines, unless they are the comment block above the next field
-                n = node.end_lineno + 1
-                nxt = nodes[i + 1] if i + 1 < len(nodes) else None
-                block = []
-                while n in only:
-                    block.append(comments[n])
-                    n += 1
-                next_has_own = nxt is not None and any(k in comments and k not in only
-                                                       for k in range(nxt.lineno, nxt.end_lineno + 1))
-                if block and not (nxt is not None and n == nxt.lineno and not next_has_own):
-                    own += block
-            else:  # the comment block right above
-                n, block = node.lineno - 1, []
-                while n in only:
-                    block.insert(0, comments[n])
-                    n -= 1
-                own = block
-            docs[node.target.id] = " ".join(own)
-    for f in fields(cls):
-        sub = None if docs.get(f.name) else _dataclass_default(f)
-        if sub is not None:
-            docs[f.name] = (inspect.getdoc(type(sub)) or "").split("\n")[0]
-    return docs
-
-
-def _dataclass_default(f: Any) -> Any:
-    """The default of a dataclass-valued field (None when it is not one)."""
-    from dataclasses import MISSING
-
-    value = f.default_factory() if f.default_factory is not MISSING else f.default
-    return value if is_dataclass(value) and not isinstance(value, type) else None
-
-
-def undocumented_fields(obj: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the fields of a config dataclass instance (nested ones included) that have no doc."""
-    missing = []
-    docs = field_docs(type(obj))
-    for f in fields(obj):
-        if not docs.get(f.name):
-            missing.append(prefix + f.name)
-        value = getattr(obj, f.name)
-        if is_dataclass(value):
-            missing += undocumented_fields(value, f"{prefix}{f.name}.")
-    return missing
-
-
-def _flow(value: Any) -> str:
-    """A value as one line of flow-style YAML."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=10**9, sort_keys=False).strip()
-    return text[1:-1]  # drop the list brackets
-
-
-def to_commented_yaml(obj: Any, indent: int = 0) -> str:
-    """A config dataclass instance as YAML, each field followed by its doc (`field_docs`) as a comment."""
-    docs = field_docs(type(obj))
-    lines = []
-    pad = "  " * indent
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        doc = " ".join(docs.get(f.name, "").split())
-        comment = f"  # {doc}" if doc else ""
-        key = f.name if yaml.safe_load(f.name) == f.name else _flow(f.name)  # e.g. a key "on" or "yes"
-        if is_dataclass(value):
-            lines.append(f"{pad}{key}:{comment}")
-            lines.append(to_commented_yaml(value, indent + 1).rstrip("\n"))
-        else:
-            lines.append(f"{pad}{key}: {_flow(_plain(value))}{comment}")
-    return "\n".join(lines) + "\n"
-
-
-def _plain(value: Any) -> Any:
-    """Enums as their names, tuples as lists, paths as strings (what OmegaConf writes)."""
-    import enum
-
-    if isinstance(value, enum.Enum):
-        return value.name
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    """Write the resolved config as YAML (atomically)."""
+    write_text(path, to_yaml(cfg))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dynapose4d import logging as dlog
-from dynapose4d.config import RunConfig, config_hash, load_config, save_config
+from dynapose4d.config import RunConfig, load_config, save_config
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
 from dynapose4d.errors import InputError
@@ -40,6 +40,7 @@ from dynapose4d.export import export_files, export_run
 from dynapose4d.io import write_json, write_text
 from dynapose4d.stages import cape, dynamic, static
 from dynapose4d.stages.base import StageContext, summary_line
+from dynapose4d.structured import config_hash
 
 StageFn = Callable[[StageContext, Any], dict]  # run(ctx, stage config) -> {artifact name: path relative to RUN}
 StageSpec = tuple[str, StageFn, Callable[[RunConfig], Any]]  # (name, run function, its config section)
@@ -192,7 +193,7 @@ class StageRunner:
 
         created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config_atomic(self.cfg, self.run_dir / "config.yaml")
+        save_config(self.cfg, self.run_dir / "config.yaml")
         if scene.auto_keypoints is not None:  # the keypoints made from the mask, for the user to check or edit
             write_auto_keypoints(scene, self.run_dir / "inputs")
             self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
@@ -510,12 +511,6 @@ def copy_finished_stages(src_run: str | Path, dst_run: str | Path) -> list[str]:
         dst_run.rmdir()
     os.replace(tmp, dst_run)
     return done
-
-
-def save_config_atomic(cfg: RunConfig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_config(cfg, tmp)
-    os.replace(tmp, path)
 
 
 def write_auto_keypoints(scene: Scene, folder: Path) -> None:

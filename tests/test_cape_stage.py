@@ -144,7 +144,7 @@ def _train_args(tmp_path, *extra):
 
 
 def test_train_cape_cli_writes_a_checkpoint_with_metrics(tmp_path, monkeypatch):
-    from dynapose4d.cape.train import train_cape_cli
+    from dynapose4d.stages.train_cape import train_cape_cli
 
     monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
     args = _train_args(tmp_path)
@@ -161,7 +161,7 @@ def test_time_limit_fits_the_step_count_to_the_time(tmp_path, monkeypatch):
     """With time_limit_minutes the run ends near the limit (not at the step bound), with the schedule finished."""
     import time
 
-    from dynapose4d.cape.train import train_cape_cli
+    from dynapose4d.stages.train_cape import train_cape_cli
 
     monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
     args = _train_args(tmp_path, "steps=100000", "time_limit_minutes=0.1")
@@ -175,8 +175,8 @@ def test_time_limit_fits_the_step_count_to_the_time(tmp_path, monkeypatch):
 
 def test_train_cape_init_warm_starts_from_a_checkpoint(tmp_path, monkeypatch):
     """`init` loads the weights (lr 0: the output equals them), and refuses a checkpoint of another model."""
-    from dynapose4d.cape.train import train_cape_cli
     from dynapose4d.errors import ConfigError
+    from dynapose4d.stages.train_cape import train_cape_cli
 
     monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
     first = _train_args(tmp_path / "a")
@@ -196,8 +196,8 @@ def test_train_cape_init_warm_starts_from_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_train_cape_config_errors(tmp_path):
-    from dynapose4d.cape.train import load_train_config
     from dynapose4d.errors import ConfigError
+    from dynapose4d.stages.train_cape import load_train_config
 
     with pytest.raises(ConfigError, match="nope"):
         load_train_config(None, ["model.nope=1"])
@@ -214,7 +214,7 @@ def test_train_cape_config_errors(tmp_path):
 
 
 def test_train_cape_ddp_spawn_two_cpu_processes(tmp_path, monkeypatch):
-    from dynapose4d.cape.train import train_cape_cli
+    from dynapose4d.stages.train_cape import train_cape_cli
 
     monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
     args = _train_args(tmp_path, "trainer.devices=2", "trainer.strategy=ddp_spawn")
@@ -270,7 +270,7 @@ def test_cuda_render_set_matches_cpu():
 
 @pytest.mark.gpu
 def test_train_cape_on_gpu(tmp_path, monkeypatch):
-    from dynapose4d.cape.train import train_cape_cli
+    from dynapose4d.stages.train_cape import train_cape_cli
 
     monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
     args = _train_args(tmp_path, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "data.render_device=cuda",

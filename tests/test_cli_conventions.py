@@ -16,20 +16,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from dynapose4d import config as config_mod
+from dynapose4d import structured
 from dynapose4d.cli import build_parser, main, split_set_values
-from dynapose4d.config import (
-    RunConfig,
-    WandbConfig,
-    field_docs,
-    load_config,
-    resolve_preset,
-    to_commented_yaml,
-    to_dict,
-    undocumented_fields,
-    wandb_env_overrides,
-)
+from dynapose4d.config import RunConfig, WandbConfig, load_config, wandb_env_overrides
 from dynapose4d.errors import ConfigError
+from dynapose4d.structured import field_docs, resolve_preset, to_commented_yaml, to_dict, undocumented_fields
 
 try:
     import tomllib
@@ -107,7 +98,7 @@ def test_field_docs_read_each_way_of_writing_a_comment():
 
 
 def test_every_config_field_is_documented():
-    from dynapose4d.cape.train import CapeTrainConfig
+    from dynapose4d.stages.train_cape import CapeTrainConfig
 
     assert undocumented_fields(RunConfig()) == []
     assert undocumented_fields(CapeTrainConfig()) == []
@@ -137,7 +128,7 @@ def test_config_show_prints_the_resolved_config_with_docs(capsys, no_wandb_env):
 
 
 def test_config_show_defaults_and_train_cape(capsys, no_wandb_env):
-    from dynapose4d.cape.train import load_train_config
+    from dynapose4d.stages.train_cape import load_train_config
 
     assert main(["config", "show"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == to_dict(RunConfig())
@@ -216,8 +207,8 @@ def preset_dirs(tmp_path, monkeypatch):
     (packaged / "cape" / "tiny.yaml").write_text("steps: 5\n")
     (source / "mine.yaml").write_text("seed: 22\n")  # the packaged one wins
     (source / "only_here.yaml").write_text("seed: 33\n")
-    monkeypatch.setattr(config_mod, "PACKAGED_PRESETS", packaged)
-    monkeypatch.setattr(config_mod, "SOURCE_PRESETS", source)
+    monkeypatch.setattr(structured, "PACKAGED_PRESETS", packaged)
+    monkeypatch.setattr(structured, "SOURCE_PRESETS", source)
     monkeypatch.chdir(tmp_path)
     return packaged, source
 
@@ -352,7 +343,7 @@ SHIPPED = ROOT / "dynapose4d" / "assets" / "cape_small.ckpt"
 
 
 def test_train_cape_does_not_write_the_shipped_checkpoint_by_default(monkeypatch, tmp_path):
-    from dynapose4d.cape import train as train_mod
+    from dynapose4d.stages import train_cape as train_mod
 
     written = []
     monkeypatch.setattr(train_mod, "train_cape", lambda cfg, out, log=print: written.append(Path(out)))

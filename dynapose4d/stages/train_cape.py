@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from dynapose4d.cape.data import AugmentConfig, EvalSetConfig, ProceduralConfig
-from dynapose4d.cape.model import CAPEModelConfig
-from dynapose4d.config import TrainerConfig, merge_structured
+from dynapose4d.cape import load_cape, save_cape
+from dynapose4d.cape.data import AugmentConfig, EvalSetConfig, PairDataset, ProceduralConfig, load_or_generate
+from dynapose4d.cape.evaluation import evaluate, format_table
+from dynapose4d.cape.model import CAPEModel, CAPEModelConfig
+from dynapose4d.cape.mp100 import MixedPairs, MP100Pairs, load_split
 from dynapose4d.errors import ConfigError
 from dynapose4d.precision import resolve_precision, uses_cuda
+from dynapose4d.stages.cape import CAPEModule, fit, pair_loader
+from dynapose4d.stages.settings import TrainerConfig
+from dynapose4d.structured import merge_structured
 
 
 @dataclass
@@ -105,11 +111,6 @@ class _PrintProgress:
 
 def _initial_model(cfg: CapeTrainConfig) -> Any:
     """A random CAPEModel of `cfg.model`, or the weights of `cfg.init` (ConfigError when its model differs)."""
-    from dataclasses import asdict
-
-    from dynapose4d.cape import load_cape
-    from dynapose4d.cape.model import CAPEModel
-
     if not cfg.init:
         return CAPEModel(cfg.model)
     model = load_cape(cfg.init)
@@ -122,13 +123,6 @@ def _initial_model(cfg: CapeTrainConfig) -> Any:
 
 def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[str, Any] | None:
     """Train, evaluate and write the checkpoint at `out` (rank zero). Returns the metrics (None on other ranks)."""
-    import lightning as L
-
-    from dynapose4d.cape import save_cape
-    from dynapose4d.cape.data import PairDataset, load_or_generate
-    from dynapose4d.cape.evaluation import evaluate, format_table
-    from dynapose4d.stages.cape import CAPEModule, fit, pair_loader
-
     t_start = time.perf_counter()
     cuda = _on_cuda(cfg)
     if cuda:
@@ -141,8 +135,6 @@ def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[
     length = (cfg.steps + 1) * cfg.batch_size * devices
     dataset: Any = PairDataset(train_set, cfg.augment, length, seed=cfg.seed)
     if cfg.mp100.root:
-        from dynapose4d.cape.mp100 import MixedPairs, MP100Pairs, load_split
-
         mp = MP100Pairs(load_split(cfg.mp100.root, cfg.mp100.split, "train"), cfg.model.input_size, length,
                         seed=cfg.seed)
         dataset = MixedPairs(dataset, mp, cfg.mp100.fraction, seed=cfg.seed)
