@@ -4,25 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-_CONFIG_HELP = "preset: a name (cpu, default, dg4d, smoke; `dynapose4d config list`) or a YAML file"
-_SET_HELP = ("config overrides (repeatable; each value holds '=', so a word after them without one is the next "
-             "positional argument)")
-
-
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png/jpg) alone, or "
-                                 "synthetic:<template>:<seed>")
-    p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
-    p.add_argument("--video", default=None, help="driving video: an mp4 or a folder of frames 000.png ... "
-                                                 "(replaces the scene's own)")
-    p.add_argument("--keypoints", default=None,
-                   help="keypoints file in keypoints.json's format (replaces the scene's; e.g. an edited "
-                        "RUN/inputs/keypoints.json). Without any, keypoints are made from the mask")
-    p.add_argument("--config", default=None, help=_CONFIG_HELP)
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=_SET_HELP + ", e.g. --set static.steps=200 dynamic.lambda_kml=0")
-    p.add_argument("--resume", action="store_true",
-                   help="skip finished stages with unchanged config; resume an interrupted stage")
+from dynapose4d.run_command import CONFIG_HELP, SET_HELP, add_run_args
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -104,13 +86,13 @@ def _eval_cape(args: argparse.Namespace) -> int:
 def add_all(sub: argparse._SubParsersAction) -> None:
     """Register every sub-command on `sub`."""
     p = sub.add_parser("run", help="run the pipeline (static -> cape -> dynamic) on a scene")
-    _run_args(p)
+    add_run_args(p)
     p.add_argument("--stages", default=None, help="comma list of stages, e.g. static,cape (default: config)")
     p.set_defaults(func=_run)
 
     for name, stage in (("fit-static", "static"), ("fit-dynamic", "dynamic")):
         p = sub.add_parser(name, help=f"run the {stage} stage alone (same as `run --stages {stage}`)")
-        _run_args(p)
+        add_run_args(p)
         p.set_defaults(func=_run, stages=stage)
 
     p = sub.add_parser("train-cape", help="train the generic CAPE model on procedural data (writes a checkpoint)")
@@ -119,7 +101,7 @@ def add_all(sub: argparse._SubParsersAction) -> None:
                         "dynapose4d/assets/cape_small.ckpt is replaced only when named here)")
     p.add_argument("--config", default=None, help="CAPE training preset: a name (cape/cpu, cape/gpu) or a YAML file")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=_SET_HELP + ", e.g. --set steps=200 trainer.accelerator=gpu")
+                   help=SET_HELP + ", e.g. --set steps=200 trainer.accelerator=gpu")
     p.set_defaults(func=_train_cape)
 
     p = sub.add_parser("render", help="render a run's Gaussians for a camera list (gt/cameras.json format)")
@@ -193,9 +175,9 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="show a preset's resolved config with each key's doc, or list the presets")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     c = csub.add_parser("show", help="print the resolved config as YAML, each key with its doc as a comment")
-    c.add_argument("preset", nargs="?", default=None, help=_CONFIG_HELP + " (default: the built-in defaults)")
+    c.add_argument("preset", nargs="?", default=None, help=CONFIG_HELP + " (default: the built-in defaults)")
     c.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=_SET_HELP)
+                   help=SET_HELP)
     c.add_argument("--train-cape", action="store_true",
                    help="the settings of `train-cape` (presets cape/cpu, cape/gpu) instead of the pipeline's")
     c.set_defaults(func=_config_show)

@@ -33,6 +33,7 @@ from dynapose4d.errors import InputError
 from dynapose4d.gaussians import GaussianModel
 from dynapose4d.gt_metrics import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
 from dynapose4d.io import read_image, write_image, write_json, write_text
+from dynapose4d.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
 C4D_SIZE = 512
@@ -64,8 +65,6 @@ class RunModel:
 
 def load_run(run_dir: str | Path) -> RunModel:
     """The latest finished stage's Gaussians of a run folder (InputError when it has none)."""
-    from dynapose4d.runner import read_manifest
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest is None:
@@ -293,8 +292,6 @@ def eval_cli(args: argparse.Namespace) -> int:
     write_json(run_dir / f"{stem}.json", result)
     write_text(run_dir / f"{stem}.md", table)
     print(table)
-    from dynapose4d.runner import run_videos
-
     for v in run_videos(run_dir):
         print(f"video: {v}")
     print(f"metrics: {run_dir / f'{stem}.json'}, {run_dir / f'{stem}.md'}")

@@ -46,10 +46,15 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dynapose4d.config import load_config
+from dynapose4d.data.scene_spec import resolve_scene, scene_name
 from dynapose4d.errors import ConfigError, InputError
+from dynapose4d.evaluate import evaluate_run, metrics_table
 from dynapose4d.io import write_json, write_text
-
-SYNTHETIC_PREFIX = "synthetic:"
+from dynapose4d.run_command import add_run_args, command_line, run_argv
+from dynapose4d.run_folder import copy_finished_stages
+from dynapose4d.runner import DEFAULT_STAGES, StageRunner
+from dynapose4d.stages.base import quiet_lightning
 
 DEFAULT_METRICS: tuple[str, ...] = (
     "novel/psnr_moving", "novel/psnr", "mean/ssim", "mean/lpips", "mean/pck", "mean/kp_error_3d", "mean/jitter",
@@ -95,39 +100,6 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------------------ scenes
-
-
-def scene_name(spec: str) -> str:
-    """A short folder-safe name of a scene spec ('synthetic:humanoid:0' -> 'humanoid-0')."""
-    if spec.startswith(SYNTHETIC_PREFIX):
-        return "-".join(spec[len(SYNTHETIC_PREFIX):].split(":"))
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).name or "scene")
-
-
-def resolve_scene(spec: str, cache: str | Path = "runs/scenes", base: Path | None = None) -> Path:
-    """A scene folder for `spec`: a path (relative to `base` if given and it exists there), or
-    'synthetic:<template>:<seed>[:<frames>[:<size>]]', generated once into `cache`/<template>-<seed>[...]."""
-    if not spec.startswith(SYNTHETIC_PREFIX):
-        p = Path(spec)
-        if not p.is_absolute() and base is not None and (base / p).exists():
-            return base / p
-        return p
-    from dynapose4d.data.synthetic import TEMPLATES, write_scene
-
-    parts = spec[len(SYNTHETIC_PREFIX):].split(":")
-    try:
-        template, seed = parts[0], int(parts[1]) if len(parts) > 1 else 0
-        frames = int(parts[2]) if len(parts) > 2 else 16
-        size = int(parts[3]) if len(parts) > 3 else 128
-    except ValueError:
-        raise InputError(f"scene {spec!r}: expected synthetic:<template>:<seed>[:<frames>[:<size>]]") from None
-    if template not in TEMPLATES or len(parts) > 4:
-        raise InputError(f"scene {spec!r}: expected synthetic:<template>:<seed>[:<frames>[:<size>]] with a "
-                         f"template of {', '.join(TEMPLATES)}")
-    out = Path(cache) / scene_name(spec)
-    if not (out / "gt" / "meta.json").is_file():
-        write_scene(template, out, seed=seed, num_frames=frames, size=size)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -195,8 +167,6 @@ def sweep_command_args(data: dict[str, Any], params: dict[str, Any]) -> list[str
 
 def sweep_as_experiment(path: Path, data: dict[str, Any]) -> ExperimentFile:
     """A W&B sweep file as a local grid experiment (one variant per combination of `values`)."""
-    from dynapose4d import commands
-
     params = data.get("parameters") or {}
     grid: dict[str, list[Any]] = {}
     for k, spec in params.items():
@@ -213,7 +183,7 @@ def sweep_as_experiment(path: Path, data: dict[str, Any]) -> ExperimentFile:
         if argv[:1] != ["run"]:
             raise ConfigError(f"{path}: key 'command': must call `dynapose4d run ...`, got {shlex.join(argv)}")
         parser = argparse.ArgumentParser(prog="dynapose4d run", add_help=False)
-        commands._run_args(parser)
+        add_run_args(parser)
         parser.add_argument("--stages", default=None)
         try:
             ns = parser.parse_args(argv[1:])
@@ -290,15 +260,15 @@ def run_job(job: Job, scene_dir: Path, gpu: int | None = None, stages: Any = Non
     return job
 
 
-def _run_in_process(job: Job, scene_dir: Path, gt: Path, stages: Any = None) -> None:
-    from dynapose4d.config import load_config
-    from dynapose4d.evaluate import evaluate_run, metrics_table
-    from dynapose4d.runner import DEFAULT_STAGES, StageRunner
+def _run_namespace(job: Job, scene_dir: Path, overrides: list[str]) -> argparse.Namespace:
+    """The `dynapose4d run` arguments of a job (always --resume)."""
+    return argparse.Namespace(scene=str(scene_dir), out=str(job.run_dir), config=job.config, overrides=overrides,
+                              resume=True)
 
+
+def _run_in_process(job: Job, scene_dir: Path, gt: Path, stages: Any = None) -> None:
     cfg = load_config(job.config, job.overrides)
-    cmd = shlex.join(["dynapose4d", "run", str(scene_dir), "--out", str(job.run_dir)]
-                     + (["--config", job.config] if job.config else [])
-                     + [t for o in job.overrides for t in ("--set", o)] + ["--resume"])
+    cmd = command_line(_run_namespace(job, scene_dir, job.overrides))
     StageRunner(scene_dir, job.run_dir, cfg, resume=True, command=cmd, stages=stages or DEFAULT_STAGES).run()
     if gt.is_dir():
         result = evaluate_run(job.run_dir, gt, job.protocol)
@@ -310,9 +280,8 @@ def _run_in_process(job: Job, scene_dir: Path, gt: Path, stages: Any = None) -> 
 def _run_subprocess(job: Job, scene_dir: Path, gt: Path, gpu: int) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
     py = [sys.executable, "-m", "dynapose4d"]
-    run = py + ["run", str(scene_dir), "--out", str(job.run_dir), "--resume"]
-    run += (["--config", job.config] if job.config else [])
-    run += [t for o in [*job.overrides, "trainer.accelerator=gpu", "trainer.devices=1"] for t in ("--set", o)]
+    run = py + run_argv(_run_namespace(job, scene_dir, [*job.overrides, "trainer.accelerator=gpu",
+                                                        "trainer.devices=1"]))
     log = job.run_dir.parent / f"{job.run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
@@ -335,9 +304,6 @@ def run_experiment(path: str | Path, out: str | Path = "runs/experiments", gpus:
     """Run an experiment (or a sweep's grid, locally); returns {"jobs": [...], "table": markdown, "root"}.
     `scenes` replaces the file's scene list, `variants` keeps only those variants, `config` the base preset,
     `stages` the pipeline (in-process runs only) — for tests."""
-    from dynapose4d.config import load_config
-    from dynapose4d.runner import copy_finished_stages
-
     path = Path(path)
     exp = load_experiment(path)
     if scenes:
@@ -485,8 +451,6 @@ def _log_wandb_table(exp: ExperimentFile, jobs: list[Job], cfg: Any, root: Path)
 
 def experiment_cli(args: argparse.Namespace) -> int:
     """CLI handler of `dynapose4d experiment`."""
-    from dynapose4d.runner import quiet_lightning
-
     quiet_lightning()
     res = run_experiment(args.file, args.out, gpus=int(args.gpus or 0), overrides=list(args.overrides or []))
     return 0 if all(j.status == "done" for j in res["jobs"]) else 1

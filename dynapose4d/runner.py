@@ -22,12 +22,10 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +33,23 @@ from dynapose4d import logging as dlog
 from dynapose4d.config import RunConfig, load_config, save_config
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
+from dynapose4d.data.scene_spec import resolve_scene
 from dynapose4d.errors import InputError
 from dynapose4d.export import export_files, export_run
-from dynapose4d.io import write_json, write_text
+from dynapose4d.io import write_text
+from dynapose4d.run_command import command_line
+from dynapose4d.run_folder import (
+    EXPORT_DIR,
+    MANIFEST,
+    MANIFEST_VERSION,
+    export_source,
+    now_iso,
+    read_manifest,
+    run_videos,
+    write_manifest,
+)
 from dynapose4d.stages import cape, dynamic, static
-from dynapose4d.stages.base import StageContext, summary_line
+from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
 from dynapose4d.structured import config_hash
 
 StageFn = Callable[[StageContext, Any], dict]  # run(ctx, stage config) -> {artifact name: path relative to RUN}
@@ -55,14 +65,6 @@ DEFAULT_STAGES: tuple[StageSpec, ...] = (
 #: Stages that read the top-level `zero123` section (hashed with their own section: a change reruns them).
 ZERO123_STAGES = ("static", "dynamic")
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-EXPORT_DIR = "export"  # RUN/export: the outputs for other tools (dynapose4d.export)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
 
 def _rank() -> int:
     """Global rank of this process when a launcher (Lightning's DDP subprocess launcher, torchrun, SLURM) set it."""
@@ -70,25 +72,6 @@ def _rank() -> int:
         if k in os.environ:
             return int(os.environ[k])
     return 0
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run folder's manifest, or None when it has none. A corrupt one is an InputError naming it."""
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable manifest ({e})") from None
-    if not isinstance(data, dict) or "stages" not in data:
-        raise InputError(f"{path}: not a dynapose4d manifest (no 'stages')")
-    return data
-
-
-def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
-    manifest["updated"] = _now()
-    write_json(Path(run_dir) / MANIFEST, manifest)
 
 
 def scene_fingerprint(scene: Scene) -> str:
@@ -171,7 +154,7 @@ class StageRunner:
         scene = scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
         fp = scene_fingerprint(scene)
         manifest = existing or {
-            "version": MANIFEST_VERSION, "run_name": self.run_dir.name, "created": _now(), "stages": {},
+            "version": MANIFEST_VERSION, "run_name": self.run_dir.name, "created": now_iso(), "stages": {},
         }
         if existing and existing.get("scene_fingerprint") not in (None, fp):
             self.echo(f"note: the scene differs from the one {self.run_dir}/{MANIFEST} was made with; "
@@ -200,7 +183,7 @@ class StageRunner:
                       f"{self.run_dir / 'inputs' / 'keypoints.json'} (edit it and pass --keypoints FILE to use yours)")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
-            write_text(self.run_dir / "command.txt", old + f"{_now()}  {self.command}\n")
+            write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
         for name, action, rec, _ in plan:
             if action != "skip":
                 manifest["stages"][name] = rec
@@ -316,7 +299,7 @@ class StageRunner:
             seed=self.cfg.seed, resume=resume, config=self.cfg, is_last=is_last,
         )
         rec = manifest["stages"][name]
-        rec.update(status="running", started=_now(), ended=None, error=None, attempts=rec.get("attempts", 0) + 1)
+        rec.update(status="running", started=now_iso(), ended=None, error=None, attempts=rec.get("attempts", 0) + 1)
         if write:
             write_manifest(self.run_dir, manifest)
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
@@ -326,7 +309,7 @@ class StageRunner:
             arts = self._check_artifacts(name, out) if write else {}  # other ranks do not write the files
         except BaseException as e:
             msg = str(e).splitlines()[0] if str(e) else ""
-            rec.update(status="failed", ended=_now(), seconds=round(time.perf_counter() - t0, 2),
+            rec.update(status="failed", ended=now_iso(), seconds=round(time.perf_counter() - t0, 2),
                        error=f"{type(e).__name__}: {msg}" if not isinstance(e, KeyboardInterrupt) else "interrupted")
             if write:
                 write_manifest(self.run_dir, manifest)
@@ -335,7 +318,7 @@ class StageRunner:
         dlog.finish_stage(self.run_dir, name)
         seconds = time.perf_counter() - t0
         losses, metrics = dlog.read_stage_logs(self.run_dir, name)
-        rec.update(status="done", artifacts=arts, ended=_now(), seconds=round(seconds, 2),
+        rec.update(status="done", artifacts=arts, ended=now_iso(), seconds=round(seconds, 2),
                    final_losses={k: v for k, v in losses.items() if "loss" in k}, metrics=metrics)
         if write:
             write_manifest(self.run_dir, manifest)
@@ -410,7 +393,7 @@ class StageRunner:
                           self.cfg.wandb)
         except Exception as e:  # noqa: BLE001 - reported in the manifest and on the console
             manifest["export"] = {"status": "failed", "source": source, "error": f"{type(e).__name__}: {e}",
-                                  "ended": _now()}
+                                  "ended": now_iso()}
             write_manifest(self.run_dir, manifest)
             self.echo(f"[export] failed ({type(e).__name__}: {e}); retry with `dynapose4d export {self.run_dir}`")
             return
@@ -425,14 +408,6 @@ class StageRunner:
             self.echo(f"  export: {self.run_dir / EXPORT_DIR} (glb/bvh for Blender, splats/ for splat viewers)")
 
 
-def export_source(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """What an export is made from: the done dynamic stage's config hash and end time (None when not done)."""
-    rec = manifest.get("stages", {}).get("dynamic")
-    if not rec or rec.get("status") != "done":
-        return None
-    return {"config_hash": rec.get("config_hash"), "ended": rec.get("ended")}
-
-
 def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[str, Any], wandb_cfg: Any) -> None:
     """List an export of RUN/export in the manifest ("export": status, files, up axes, source) and log it to
     W&B (`logging.log_export`) when the run's config enables W&B."""
@@ -440,7 +415,7 @@ def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[st
     files = export_files(record)
     manifest["export"] = {
         "status": "done", "dir": EXPORT_DIR, "source": export_source(manifest), "files": files,
-        "up": {k: v["up"] for k, v in record["outputs"].items() if "up" in v}, "ended": _now(),
+        "up": {k: v["up"] for k, v in record["outputs"].items() if "up" in v}, "ended": now_iso(),
     }
     write_manifest(run_dir, manifest)
     name = dlog.log_export(run_dir, wandb_cfg, run_dir / EXPORT_DIR, files,
@@ -472,47 +447,6 @@ def export_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_videos(run_dir: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
-    """The mp4 videos of a run's finished stages (gif twins left out; logs, media copies and W&B excluded)."""
-    run_dir = Path(run_dir)
-    manifest = manifest or read_manifest(run_dir) or {"stages": {}}
-    out: list[Path] = []
-    for name, rec in manifest["stages"].items():
-        if rec.get("status") != "done" or not (run_dir / name).is_dir():
-            continue
-        out += sorted(p for p in (run_dir / name).rglob("*.mp4")
-                      if not {"media", "logs", "checkpoints"} & set(p.relative_to(run_dir / name).parts[:-1]))
-        gifs = [run_dir / p for p in rec.get("artifacts", {}).values() if str(p).endswith(".gif")]
-        out += [g for g in gifs if g.with_suffix(".mp4") not in out]
-    return out
-
-
-def copy_finished_stages(src_run: str | Path, dst_run: str | Path) -> list[str]:
-    """Start a new run folder from another run's finished stages (their folders and manifest records), so
-    that `--resume` with a config that differs only in later stages skips them (experiments use this).
-    The hashes decide on resume: a copied stage whose config differs is rerun as usual. Returns the stages."""
-    src_run, dst_run = Path(src_run), Path(dst_run)
-    m = read_manifest(src_run)
-    if m is None:
-        return []
-    done = [s for s, r in m["stages"].items() if r.get("status") == "done"]
-    if dst_run.exists() and any(dst_run.iterdir()):
-        raise InputError(f"{dst_run}: exists and is not empty; cannot start it from {src_run}")
-    tmp = dst_run.with_name(f".{dst_run.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for s in done:
-        if (src_run / s).is_dir():
-            shutil.copytree(src_run / s, tmp / s)
-    new = {**m, "run_name": dst_run.name, "created": _now(), "copied_from": str(src_run),
-           "stages": {s: m["stages"][s] for s in done}}
-    write_manifest(tmp, new)
-    if dst_run.exists():
-        dst_run.rmdir()
-    os.replace(tmp, dst_run)
-    return done
-
-
 def write_auto_keypoints(scene: Scene, folder: Path) -> None:
     """FOLDER/keypoints.json (keypoints.json's format, in the pixels of the scene's image file) and
     FOLDER/keypoints.png (them drawn on the image) of a scene's automatic keypoints."""
@@ -531,43 +465,12 @@ def write_auto_keypoints(scene: Scene, folder: Path) -> None:
     write_image(folder / "keypoints.png", drawn.astype("float32") / 255.0)
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The `dynapose4d run` command equivalent to `args` (written to RUN/command.txt)."""
-    parts = ["dynapose4d", "run", str(args.scene), "--out", str(args.out)]
-    for flag in ("video", "keypoints"):
-        if getattr(args, flag, None):
-            parts += [f"--{flag}", str(getattr(args, flag))]
-    if getattr(args, "config", None):
-        parts += ["--config", str(args.config)]
-    for ov in getattr(args, "overrides", []) or []:
-        parts += ["--set", ov]
-    if getattr(args, "stages", None):
-        parts += ["--stages", str(args.stages)]
-    if getattr(args, "resume", False):
-        parts.append("--resume")
-    return shlex.join(parts)
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = list(getattr(args, "overrides", []) or [])
     if getattr(args, "stages", None):
         names = [s.strip() for s in str(args.stages).split(",") if s.strip()]
         overrides.append(f"stages=[{','.join(names)}]")
     return load_config(args.config, overrides)
-
-
-def quiet_lightning() -> None:
-    """Drop two lines of Lightning noise from every stage's output (an advert for litlogger printed by each
-    Trainer, and a torch-version deprecation warning from Lightning's own pytree helper)."""
-    import logging
-    import warnings
-
-    class _NoAdverts(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "litlogger" not in str(record.msg)
-
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -577,8 +480,6 @@ def run_cli(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     scene = args.scene
     if str(scene).startswith("synthetic:"):  # synthetic:<template>:<seed>[:<frames>[:<size>]], made once
-        from dynapose4d.experiments import resolve_scene
-
         scene = resolve_scene(str(scene), os.environ.get("DYNAPOSE4D_SCENES", "runs/scenes"))
     StageRunner(scene, args.out, cfg, resume=bool(args.resume), command=command_line(args),
                 video=getattr(args, "video", None), keypoints=getattr(args, "keypoints", None)).run()

@@ -20,7 +20,7 @@ from dynapose4d.deform import load_dynamic, read_dynamic
 from dynapose4d.dynamic_report import render_4d
 from dynapose4d.errors import InputError
 from dynapose4d.io import over_background, read_image, to_uint8, write_video
-from dynapose4d.runner import read_manifest
+from dynapose4d.run_folder import read_manifest
 
 CAPTIONS = ("input image", "driving video", "4D result, orbit")
 

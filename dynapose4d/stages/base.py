@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,3 +150,34 @@ def summary_line(stage: str, seconds: float, losses: dict[str, float], metrics: 
     items = [f"{k}={fmt(v)}" for k, v in losses.items() if "loss" in k][:max_items]
     items += [f"{k}={fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float))][:max_items]
     return f"[{stage}] done in {seconds:.1f} s" + ("  " + "  ".join(items) if items else "")
+
+
+#: Lightning's advice that does not apply to the stages' step-based training: few DataLoader workers, an
+#: IterableDataset without a length, few batches per epoch, and ModelCheckpoint with manual optimisation (the
+#: static stage's checkpoint holds the state after the step, which is what resuming needs).
+FIT_WARNINGS: tuple[str, ...] = (
+    ".*does not have many workers.*",
+    ".*IterableDataset.*",
+    ".*The number of training batches.*",
+    "Using ModelCheckpoint with manual optimization",
+)
+
+
+@contextlib.contextmanager
+def quiet_fit() -> Iterator[None]:
+    """Around `trainer.fit`: the `FIT_WARNINGS` silenced (every other warning shows)."""
+    with warnings.catch_warnings():
+        for message in FIT_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def quiet_lightning() -> None:
+    """Drop two lines of Lightning noise from every stage's output (an advert for litlogger printed by each
+    Trainer, and a torch-version deprecation warning from Lightning's own pytree helper)."""
+    class _NoAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in str(record.msg)
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

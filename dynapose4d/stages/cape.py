@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from dynapose4d.cape.data import PairDataset, collate_pairs
 from dynapose4d.cape.model import CAPEModel, cape_loss
+from dynapose4d.stages.base import build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import CapeStageConfig
 
 STAGE = "cape"
@@ -123,9 +124,7 @@ def pair_loader(dataset: PairDataset, batch_size: int, num_workers: int, pin_mem
 
 def fit(module: CAPEModule, trainer: Any, loader: DataLoader, ckpt_path: str | None = None) -> None:
     """`trainer.fit` without the warnings that do not apply (few workers, step-based training)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    with quiet_fit():
         trainer.fit(module, loader, ckpt_path=ckpt_path)
 
 
@@ -166,7 +165,6 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     from dynapose4d.gaussians.ply import load_ply
     from dynapose4d.io import over_background
     from dynapose4d.logging import make_logger
-    from dynapose4d.stages.base import build_trainer, resume_checkpoint
 
     cfg.validate()
     if cfg.arch == "poseanything":

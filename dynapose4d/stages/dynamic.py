@@ -54,6 +54,7 @@ from dynapose4d.priors.svd import (
 )
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
+from dynapose4d.stages.base import build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import DynamicConfig
 from dynapose4d.tracks import Attachment, attach_keypoints, carry_points
 
@@ -421,10 +422,6 @@ def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
 
     `keypoints_fn` replaces CAPE (tests; any differentiable detector); `zero123` the run config's top-level
     Zero-1-to-3 setting (λ_sds > 0). Returns the artifacts (with "driving_video" when it was generated)."""
-    import warnings
-
-    from dynapose4d.stages.base import build_trainer, resume_checkpoint
-
     cfg.validate()
     if cfg.lambda_kml > 0 and keypoints_fn is None:
         ctx.artifact("cape", "model")  # fails now (clear message) rather than after the driving video
@@ -443,9 +440,7 @@ def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
     ctx.stage_dir("dynamic")
     trainer = build_trainer(ctx, "dynamic", cfg.steps)
     loader = DataLoader(_FrameBatches(module.num_frames, cfg.batch_frames, ctx.seed), batch_size=None)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+    with quiet_fit():
         trainer.fit(module, loader, ckpt_path=resume_checkpoint(ctx, "dynamic"))
     release_priors(module)
     artifacts = {"deform": "dynamic/deform.ckpt", "keypoints": "dynamic/keypoints.json", "videos": "dynamic/videos"}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -46,7 +45,7 @@ from dynapose4d.metrics import ssim as metrics_ssim
 from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
-from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint
+from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import StaticConfig, check_config
 
 STAGE = "static"
@@ -382,10 +381,6 @@ def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = No
 def fit(module: StaticGaussianModule, ctx: StageContext, max_steps: int, ckpt_path: str | None = None) -> Any:
     """Train `module` up to `max_steps` with the stage's Trainer (resuming from `ckpt_path`); returns the Trainer."""
     trainer = build_trainer(ctx, STAGE, max_steps=max_steps, multi_device=False, max_epochs=-1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-        # the checkpoint holds the state after the step, which is what resuming needs
-        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    with quiet_fit():
         trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None), ckpt_path=ckpt_path)
     return trainer
