@@ -31,7 +31,6 @@ from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from dynapose4d.io import write_image, write_json
-from dynapose4d.structured import to_dict
 
 _ACTIVE: dict[tuple[str, str], RunLogger] = {}  # (run_dir, stage) -> the stage's logger in this process
 _SWEEP_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
@@ -143,8 +142,8 @@ def _make_wandb_logger(ctx: Any, stage: str, wc: Any) -> Any:
         if url:  # the CLI keeps wandb itself quiet (WANDB_SILENT), so say where the live run is
             print(f"[{stage}] W&B run: {url}", flush=True)
         cfg = getattr(ctx, "config", None)
-        if cfg is not None and exp is not None:
-            exp.config.update({**to_dict(cfg), "stage": stage, "run_dir": str(run_dir)}, allow_val_change=True)
+        if cfg and exp is not None:
+            exp.config.update({**cfg, "stage": stage, "run_dir": str(run_dir)}, allow_val_change=True)
     return wl
 
 

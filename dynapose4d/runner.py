@@ -50,7 +50,7 @@ from dynapose4d.run_folder import (
 )
 from dynapose4d.stages import cape, dynamic, static
 from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
-from dynapose4d.structured import config_hash
+from dynapose4d.structured import config_hash, to_dict
 
 StageFn = Callable[[StageContext, Any], dict]  # run(ctx, stage config) -> {artifact name: path relative to RUN}
 StageSpec = tuple[str, StageFn, Callable[[RunConfig], Any]]  # (name, run function, its config section)
@@ -296,7 +296,8 @@ class StageRunner:
                      if v.get("status") == "done"}
         ctx = StageContext(
             scene=scene, run_dir=self.run_dir, artifacts=artifacts, trainer=self.cfg.trainer, wandb=self.cfg.wandb,
-            seed=self.cfg.seed, resume=resume, config=self.cfg, is_last=is_last,
+            seed=self.cfg.seed, resume=resume, zero123=self.cfg.zero123, svd=self.cfg.dynamic.svd,
+            config=to_dict(self.cfg), is_last=is_last,
         )
         rec = manifest["stages"][name]
         rec.update(status="running", started=now_iso(), ended=None, error=None, attempts=rec.get("attempts", 0) + 1)

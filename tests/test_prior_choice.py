@@ -39,7 +39,7 @@ def scenes(tmp_path_factory) -> tuple[Path, Path]:
 
 def _ctx(scene, run_dir: Path, run_cfg) -> StageContext:
     return StageContext(scene=scene, run_dir=run_dir, trainer=TrainerConfig(accelerator="cpu", progress_bar=False),
-                        wandb=WandbConfig(enabled=False), config=run_cfg)
+                        wandb=WandbConfig(enabled=False), zero123=run_cfg.zero123)
 
 
 def _fake_hf_cache(cache: Path, repo: str, source: Path) -> Path:

@@ -135,7 +135,8 @@ def test_static_stage_sds_reaches_the_gaussians(tiny_zero123, tmp_path) -> None:
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
 
     ctx = StageContext(scene=scene, run_dir=tmp_path / "run", trainer=TrainerConfig(accelerator="cpu",
-                       progress_bar=False, log_every_n_steps=1), wandb=WandbConfig(enabled=False), config=run_cfg)
+                       progress_bar=False, log_every_n_steps=1), wandb=WandbConfig(enabled=False),
+                       zero123=run_cfg.zero123)
     arts = static.run(ctx, cfg)
     assert (tmp_path / "run" / arts["gaussians"]).is_file()
     assert "static/loss_sds" in (tmp_path / "run" / "static" / "logs" / "metrics.jsonl").read_text()
@@ -300,7 +301,7 @@ def test_priors_are_freed_when_the_static_stage_ends(tiny_zero123, tmp_path, mon
         "static.prior=zero123", f"zero123.path={tiny_zero123}", f"zero123.size={TINY_SIZE}",
         "static.novel_sizes=[16]", "static.novel_size_until=[]", "static.steps=2", "static.orbit_frames=2"])
     ctx = StageContext(scene=scene, run_dir=tmp_path / "run", trainer=TrainerConfig(accelerator="cpu",
-                       progress_bar=False), wandb=WandbConfig(enabled=False), config=run_cfg)
+                       progress_bar=False), wandb=WandbConfig(enabled=False), zero123=run_cfg.zero123)
     static.run(ctx, run_cfg.static)
     assert len(refs) == 1 and alive_at_outputs == [False]
     assert refs[0]() is None

@@ -15,6 +15,9 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from dynapose4d.data.scene import Scene
 from dynapose4d.errors import InputError
 from dynapose4d.precision import resolve_precision
+from dynapose4d.priors.svd import SVDConfig
+from dynapose4d.priors.zero123 import Zero123Config
+from dynapose4d.stages.settings import TrainerConfig, WandbConfig
 
 
 @dataclass
@@ -29,11 +32,13 @@ class StageContext:
     scene: Scene
     run_dir: Path
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> name -> relative path
-    trainer: Any = None  # dynapose4d.config.TrainerConfig
-    wandb: Any = None  # dynapose4d.config.WandbConfig
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the Lightning Trainer settings
+    wandb: WandbConfig | None = None  # the W&B settings; None = no W&B run
     seed: int = 0
     resume: bool = False  # resume an interrupted stage from RUN/<stage>/checkpoints/last.ckpt
-    config: Any = None  # the whole resolved dynapose4d.config.RunConfig (logged as the W&B config)
+    zero123: Zero123Config = field(default_factory=Zero123Config)  # the run's Zero-1-to-3 (static, dynamic SDS)
+    svd: SVDConfig = field(default_factory=SVDConfig)  # the driving-video generator (dynamic.svd; cape, dynamic)
+    config: dict[str, Any] = field(default_factory=dict)  # the whole resolved run config, plain (the W&B config)
     is_last: bool = True  # the last stage of this invocation (under `wandb agent` it reports to the sweep's run)
 
     @property
@@ -65,25 +70,25 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
     from dynapose4d.logging import make_logger
 
     tc = ctx.trainer
-    devices = tc.devices if (multi_device and tc is not None) else 1
+    devices = tc.devices if multi_device else 1
     ckpt = ModelCheckpoint(
         dirpath=ctx.stage_dir(stage) / "checkpoints",
         save_last=True,
         save_top_k=0,
-        every_n_train_steps=max(1, getattr(tc, "checkpoint_every_n_steps", 50)),
+        every_n_train_steps=max(1, tc.checkpoint_every_n_steps),
         enable_version_counter=False,  # a resumed stage keeps writing last.ckpt, never last-v1.ckpt
     )
-    show_bar = bool(getattr(tc, "progress_bar", True))
+    show_bar = bool(tc.progress_bar)
     callbacks: list[Any] = [ckpt] + ([StageProgressBar(stage)] if show_bar else [])
     args: dict[str, Any] = dict(
         max_steps=max_steps,
-        accelerator=getattr(tc, "accelerator", "auto"),
+        accelerator=tc.accelerator,
         devices=devices,
-        strategy=getattr(tc, "strategy", "auto") if devices != 1 else "auto",
-        precision=getattr(tc, "precision", "32-true"),  # resolved below ("auto": bf16 only where native)
+        strategy=tc.strategy if devices != 1 else "auto",
+        precision=tc.precision,  # resolved below ("auto": bf16 only where native)
         logger=make_logger(ctx, stage),
         callbacks=callbacks,
-        log_every_n_steps=getattr(tc, "log_every_n_steps", 10),
+        log_every_n_steps=tc.log_every_n_steps,
         enable_progress_bar=show_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,

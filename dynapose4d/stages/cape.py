@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from dynapose4d.cape.data import PairDataset, collate_pairs
 from dynapose4d.cape.model import CAPEModel, cape_loss
-from dynapose4d.stages.base import build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import CapeStageConfig
 
 STAGE = "cape"
@@ -131,8 +131,8 @@ def fit(module: CAPEModule, trainer: Any, loader: DataLoader, ckpt_path: str | N
 # ------------------------------------------------------------------------------------------------ the stage
 
 
-def _render_device(ctx: Any) -> torch.device:
-    acc = getattr(ctx.trainer, "accelerator", "auto") if ctx.trainer is not None else "auto"
+def _render_device(ctx: StageContext) -> torch.device:
+    acc = ctx.trainer.accelerator
     return torch.device("cuda" if torch.cuda.is_available() and acc in ("gpu", "cuda", "auto") else "cpu")
 
 
@@ -158,7 +158,7 @@ def coincident_keypoints(keypoints: torch.Tensor, radius: float) -> list[list[in
     return groups
 
 
-def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
+def run(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
     """Fine-tune CAPE on the scene's static Gaussians, predict the driving keypoints; writes RUN/cape/."""
     from dynapose4d.cape import load_cape
     from dynapose4d.cape.finetune import object_render_set
@@ -195,7 +195,7 @@ def run(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
     ctx.stage_dir(STAGE)
     if cfg.steps > 0:
         trainer = build_trainer(ctx, STAGE, cfg.steps, max_epochs=-1, precision=cfg.precision)
-        devices = max(1, int(getattr(ctx.trainer, "devices", 1) or 1))
+        devices = max(1, int(ctx.trainer.devices or 1))
         data = PairDataset(rs, cfg.augment, (cfg.steps + 1) * cfg.batch_size * devices, seed=ctx.seed, support_view=0,
                            plain_support=cfg.plain_support)
         fit(module, trainer, pair_loader(data, cfg.batch_size, cfg.num_workers), resume_checkpoint(ctx, STAGE))
@@ -228,7 +228,7 @@ def check_weights(cfg: CapeStageConfig) -> None:
         raise MissingWeightsError(f"{cfg.checkpoint or SHIPPED_CHECKPOINT}: CAPE checkpoint not found")
 
 
-def _run_poseanything(ctx: Any, cfg: CapeStageConfig) -> dict[str, str]:
+def _run_poseanything(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
     """cape.arch=poseanything: the official model, frozen, on the driving frames; RUN/cape/model.ckpt points to it."""
     from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT, load_poseanything
     from dynapose4d.errors import MissingWeightsError
@@ -252,15 +252,14 @@ def _artifacts(scene: Any) -> dict[str, str]:
     return arts
 
 
-def _driving_frames(ctx: Any) -> tuple[torch.Tensor, str]:
+def _driving_frames(ctx: StageContext) -> tuple[torch.Tensor, str]:
     """Driving frames RGBA [T, H, W, 4] and where they came from; the scene image alone when no video exists and
     none can be generated (no SVD weights)."""
     from dynapose4d.errors import MissingWeightsError
     from dynapose4d.priors.svd import driving_video
 
-    svd_cfg = getattr(getattr(ctx.config, "dynamic", None), "svd", None)
     try:
-        return driving_video(ctx.scene, ctx.run_dir, svd_cfg, seed=ctx.seed), "video"
+        return driving_video(ctx.scene, ctx.run_dir, ctx.svd, seed=ctx.seed), "video"
     except MissingWeightsError as e:
         warnings.warn(f"cape: no driving video ({str(e).splitlines()[0]}); keypoints of the input image only",
                       stacklevel=2)
@@ -285,7 +284,7 @@ def predict_frames(model: CAPEModel, scene: Any, frames: torch.Tensor, batch: in
     return torch.cat(pts), torch.cat(conf)
 
 
-def write_outputs(ctx: Any, cfg: CapeStageConfig, model: Any, start: CAPEModel | None, logger: Any,
+def write_outputs(ctx: StageContext, cfg: CapeStageConfig, model: Any, start: CAPEModel | None, logger: Any,
                   seconds: float) -> dict[str, Any]:
     """model.ckpt, driving_keypoints.json, overlay.mp4/.gif and (with gt/) metrics.json. Returns the metrics.
     `model` is the fine-tuned CAPEModel and `start` its starting point, or a PoseAnything and None."""

@@ -54,7 +54,7 @@ from dynapose4d.priors.svd import (
 )
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
-from dynapose4d.stages.base import build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import DynamicConfig
 from dynapose4d.tracks import Attachment, attach_keypoints, carry_points
 
@@ -275,7 +275,7 @@ class CapeKeypoints:
         return cape.predict_prepared(self._support, images)
 
 
-def _cape_keypoints(ctx: Any, background: float) -> CapeKeypoints:
+def _cape_keypoints(ctx: StageContext, background: float) -> CapeKeypoints:
     from dynapose4d import cape
 
     model = cape.load_keypoint_model(ctx.artifact("cape", "model"))  # CAPEModel, or PoseAnything via its pointer
@@ -286,7 +286,7 @@ def _cape_keypoints(ctx: Any, background: float) -> CapeKeypoints:
     return CapeKeypoints(model, support, ctx.scene.keypoints.float(), list(ctx.scene.skeleton))
 
 
-def _driving_keypoints(ctx: Any, video: torch.Tensor, keypoints_fn: KeypointFn | None, background: float
+def _driving_keypoints(ctx: StageContext, video: torch.Tensor, keypoints_fn: KeypointFn | None, background: float
                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """p_τ for every driving frame: the cape stage's driving_keypoints.json when it matches the video (its shape,
     and for a generated video the hash of the frames it was made on), else CAPE run once here on the driving
@@ -380,7 +380,7 @@ def _sds_fn(cfg: DynamicConfig, video: torch.Tensor, zero123: Zero123Config | No
 # ------------------------------------------------------------------------------------------------
 # the stage
 # ------------------------------------------------------------------------------------------------
-def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor, keypoints_fn: KeypointFn | None = None,
+def build_module(ctx: StageContext, cfg: DynamicConfig, video: torch.Tensor, keypoints_fn: KeypointFn | None = None,
                  zero123: Zero123Config | None = None) -> DynamicGaussianModule:
     """The stage's LightningModule from the static stage's Gaussians, the driving video, (λ_kml > 0) CAPE and
     (λ_sds > 0) the Zero-1-to-3 prior `zero123` (default: the run config's top-level `zero123`)."""
@@ -393,7 +393,7 @@ def build_module(ctx: Any, cfg: DynamicConfig, video: torch.Tensor, keypoints_fn
             raise ConfigError("dynamic.lambda_kml > 0 and dynamic.lambda_track > 0 need the cape stage (RUN/cape/): "
                               "run it, or set them to 0")
         targets, conf = kp
-    zero123 = zero123 or getattr(ctx.config, "zero123", None) or Zero123Config()
+    zero123 = zero123 or ctx.zero123
     sds = _sds_fn(cfg, video, zero123, ctx.scene.camera.elevation) if cfg.lambda_sds > 0 else None
     canonical = load_ply(ctx.artifact("static", "gaussians"))
     phi = build_deformation(cfg.deform, canonical.means, video.shape[0], cfg.hexplane, cfg.control, seed=ctx.seed)
@@ -416,7 +416,7 @@ def check_weights(cfg: DynamicConfig, scene: Any, zero123: Zero123Config, run_di
         check_svd_weights(cfg.svd.model)
 
 
-def run(ctx: Any, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
+def run(ctx: StageContext, cfg: DynamicConfig, keypoints_fn: KeypointFn | None = None,
         zero123: Zero123Config | None = None) -> dict[str, str]:
     """Train φ on the driving video, then write RUN/dynamic/{deform.ckpt, keypoints.json, videos/, metrics.json}.
 
@@ -468,7 +468,7 @@ def release_priors(module: DynamicGaussianModule) -> None:
     free_memory()
 
 
-def write_outputs(ctx: Any, cfg: DynamicConfig, module: DynamicGaussianModule, logger: Any = None
+def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussianModule, logger: Any = None
                   ) -> dict[str, Any]:
     """deform.ckpt, keypoints.json (3D tracks + their reference-view projections), videos and, when the scene
     has gt/, metrics.json beside the no-motion baselines. Returns the metrics ({} without gt/)."""

@@ -355,7 +355,7 @@ def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = No
     """Fit the static Gaussians for `ctx.scene` and write RUN/static/ (see the module docstring). `zero123`:
     the Zero-1-to-3 setting (default: the run config's top-level `zero123` section)."""
     check_config(cfg)
-    zero123 = zero123 or getattr(ctx.config, "zero123", None) or Zero123Config()
+    zero123 = zero123 or ctx.zero123
     prior, why = resolve_prior(cfg, ctx.scene, zero123)
     if cfg.prior == "auto":
         print(f"[{STAGE}] prior: {prior} ({why})", flush=True)
