@@ -107,6 +107,27 @@ def project(points: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor) -> tup
     return px, z
 
 
+def depth_visibility(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, depth: torch.Tensor,
+                     alpha: torch.Tensor, width: int, height: int, tolerance: float | torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which world points [N, 3] each of C views sees, given that view's rendered expected depth [C, H, W] and
+    alpha [C, H, W]: (pixels [C, N, 2] float32, visible [C, N], inside [C, N]). inside: in the image and in front
+    of the camera; visible: inside and, where the pixel is covered (alpha > 0.5), not more than `tolerance`
+    (world units, a float or one per point [N]) behind the rendered surface. The points are projected with
+    `viewmats` [C, 4, 4] and `Ks` [C, 3, 3] in the dtype given (float64 points and matrices for exact pixels)."""
+    pts, vis, ins = [], [], []
+    for c in range(viewmats.shape[0]):
+        px, d = project(points, viewmats[c], Ks[c])  # [N, 2], [N]
+        inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height) & (d > 0)
+        col = px[:, 0].floor().long().clamp(0, width - 1)
+        row = px[:, 1].floor().long().clamp(0, height - 1)
+        hidden = (alpha[c, row, col] > 0.5) & (depth[c, row, col].double() < d - tolerance)
+        pts.append(px.float())
+        vis.append(inside & ~hidden)
+        ins.append(inside)
+    return torch.stack(pts), torch.stack(vis), torch.stack(ins)
+
+
 def unproject(pixels: torch.Tensor, depth: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Inverse of `project`: pixels [..., 2] and camera depth [...] to world points [..., 3]."""
     K = K.to(pixels.dtype)

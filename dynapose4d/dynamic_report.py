@@ -25,7 +25,7 @@ import torch
 from dynapose4d.cameras import Camera, project
 from dynapose4d.deform import gaussians_at
 from dynapose4d.gt_metrics import load_gt, read_gt_frames, summarise, track_view_metrics
-from dynapose4d.io import to_uint8, write_video
+from dynapose4d.io import over_background, to_uint8, write_video
 from dynapose4d.render import rasterize
 
 # ------------------------------------------------------------------------------------------------
@@ -50,12 +50,6 @@ def render_4d(canonical: Any, phi: Any, camera: Camera, taus: list[float] | torc
     return torch.stack(rgbs), torch.stack(alphas)
 
 
-def over(rgba: torch.Tensor, background: float) -> torch.Tensor:
-    """Straight RGBA [..., 4] over a grey level -> RGB [..., 3]."""
-    a = rgba[..., 3:4]
-    return rgba[..., :3] * a + (1.0 - a) * background
-
-
 def draw_points(img: np.ndarray, points: np.ndarray, colour: tuple[int, int, int], radius: int = 1) -> np.ndarray:
     """Draw filled squares at pixel points [N, 2] on a uint8 image [H, W, 3] (in place; returns it)."""
     H, W = img.shape[:2]
@@ -75,7 +69,7 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
     T, H, W = video.shape[:3]
     taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
     rgb, _ = render_4d(canonical, phi, camera, taus, W, H, background)
-    driving = over(video.cpu().float(), background)
+    driving = over_background(video.cpu().float(), background)
     paths: dict[str, Path] = {}
     ref = torch.cat([rgb, driving], dim=2)  # [T, H, 2W, 3]
     paths["reference"] = write_video(out_dir / "reference.mp4", ref, fps=fps)
@@ -120,7 +114,7 @@ def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tens
         taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
         pred, _ = render_4d(canonical, phi, cam, taus, W, H, background)
         static = render_4d(canonical, None, cam, [0.0], W, H, background)[0]  # [1, H, W, 3]
-        v: dict[str, float | None] = M.motion_image_metrics(pred, over(gt_rgba, background), held=static)
+        v: dict[str, float | None] = M.motion_image_metrics(pred, over_background(gt_rgba, background), held=static)
         if tracks is not None and gt.keypoints3d is not None and gt.keypoints3d.shape[0] == T == tracks.shape[0]:
             v.update(track_view_metrics(tracks.cpu(), gt.keypoints3d, cam, W, H, gt.visible.get(cam.name),
                                         pck_threshold))

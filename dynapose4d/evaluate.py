@@ -32,7 +32,7 @@ from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, l
 from dynapose4d.errors import InputError
 from dynapose4d.gaussians import GaussianModel
 from dynapose4d.gt_metrics import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
-from dynapose4d.io import read_image, write_image, write_json, write_text
+from dynapose4d.io import over_background, read_image, write_image, write_json, write_text
 from dynapose4d.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
@@ -149,11 +149,6 @@ def _gt_cameras(gt_dir: Path, protocol: str, cams: list[Camera]) -> list[Camera]
     return picked
 
 
-def _over_white(rgba: torch.Tensor) -> torch.Tensor:
-    a = rgba[..., 3:4]
-    return rgba[..., :3] * a + (1.0 - a) * BACKGROUND
-
-
 def _resize(rgb: torch.Tensor, size: int) -> torch.Tensor:
     """[F, H, W, 3] -> [F, size, size, 3] (bilinear, antialiased)."""
     x = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
@@ -203,7 +198,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
             raise InputError(f"{gt_dir / cam.name}: {T} frames, but other cameras have {T_gt}")
         T_gt = T
         pred = torch.stack([render_rgba(model, [cam], model.tau(f, T), W, H)[0] for f in range(T)])
-        gt_rgb, pr = _over_white(gt_rgba), _over_white(pred)  # [T, H, W, 3]
+        gt_rgb, pr = over_background(gt_rgba, BACKGROUND), over_background(pred, BACKGROUND)  # [T, H, W, 3]
         if protocol == "consistent4d":
             gt_rgb, pr = _resize(gt_rgb, C4D_SIZE), _resize(pr, C4D_SIZE)
         v: dict[str, float | None] = M.motion_image_metrics(pr, gt_rgb, with_lpips=use_lpips)

@@ -1,8 +1,16 @@
-"""Image and video files: PNG read/write (float [0, 1] tensors), mp4 (imageio-ffmpeg) and gif, atomic writes."""
+"""Files: PNG read/write (float [0, 1] tensors), mp4 (imageio-ffmpeg) and gif, text, JSON and checkpoints, and
+compositing RGBA over a background.
+
+Every writer here is atomic (`atomic_path`: a temporary name in the same folder, renamed when complete), and whole
+folders are replaced atomically with `atomic_folder`: a file or folder is either the old one or the new one, never
+half-written. Code elsewhere writes through these two."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -10,6 +18,41 @@ import numpy as np
 import torch
 
 from dynapose4d.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary name beside `path` (".<name>.<pid>.tmp", plus `path`'s suffix with `keep_suffix`, for writers
+    that choose the format by it) to write to; renamed to `path` when the block ends, removed when it raises.
+    Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" + (path.suffix if keep_suffix else ""))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `path` to fill; when the block ends it replaces `path` whole (the old folder,
+    if any, removed), when it raises it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -42,11 +85,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 def write_image(path: str | Path, img: torch.Tensor | np.ndarray) -> None:
     """Write a float [H, W, C] image in [0, 1] as PNG (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    iio.imwrite(tmp, to_uint8(img))
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        iio.imwrite(tmp, to_uint8(img))
 
 
 def over_background(rgba: torch.Tensor, bg: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -55,32 +95,35 @@ def over_background(rgba: torch.Tensor, bg: float | torch.Tensor = 1.0) -> torch
     return rgba[..., :3] * a + (1.0 - a) * bg
 
 
+def premultiplied_over(rgb: torch.Tensor, alpha: torch.Tensor, bg: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Composite premultiplied colour [..., 3] with its alpha [..., 1] (a render) over a background colour."""
+    return rgb + (1.0 - alpha) * bg
+
+
 def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 12) -> Path:
     """Write frames [T, H, W, 3] (float in [0, 1] or uint8) as .mp4 (H.264 via imageio-ffmpeg) or .gif,
     chosen by the suffix. Sizes are padded to even numbers for H.264. Atomic. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = frames if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 else to_uint8(frames)
     arr = arr[..., :3]
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if path.suffix == ".mp4":
-        h, w = arr.shape[1:3]
-        arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        import imageio_ffmpeg
-
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-            macro_block_size=1, quality=8, ffmpeg_log_level="error",
-        )
-        writer.send(None)
-        for f in arr:
-            writer.send(np.ascontiguousarray(f))
-        writer.close()
-    elif path.suffix == ".gif":
-        iio.imwrite(tmp, arr, extension=".gif", duration=int(1000 / fps), loop=0)
-    else:
+    if path.suffix not in (".mp4", ".gif"):
         raise ValueError(f"{path}: video suffix must be .mp4 or .gif")
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        if path.suffix == ".mp4":
+            h, w = arr.shape[1:3]
+            arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            import imageio_ffmpeg
+
+            writer = imageio_ffmpeg.write_frames(
+                str(tmp), (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                macro_block_size=1, quality=8, ffmpeg_log_level="error",
+            )
+            writer.send(None)
+            for f in arr:
+                writer.send(np.ascontiguousarray(f))
+            writer.close()
+        else:
+            iio.imwrite(tmp, arr, extension=".gif", duration=int(1000 / fps), loop=0)
     return path
 
 
@@ -112,22 +155,23 @@ def _read_ffmpeg(path: Path) -> np.ndarray:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a binary file atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def save_checkpoint(path: str | Path, data: dict) -> Path:
     """`torch.save` a checkpoint dict atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: Path, fmt: str, what: str, weights_only: bool = True) -> dict:

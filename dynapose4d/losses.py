@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from dynapose4d.io import over_background
+
 #: A differentiable keypoint detector on images [B, 3, H, W] in [0, 1] -> (points [B, N, 2] px, conf [B, N]).
 KeypointFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -27,7 +29,7 @@ def reference_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(MSE of RGB, MSE of alpha); the target RGB is composited over the same background as the render."""
     a = target_rgba[..., 3:4]
-    target_rgb = target_rgba[..., :3] * a + (1.0 - a) * background
+    target_rgb = over_background(target_rgba, background)
     return ((render_rgb - target_rgb) ** 2).mean(), ((render_alpha - a) ** 2).mean()
 
 

@@ -7,14 +7,13 @@ The manifest's fields are described in `dynapose4d.runner` (and docs/run-folder.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dynapose4d.errors import InputError
-from dynapose4d.io import write_json
+from dynapose4d.io import atomic_folder, write_json
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -80,16 +79,11 @@ def copy_finished_stages(src_run: str | Path, dst_run: str | Path) -> list[str]:
     done = [s for s, r in m["stages"].items() if r.get("status") == "done"]
     if dst_run.exists() and any(dst_run.iterdir()):
         raise InputError(f"{dst_run}: exists and is not empty; cannot start it from {src_run}")
-    tmp = dst_run.with_name(f".{dst_run.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for s in done:
-        if (src_run / s).is_dir():
-            shutil.copytree(src_run / s, tmp / s)
-    new = {**m, "run_name": dst_run.name, "created": now_iso(), "copied_from": str(src_run),
-           "stages": {s: m["stages"][s] for s in done}}
-    write_manifest(tmp, new)
-    if dst_run.exists():
-        dst_run.rmdir()
-    os.replace(tmp, dst_run)
+    with atomic_folder(dst_run) as tmp:
+        for s in done:
+            if (src_run / s).is_dir():
+                shutil.copytree(src_run / s, tmp / s)
+        new = {**m, "run_name": dst_run.name, "created": now_iso(), "copied_from": str(src_run),
+               "stages": {s: m["stages"][s] for s in done}}
+        write_manifest(tmp, new)
     return done

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from dynapose4d.cameras import Camera, project, stack_cameras
+from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
+from dynapose4d.io import premultiplied_over, save_checkpoint
 
 CACHE_VERSION = 1
 TRAIN_SEED_LIMIT = 10**6  # training objects use seeds below this; evaluation objects seeds from it upwards
@@ -147,10 +148,7 @@ def load_or_generate(kind: str, cfg: ProceduralConfig | EvalSetConfig, use_cache
         log(f"cape: generated the {kind} set ({rs.images.shape[0]} objects x {rs.images.shape[1]} views) in "
             f"{time.perf_counter() - t0:.1f} s")
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(rs.to_dict(), tmp)
-        os.replace(tmp, path)
+        save_checkpoint(path, rs.to_dict())
     return rs
 
 
@@ -170,20 +168,11 @@ def render_object_views(obj: Any, frame: float, cameras: list[Camera], size: int
                                      viewmats.to(device), Ks.to(device), size, size, render_mode="RGB+ED")
     render, alpha = render.float().cpu(), alpha.float().cpu()
     prem, ed, a = render[..., :3], render[..., 3], alpha[..., 0]
-    rgba = torch.cat([(prem + (1.0 - a[..., None])).clamp(0, 1), a[..., None]], -1)
+    rgba = torch.cat([premultiplied_over(prem, a[..., None]).clamp(0, 1), a[..., None]], -1)
     kp3 = obj.keypoints3d(frame).double()  # [N, 3]
     tol = obj.keypoint_radii.double() * 1.1 + 0.02
-    kps, vis, ins = [], [], []
-    for c in range(len(cameras)):
-        px, depth = project(kp3, viewmats[c].double(), Ks[c].double())
-        inside = (px >= 0).all(-1) & (px < size).all(-1) & (depth > 0)
-        col = px[:, 0].floor().long().clamp(0, size - 1)
-        row = px[:, 1].floor().long().clamp(0, size - 1)
-        hidden = (a[c, row, col] > 0.5) & (ed[c, row, col].double() < depth - tol)
-        kps.append(px.float())
-        vis.append(inside & ~hidden)
-        ins.append(inside)
-    return rgba, torch.stack(kps), torch.stack(vis), torch.stack(ins)
+    kps, vis, ins = depth_visibility(kp3, viewmats.double(), Ks.double(), ed, a, size, size, tol)
+    return rgba, kps, vis, ins
 
 
 def _to_u8(rgba: torch.Tensor) -> torch.Tensor:

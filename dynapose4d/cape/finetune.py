@@ -18,9 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynapose4d.cameras import Camera, project, stack_cameras
+from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
 from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
+from dynapose4d.io import premultiplied_over
 from dynapose4d.render import rasterize
 from dynapose4d.rotations import quat_multiply, quat_to_matrix
 from dynapose4d.tracks import lift_keypoints, skeleton_forest, tree_depth
@@ -37,7 +38,7 @@ def render_rgbd(g: dict[str, torch.Tensor], cameras: list[Camera], width: int, h
         r, a, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], vm.to(dev), K.to(dev),
                             width, height, render_mode="RGB+ED")
         r, a = r.float().cpu(), a.float().cpu()
-        rgbs.append((r[..., :3] + (1.0 - a)).clamp(0, 1))
+        rgbs.append(premultiplied_over(r[..., :3], a).clamp(0, 1))
         eds.append(r[..., 3])
         als.append(a[..., 0])
     return torch.cat(rgbs), torch.cat(eds), torch.cat(als)
@@ -110,17 +111,9 @@ def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, 
                height: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixels [C, N, 2], visible [C, N] and inside [C, N] of world points [N, 3] in views with rendered expected
     depth ed [C, H, W] and alpha: visible = inside and not more than `tolerance` behind the covered surface."""
-    pts, vis, ins = [], [], []
-    for c, cam in enumerate(cameras):
-        px, depth = project(points3d.double(), cam.viewmat(torch.float64), cam.K(width, height, torch.float64))
-        inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height) & (depth > 0)
-        col = px[:, 0].floor().long().clamp(0, width - 1)
-        row = px[:, 1].floor().long().clamp(0, height - 1)
-        hidden = (alpha[c, row, col] > 0.5) & (ed[c, row, col].double() < depth - tolerance)
-        pts.append(px.float())
-        vis.append(inside & ~hidden)
-        ins.append(inside)
-    return torch.stack(pts), torch.stack(vis), torch.stack(ins)
+    viewmats = torch.stack([cam.viewmat(torch.float64) for cam in cameras])  # [C, 4, 4]
+    Ks = torch.stack([cam.K(width, height, torch.float64) for cam in cameras])  # [C, 3, 3]
+    return depth_visibility(points3d.double(), viewmats, Ks, ed, alpha, width, height, tolerance)
 
 
 def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: torch.Tensor,

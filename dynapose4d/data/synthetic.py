@@ -29,10 +29,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,10 +38,18 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA, Camera, project, save_camera, save_cameras, stack_cameras
+from dynapose4d.cameras import (
+    REFERENCE_CAMERA,
+    Camera,
+    depth_visibility,
+    project,
+    save_camera,
+    save_cameras,
+    stack_cameras,
+)
 from dynapose4d.data import rig as rigs
 from dynapose4d.errors import InputError
-from dynapose4d.io import over_background, to_uint8, write_video
+from dynapose4d.io import atomic_folder, over_background, premultiplied_over, to_uint8, write_video
 from dynapose4d.render import rasterize
 from dynapose4d.rotations import quat_multiply
 
@@ -373,20 +378,12 @@ def render_views(
     if background is None:
         rgb = torch.where(a[..., None] > 0, prem / a[..., None].clamp(min=1e-8), torch.ones_like(prem))
     else:
-        rgb = prem + (1.0 - a[..., None]) * torch.tensor(background, dtype=prem.dtype)
+        rgb = premultiplied_over(prem, a[..., None], torch.tensor(background, dtype=prem.dtype))
     rgba = torch.cat([rgb.clamp(0.0, 1.0), a[..., None]], dim=-1)
     kp3 = torch.from_numpy(obj.keypoints3d_np(frame))  # [N, 3] float64
     tol = obj.keypoint_radii.double() * 1.1 + 0.02  # [N]
-    kps, vis = [], []
-    for c in range(len(cameras)):
-        px, depth = project(kp3, viewmats[c].double(), Ks[c].double())  # [N, 2], [N]
-        inside = (px >= 0).all(-1) & (px < size).all(-1) & (depth > 0)
-        col = px[:, 0].floor().long().clamp(0, size - 1)
-        row = px[:, 1].floor().long().clamp(0, size - 1)
-        occluded = (a[c, row, col] > 0.5) & (ed[c, row, col].double() < depth - tol)
-        kps.append(px.float())
-        vis.append(inside & ~occluded)
-    return rgba, torch.stack(kps), torch.stack(vis)
+    kps, vis, _ = depth_visibility(kp3, viewmats.double(), Ks.double(), ed, a, size, size, tol)
+    return rgba, kps, vis
 
 
 def render_object(
@@ -455,7 +452,7 @@ def write_scene(
     keypoints3d.json {"frames": [T][N][3]}, keypoints2d.json {name: {"points": [T][N][2], "visible":
     [T][N]}} for the gt cameras and "ref", meta.json with the generator settings and the no-motion PSNR per
     gt camera). With `orbit_video`: orbit.mp4 and orbit.gif (a 360 degree orbit while the object moves).
-    The folder is written as a sibling `<name>.tmp-xxxx` and renamed when complete; an existing
+    The folder is written as a hidden sibling and renamed when complete (`io.atomic_folder`); an existing
     synthetic scene at `out_dir` is replaced, any other non-empty folder is refused.
     """
     out_dir = Path(out_dir)
@@ -467,21 +464,8 @@ def write_scene(
                                                       and not (out_dir / "gt" / "meta.json").is_file())):
         raise InputError(f"{out_dir}: exists and is not a synthetic scene folder; refusing to overwrite it")
     obj = make_object(template, seed, num_frames)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a scene folder is an ordinary folder
-    try:
+    with atomic_folder(out_dir) as tmp:
         _write_scene_files(obj, tmp, size, orbit_video)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=out_dir.name + ".old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "scene")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -19,7 +19,6 @@ A component: reads RUN/dynamic/{deform.ckpt, keypoints.json, videos/} and the sc
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ from dynapose4d.errors import InputError
 from dynapose4d.export.axes import UP_CHOICES, rotate_points
 from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
 from dynapose4d.export.skeleton import SkeletonTree, skeleton_tree, write_bvh, write_glb
-from dynapose4d.io import write_json
+from dynapose4d.io import atomic_folder, write_json
 
 FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "videos")
 DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "videos")
@@ -129,10 +128,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
         axis = up or default_up(fmt)
         T = phi.num_frames
         folder = "splats" if fmt == "ply" else f"splats_{fmt}"
-        tmp = out_dir / f".{folder}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        files = export_splat_sequence(canonical, phi, T, tmp, up=axis, fmt=fmt)
-        _replace_dir(tmp, out_dir / folder)
+        with atomic_folder(out_dir / folder) as tmp:
+            files = export_splat_sequence(canonical, phi, T, tmp, up=axis, fmt=fmt)
         record["outputs"][fmt] = {"files": [f"{folder}/{p.name}" for p in files], "up": axis, "frames": T,
                                   "written": stamp}
     if world is not None:
@@ -152,12 +149,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
     if "videos" in fmts:
         src = run_dir / "dynamic" / "videos"
         videos = sorted(p for p in src.glob("*") if p.suffix in (".mp4", ".gif")) if src.is_dir() else []
-        tmp = out_dir / ".videos.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for p in videos:
-            shutil.copyfile(p, tmp / p.name)
-        _replace_dir(tmp, out_dir / "videos")
+        with atomic_folder(out_dir / "videos") as tmp:
+            for p in videos:
+                shutil.copyfile(p, tmp / p.name)
         record["outputs"]["videos"] = {"files": [f"videos/{p.name}" for p in videos], "written": stamp}
     write_json(out_dir / EXPORT_FILE, record)
     return record
@@ -174,14 +168,6 @@ def _read_record(out_dir: Path) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
-
-
-def _replace_dir(tmp: Path, dst: Path) -> None:
-    old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = [

@@ -18,7 +18,6 @@ colours do not depend on the rotation.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from gsplat import export_splats
 from dynapose4d.deform import Deformation
 from dynapose4d.export.axes import rotate_points, rotate_quats, up_matrix
 from dynapose4d.gaussians import GaussianModel
+from dynapose4d.io import atomic_path
 
 SPLAT_FORMATS: tuple[str, ...] = ("ply", "ply_compressed", "splat")
 _SUFFIX = {"ply": ".ply", "ply_compressed": ".compressed.ply", "splat": ".splat"}
@@ -92,14 +92,11 @@ def write_splats(gaussians: dict[str, torch.Tensor], path: str | Path, fmt: str 
     """Write raw Gaussian parameters with `gsplat.export_splats` (to a temporary name, then renamed)."""
     if fmt not in SPLAT_FORMATS:
         raise ValueError(f"splat format {fmt!r}: choose from {list(SPLAT_FORMATS)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     g = gaussians
-    export_splats(g["means"], g["scales"], g["quats"], g["opacities"], g["sh0"], g["shN"], format=fmt,
-                  save_to=str(tmp))
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        export_splats(g["means"], g["scales"], g["quats"], g["opacities"], g["sh0"], g["shN"], format=fmt,
+                      save_to=str(tmp))
+    return Path(path)
 
 
 def export_splat_sequence(canonical: GaussianModel, phi: Deformation | None, num_frames: int,

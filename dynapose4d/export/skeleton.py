@@ -27,7 +27,6 @@ is frame 0). A leaf ends with an End Site half as long as its own bone, along it
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from dynapose4d.io import write_bytes
 from dynapose4d.tracks import skeleton_forest
 
 
@@ -259,7 +259,7 @@ def write_bvh(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: floa
     lines += ["MOTION", f"Frames: {T}", f"Frame Time: {1.0 / fps:.6f}"]
     for f in range(T):
         lines.append(" ".join(fmt(np.concatenate([trans[f, j], angles[f, j]])) for j in tree.order))
-    return _write_atomic(Path(path), ("\n".join(lines) + "\n").encode("ascii"))
+    return write_bytes(Path(path), ("\n".join(lines) + "\n").encode("ascii"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,13 +344,6 @@ def write_glb(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: floa
         blob.append(0)
     gltf.buffers.append(g.Buffer(byteLength=len(blob)))
     gltf.set_binary_blob(bytes(blob))
-    return _write_atomic(Path(path), b"".join(gltf.save_to_bytes()))
+    return write_bytes(Path(path), b"".join(gltf.save_to_bytes()))
 
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 

@@ -8,7 +8,6 @@ trip is exact (float32).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from dynapose4d.errors import InputError
 from dynapose4d.gaussians.model import GaussianModel
+from dynapose4d.io import write_bytes
 
 
 def _property_names(k: int) -> list[str]:
@@ -39,13 +39,7 @@ def save_ply(model: GaussianModel, path: str | Path) -> None:
     names = _property_names(k)
     header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
     header += "".join(f"property float {name}\n" for name in names) + "end_header\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(np.ascontiguousarray(data).tobytes())
-    os.replace(tmp, path)
+    write_bytes(path, header.encode("ascii") + np.ascontiguousarray(data).tobytes())
 
 
 def load_ply(path: str | Path) -> GaussianModel:

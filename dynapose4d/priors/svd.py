@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from dynapose4d.errors import MissingWeightsError
+from dynapose4d.io import atomic_folder, over_background, read_image, to_uint8, write_image, write_json
+from dynapose4d.memory import free_memory
 from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
 
@@ -138,12 +139,9 @@ def generate_video(image: torch.Tensor, cfg: SVDConfig, seed: int = 0, pipe: Any
     is the input image. See the module docstring for the framing and the alpha rule."""
     from PIL import Image
 
-    from dynapose4d.io import to_uint8
-
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipe or load_svd_pipeline(cfg.model, device)
-    a = image[..., 3:4]
-    rgb = image[..., :3] * a + (1.0 - a)  # [H, W, 3] over white, as DreamGaussian4D feeds SVD
+    rgb = over_background(image, 1.0)  # [H, W, 3] over white, as DreamGaussian4D feeds SVD
     padded, box = pad_to_aspect(rgb.permute(2, 0, 1)[None], cfg.width / cfg.height, value=1.0)
     cond = F.interpolate(padded, (cfg.height, cfg.width), mode="bilinear", align_corners=False, antialias=True)
     pil = Image.fromarray(to_uint8(cond[0].permute(1, 2, 0)))
@@ -189,8 +187,6 @@ def read_source(folder: Path) -> dict[str, Any] | None:
 
 def read_frames(folder: Path) -> torch.Tensor | None:
     """RGBA frames [T, H, W, 4] from folder/000.png… or None when there are none."""
-    from dynapose4d.io import read_image
-
     files = sorted(folder.glob("[0-9][0-9][0-9].png")) if folder.is_dir() else []
     if not files:
         return None
@@ -202,17 +198,11 @@ def read_frames(folder: Path) -> torch.Tensor | None:
 def write_frames(folder: Path, frames: torch.Tensor, source: dict[str, Any] | None = None) -> None:
     """Write RGBA frames [T, H, W, 4] as folder/000.png… (and `source` as folder/source.json) atomically: a
     temporary folder renamed at the end, replacing the old one whole."""
-    from dynapose4d.io import write_image, write_json
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, f in enumerate(frames):
-        write_image(tmp / f"{i:03d}.png", f)
-    if source is not None:
-        write_json(tmp / SOURCE, source)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        for i, f in enumerate(frames):
+            write_image(tmp / f"{i:03d}.png", f)
+        if source is not None:
+            write_json(tmp / SOURCE, source)
 
 
 def keypoint_file_recentring(scene: Any, generated: bool) -> Any:
@@ -230,8 +220,6 @@ def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | None = None,
     cape stage (driving keypoints) and the dynamic stage."""
     if getattr(scene, "video", None) is not None:
         return scene.video
-    from dynapose4d.memory import free_memory
-
     cfg = cfg or SVDConfig()
     folder = generated_video_folder(run_dir)
     key = video_hash(scene.image, cfg, seed)

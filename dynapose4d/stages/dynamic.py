@@ -35,6 +35,7 @@ from dynapose4d.deform import (
 )
 from dynapose4d.errors import ConfigError, InputError
 from dynapose4d.gaussians import GaussianModel, load_ply
+from dynapose4d.io import over_background, write_json
 from dynapose4d.losses import (
     KeypointFn,
     bone_length_loss,
@@ -282,7 +283,7 @@ def _cape_keypoints(ctx: StageContext, background: float) -> CapeKeypoints:
     model.eval()
     model.requires_grad_(False)
     img = ctx.scene.image
-    support = (img[..., :3] * img[..., 3:] + (1 - img[..., 3:]) * background).permute(2, 0, 1).contiguous()
+    support = over_background(img, background).permute(2, 0, 1).contiguous()
     return CapeKeypoints(model, support, ctx.scene.keypoints.float(), list(ctx.scene.skeleton))
 
 
@@ -308,8 +309,7 @@ def _driving_keypoints(ctx: StageContext, video: torch.Tensor, keypoints_fn: Key
             return (rec.from_scene(pts) if rec is not None else pts), conf
     if keypoints_fn is None:
         return None
-    a = video[..., 3:]
-    imgs = (video[..., :3] * a + (1 - a) * background).permute(0, 3, 1, 2)
+    imgs = over_background(video, background).permute(0, 3, 1, 2)
     pts, conf = [], []
     with torch.no_grad():
         for i in range(0, T, 8):
@@ -350,7 +350,7 @@ class Zero123PerFrame:
         for b, f in enumerate(frames.tolist()):
             if f not in self.refs:
                 fr = self.video[f]
-                rgb = (fr[..., :3] * fr[..., 3:] + (1 - fr[..., 3:])).permute(2, 0, 1)[None]  # over white
+                rgb = over_background(fr, 1.0).permute(2, 0, 1)[None]  # over white
                 self.prior.set_reference(rgb.to(images.device), elevation=self.elevation)
                 self.refs[f] = (self.prior.clip_embedding, self.prior.ref_latent)
             self.prior.clip_embedding, self.prior.ref_latent = self.refs[f]
@@ -473,7 +473,6 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
     """deform.ckpt, keypoints.json (3D tracks + their reference-view projections), videos and, when the scene
     has gt/, metrics.json beside the no-motion baselines. Returns the metrics ({} without gt/)."""
     from dynapose4d.dynamic_report import evaluate_4d, flat_metrics, write_videos
-    from dynapose4d.io import write_json
     from dynapose4d.logging import log_images, log_summary, log_videos
     from dynapose4d.tracks import keypoint_tracks, project_tracks
 
@@ -499,11 +498,11 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
     paths = write_videos(out / "videos", module.canonical, module.phi, scene.camera, module.video.cpu(), tracks,
                          kp_targets, cfg.background, cfg.video_fps, cfg.orbit_frames)
     log_videos(logger, "dynamic/videos", list(paths.values()))
-    from dynapose4d.dynamic_report import over, render_4d
+    from dynapose4d.dynamic_report import render_4d
 
     last = [0.0, 1.0] if T > 1 else [0.0]
     rgb, _ = render_4d(module.canonical, module.phi, scene.camera, last, W, H, cfg.background)
-    drive = over(module.video[[0, T - 1] if T > 1 else [0]].cpu(), cfg.background)
+    drive = over_background(module.video[[0, T - 1] if T > 1 else [0]].cpu(), cfg.background)
     log_images(logger, "dynamic/reference_first_last", [torch.cat([r, d], 1) for r, d in zip(rgb, drive)],
                captions=["frame 0: render | driving", f"frame {T - 1}: render | driving"][: len(last)])
     metrics: dict[str, Any] = {}
