@@ -13,7 +13,7 @@ import torch
 
 from dynapose4d.deform.fields import Deformation, deformation_from_state, deformation_state
 from dynapose4d.errors import InputError
-from dynapose4d.gaussians import GaussianModel, sh_to_rgb
+from dynapose4d.gaussians import GaussianModel
 from dynapose4d.io import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = "dynapose4d-dynamic/1"
@@ -60,10 +60,6 @@ def gaussians_at(canonical: GaussianModel, deform: Deformation | None, tau: floa
     leading B. opacities [N] and colors [N,3] do not change over time. `deform=None` gives the canonical Gaussians.
     Differentiable (call under `torch.no_grad()` for rendering only)."""
     s = canonical.splats
-    out = {
-        "opacities": torch.sigmoid(s["opacities"]),
-        "colors": torch.clamp_min(sh_to_rgb(s["sh0"][:, 0, :]), 0.0),
-    }
     t = torch.as_tensor(tau, dtype=torch.float32, device=s["means"].device)
     single = t.dim() == 0
     if deform is None:
@@ -76,5 +72,4 @@ def gaussians_at(canonical: GaussianModel, deform: Deformation | None, tau: floa
         means, scales, quats = d["means"], d["scales"], d["quats"]
         if single:
             means, scales, quats = means[0], scales[0], quats[0]
-    out.update(means=means, quats=quats, scales=torch.exp(scales))
-    return out
+    return canonical.activated(means=means, quats=quats, scales=scales)

@@ -99,13 +99,16 @@ class GaussianModel(nn.Module):
     def means(self) -> torch.Tensor:  # [N, 3]
         return self.splats["means"]
 
-    def activated(self) -> dict[str, torch.Tensor]:
-        """Rasterizer inputs: means [N,3], quats [N,4], scales [N,3], opacities [N], colors [N,3]."""
+    def activated(self, means: torch.Tensor | None = None, quats: torch.Tensor | None = None,
+                  scales: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Rasterizer inputs: means [N,3], quats [N,4], scales [N,3] (exp of the log-scales), opacities [N]
+        (sigmoid), colors [N,3] (from SH degree 0, clamped at 0). `means`, `quats` and log-`scales` replace the
+        canonical geometry (a deformation's output, e.g. [B, N, 3] with a leading batch)."""
         s = self.splats
         return {
-            "means": s["means"],
-            "quats": s["quats"],
-            "scales": torch.exp(s["scales"]),
+            "means": s["means"] if means is None else means,
+            "quats": s["quats"] if quats is None else quats,
+            "scales": torch.exp(s["scales"] if scales is None else scales),
             "opacities": torch.sigmoid(s["opacities"]),
             "colors": torch.clamp_min(sh_to_rgb(s["sh0"][:, 0, :]), 0.0),
         }
