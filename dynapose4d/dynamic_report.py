@@ -23,31 +23,13 @@ import numpy as np
 import torch
 
 from dynapose4d.cameras import Camera, project
-from dynapose4d.deform import gaussians_at
+from dynapose4d.deform import render_4d
 from dynapose4d.gt_metrics import load_gt, read_gt_frames, summarise, track_view_metrics
 from dynapose4d.io import over_background, to_uint8, write_video
-from dynapose4d.render import rasterize
 
 # ------------------------------------------------------------------------------------------------
-# rendering
+# videos
 # ------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def render_4d(canonical: Any, phi: Any, camera: Camera, taus: list[float] | torch.Tensor, width: int, height: int,
-              background: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB [F, H, W, 3] (over `background`) and alpha [F, H, W, 1] at times `taus` from `camera`, on the CPU."""
-    dev = canonical.splats["means"].device
-    vm, K = camera.viewmat()[None].to(dev), camera.K(width, height)[None].to(dev)
-    bg = torch.full((1, 3), float(background), device=dev)
-    rgbs, alphas = [], []
-    for t in (taus.tolist() if torch.is_tensor(taus) else list(taus)):
-        g = gaussians_at(canonical, phi, float(t))
-        rgb, alpha, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], vm, K, width,
-                                  height, backgrounds=bg)
-        rgbs.append(rgb[0].cpu())
-        alphas.append(alpha[0].cpu())
-    return torch.stack(rgbs), torch.stack(alphas)
 
 
 def draw_points(img: np.ndarray, points: np.ndarray, colour: tuple[int, int, int], radius: int = 1) -> np.ndarray:
@@ -68,7 +50,7 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
     projected 3D tracks in red, CAPE's driving keypoints in green) as .mp4, plus .gif of the first two."""
     T, H, W = video.shape[:3]
     taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
-    rgb, _ = render_4d(canonical, phi, camera, taus, W, H, background)
+    rgb = render_4d(canonical, phi, [camera], taus, W, H, background)[0][:, 0]  # [T, H, W, 3]
     driving = over_background(video.cpu().float(), background)
     paths: dict[str, Path] = {}
     ref = torch.cat([rgb, driving], dim=2)  # [T, H, 2W, 3]
@@ -79,7 +61,7 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
     for i, t in enumerate(orbit_taus):
         cam = Camera("orbit", camera.elevation, camera.azimuth + 360.0 * i / orbit_frames, camera.radius,
                      camera.fov_y)
-        frames.append(render_4d(canonical, phi, cam, [t], W, H, background)[0][0])
+        frames.append(render_4d(canonical, phi, [cam], [t], W, H, background)[0][0, 0])
     orbit = torch.stack(frames)
     paths["orbit"] = write_video(out_dir / "orbit.mp4", orbit, fps=fps)
     write_video(out_dir / "orbit.gif", orbit, fps=fps)
@@ -112,8 +94,8 @@ def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tens
         gt_rgba = read_gt_frames(Path(gt_dir) / cam.name)  # [T, H, W, 4]
         T, H, W = gt_rgba.shape[:3]
         taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
-        pred, _ = render_4d(canonical, phi, cam, taus, W, H, background)
-        static = render_4d(canonical, None, cam, [0.0], W, H, background)[0]  # [1, H, W, 3]
+        pred = render_4d(canonical, phi, [cam], taus, W, H, background)[0][:, 0]  # [T, H, W, 3]
+        static = render_4d(canonical, None, [cam], [0.0], W, H, background)[0][:, 0]  # [1, H, W, 3]
         v: dict[str, float | None] = M.motion_image_metrics(pred, over_background(gt_rgba, background), held=static)
         if tracks is not None and gt.keypoints3d is not None and gt.keypoints3d.shape[0] == T == tracks.shape[0]:
             v.update(track_view_metrics(tracks.cpu(), gt.keypoints3d, cam, W, H, gt.visible.get(cam.name),

@@ -29,10 +29,11 @@ from typing import Any
 import torch
 
 from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.deform import load_dynamic, render_4d
 from dynapose4d.errors import InputError
-from dynapose4d.gaussians import GaussianModel
+from dynapose4d.gaussians import GaussianModel, load_ply
 from dynapose4d.gt_metrics import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
-from dynapose4d.io import over_background, read_image, write_image, write_json, write_text
+from dynapose4d.io import over_background, read_image, straight_rgba, write_image, write_json, write_text
 from dynapose4d.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
@@ -52,12 +53,6 @@ class RunModel:
     manifest: dict[str, Any]
     run_dir: Path
 
-    @torch.no_grad()
-    def gaussians(self, tau: float) -> dict[str, torch.Tensor]:
-        from dynapose4d.deform import gaussians_at
-
-        return gaussians_at(self.canonical, self.deform, float(tau))
-
     def tau(self, frame: int, num_frames: int | None = None) -> float:
         T = num_frames or self.num_frames
         return frame / (T - 1) if T > 1 else 0.0
@@ -75,13 +70,9 @@ def load_run(run_dir: str | Path) -> RunModel:
         img = read_image(Path(manifest["scene"]) / "image.png")
         H, W = img.shape[:2]
     if stages.get("dynamic", {}).get("status") == "done":
-        from dynapose4d.deform import load_dynamic
-
         canonical, phi = load_dynamic(run_dir)
         return RunModel(canonical, phi, "dynamic", int(phi.num_frames), int(W), int(H), manifest, run_dir)
     if stages.get("static", {}).get("status") == "done":
-        from dynapose4d.gaussians import load_ply
-
         rel = stages["static"].get("artifacts", {}).get("gaussians", "static/gaussians.ply")
         canonical = load_ply(run_dir / rel)
         T = int(manifest.get("num_frames") or 1)
@@ -89,19 +80,11 @@ def load_run(run_dir: str | Path) -> RunModel:
     raise InputError(f"{run_dir}/manifest.json: no finished stage with Gaussians (run the static stage first)")
 
 
-@torch.no_grad()
 def render_rgba(model: RunModel, cameras: list[Camera] | tuple[Camera, ...], tau: float, width: int, height: int
                 ) -> torch.Tensor:
-    """Straight RGBA [C, H, W, 4] of the run's Gaussians at time τ from `cameras`."""
-    from dynapose4d.cameras import stack_cameras
-    from dynapose4d.render import rasterize
-
-    g = model.gaussians(tau)
-    viewmats, Ks = stack_cameras(cameras, width, height, device=g["means"].device)
-    rgb, alpha, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks,
-                              width, height)  # premultiplied [C, H, W, 3], [C, H, W, 1]
-    straight = torch.where(alpha > 1e-6, rgb / alpha.clamp(min=1e-6), torch.zeros_like(rgb)).clamp(0, 1)
-    return torch.cat([straight, alpha.clamp(0, 1)], dim=-1).cpu()
+    """Straight RGBA [C, H, W, 4] of the run's Gaussians at time τ from `cameras` (on the CPU)."""
+    rgb, alpha = render_4d(model.canonical, model.deform, cameras, [tau], width, height, background=None)
+    return straight_rgba(rgb[0], alpha[0])
 
 
 def parse_frames(spec: str, num_frames: int) -> list[int]:

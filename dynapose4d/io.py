@@ -100,6 +100,13 @@ def premultiplied_over(rgb: torch.Tensor, alpha: torch.Tensor, bg: float | torch
     return rgb + (1.0 - alpha) * bg
 
 
+def straight_rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Premultiplied colour [..., 3] and alpha [..., 1] (a render over black) -> straight RGBA [..., 4] in [0, 1]
+    (colour 0 where alpha <= 1e-6)."""
+    straight = torch.where(alpha > 1e-6, rgb / alpha.clamp(min=1e-6), torch.zeros_like(rgb)).clamp(0, 1)
+    return torch.cat([straight, alpha.clamp(0, 1)], dim=-1)
+
+
 def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 12) -> Path:
     """Write frames [T, H, W, 3] (float in [0, 1] or uint8) as .mp4 (H.264 via imageio-ffmpeg) or .gif,
     chosen by the suffix. Sizes are padded to even numbers for H.264. Atomic. Returns the path."""

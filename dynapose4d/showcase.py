@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from dynapose4d.cameras import Camera
 from dynapose4d.data.scene import load_scene
-from dynapose4d.deform import load_dynamic, read_dynamic
-from dynapose4d.dynamic_report import render_4d
+from dynapose4d.deform import load_dynamic, read_dynamic, render_4d
 from dynapose4d.errors import InputError
 from dynapose4d.io import over_background, read_image, to_uint8, write_video
 from dynapose4d.run_folder import read_manifest
@@ -96,8 +95,8 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
     frames = []
     for i in range(K):
         c = Camera("orbit", cam.elevation, cam.azimuth + 360.0 * i / K, cam.radius, cam.fov_y)
-        frames.append(render_4d(canonical, phi, c, [(i % T) / max(T - 1, 1)], size, size,
-                                float(extra.get("background", 1.0)))[0][0])
+        frames.append(render_4d(canonical, phi, [c], [(i % T) / max(T - 1, 1)], size, size,
+                                float(extra.get("background", 1.0)))[0][0, 0])
     return write_video(out, compose(fit_square(image, size), driving, torch.stack(frames)), fps=fps)
 
 

@@ -54,15 +54,6 @@ def render_cameras(
     return torch.cat(rgbs), torch.cat(alphas)
 
 
-@torch.no_grad()
-def render_rgba(gaussians: GaussianModel | dict[str, torch.Tensor], cameras: Sequence[Camera], width: int,
-                height: int) -> torch.Tensor:
-    """Straight (not premultiplied) RGBA renders [C, H, W, 4] in [0, 1], the scene folder's image format."""
-    rgb, alpha = render_cameras(gaussians, cameras, width, height, background=0.0)
-    straight = torch.where(alpha > 1e-6, rgb / alpha.clamp_min(1e-6), torch.zeros_like(rgb)).clamp(0, 1)
-    return torch.cat([straight, alpha], dim=-1)
-
-
 def image_grid(images: torch.Tensor, cols: int | None = None, pad: int = 2, fill: float = 1.0) -> torch.Tensor:
     """Tile images [N, H, W, C] into one image [rows·(H+pad)−pad, cols·(W+pad)−pad, C]."""
     n, h, w, c = images.shape

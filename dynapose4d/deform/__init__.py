@@ -8,7 +8,6 @@ Two kinds, chosen by `dynamic.deform`: `HexPlaneDeformation` (DreamGaussian4D / 
 
 from __future__ import annotations
 
-from dynapose4d.deform.checkpoint import gaussians_at, load_dynamic, read_dynamic, save_dynamic
 from dynapose4d.deform.control import ControlConfig, ControlPointDeformation
 from dynapose4d.deform.fields import (
     DEFORM_KINDS,
@@ -18,9 +17,17 @@ from dynapose4d.deform.fields import (
     deformation_state,
 )
 from dynapose4d.deform.hexplane import HexPlaneConfig, HexPlaneDeformation, time_coordinate
+from dynapose4d.deform.model4d import (
+    gaussians_at,
+    geometry_at,
+    load_dynamic,
+    read_dynamic,
+    render_4d,
+    save_dynamic,
+)
 
 __all__ = [
     "ControlConfig", "ControlPointDeformation", "DEFORM_KINDS", "Deformation", "HexPlaneConfig",
     "HexPlaneDeformation", "build_deformation", "deformation_from_state", "deformation_state", "gaussians_at",
-    "load_dynamic", "read_dynamic", "save_dynamic", "time_coordinate",
+    "geometry_at", "load_dynamic", "read_dynamic", "render_4d", "save_dynamic", "time_coordinate",
 ]

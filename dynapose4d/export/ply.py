@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from gsplat import export_splats
 
-from dynapose4d.deform import Deformation
+from dynapose4d.deform import Deformation, geometry_at
 from dynapose4d.export.axes import rotate_points, rotate_quats, up_matrix
 from dynapose4d.gaussians import GaussianModel
 from dynapose4d.io import atomic_path
@@ -76,12 +76,8 @@ def frame_gaussians(canonical: GaussianModel, phi: Deformation | None, frame: in
     """Raw parameters (gsplat's `splats` names) of the Gaussians at frame `frame` in the frame of `up`:
     means [N, 3], scales [N, 3] (log), quats [N, 4], opacities [N] (logit), sh0 [N, 1, 3], shN [N, K, 3]."""
     s = {k: v.detach().float().cpu() for k, v in canonical.splats.items()}
-    means, scales, quats = s["means"], s["scales"], s["quats"]
-    if phi is not None:
-        tau = torch.tensor([frame / max(num_frames - 1, 1)], dtype=torch.float32)
-        with torch.no_grad():
-            d = phi(means, scales, quats, tau)
-        means, scales, quats = d["means"][0], d["scales"][0], d["quats"][0]
+    with torch.no_grad():
+        means, scales, quats = geometry_at(s, phi, frame / max(num_frames - 1, 1))
     return {
         "means": rotate_points(means, up), "scales": scales, "quats": rotate_quats(quats, up),
         "opacities": s["opacities"], "sh0": s["sh0"], "shN": rotate_sh(s["shN"], up),

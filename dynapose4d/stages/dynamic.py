@@ -31,6 +31,7 @@ from dynapose4d.deform import (
     build_deformation,
     gaussians_at,
     load_dynamic,
+    render_4d,
     save_dynamic,
 )
 from dynapose4d.errors import ConfigError, InputError
@@ -230,23 +231,6 @@ class DynamicGaussianModule(L.LightningModule):
             groups.append({"params": [s["sh0"], s["opacities"]], "lr": self.cfg.canonical_color_lr,
                            "name": "canonical_appearance"})
         return torch.optim.Adam(groups, eps=1e-15)
-
-    # inference ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def render_video(self, camera: Camera | None = None, taus: torch.Tensor | None = None, width: int | None = None,
-                     height: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGB [F, H, W, 3] and alpha [F, H, W, 1] of the 4D model at `taus` (default: every frame) from `camera`."""
-        taus = self.taus(torch.arange(self.num_frames)) if taus is None else taus
-        w, h = width or self.width, height or self.height
-        cam = camera or self.camera
-        vm, K = cam.viewmat()[None].to(self.device), cam.K(w, h)[None].to(self.device)
-        rgbs, alphas = [], []
-        for t in taus.tolist():
-            g = gaussians_at(self.canonical, self.phi, t)
-            rgb, alpha = self.render_frame(g, None, vm, K, w, h)
-            rgbs.append(rgb[0].cpu())
-            alphas.append(alpha[0].cpu())
-        return torch.stack(rgbs), torch.stack(alphas)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -498,10 +482,8 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
     paths = write_videos(out / "videos", module.canonical, module.phi, scene.camera, module.video.cpu(), tracks,
                          kp_targets, cfg.background, cfg.video_fps, cfg.orbit_frames)
     log_videos(logger, "dynamic/videos", list(paths.values()))
-    from dynapose4d.dynamic_report import render_4d
-
     last = [0.0, 1.0] if T > 1 else [0.0]
-    rgb, _ = render_4d(module.canonical, module.phi, scene.camera, last, W, H, cfg.background)
+    rgb = render_4d(module.canonical, module.phi, [scene.camera], last, W, H, cfg.background)[0][:, 0]
     drive = over_background(module.video[[0, T - 1] if T > 1 else [0]].cpu(), cfg.background)
     log_images(logger, "dynamic/reference_first_last", [torch.cat([r, d], 1) for r, d in zip(rgb, drive)],
                captions=["frame 0: render | driving", f"frame {T - 1}: render | driving"][: len(last)])
