@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from dynapose4d import seeding
 from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
 from dynapose4d.io import premultiplied_over, save_checkpoint
 
@@ -185,7 +186,7 @@ def _compact(views: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def _object_rng(kind: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 7 if kind == "train" else 11])
+    return seeding.rng(seed, seeding.CAPE_TRAIN_OBJECTS if kind == "train" else seeding.CAPE_EVAL_OBJECTS)
 
 
 def _train_plan(cfg: ProceduralConfig, i: int) -> tuple[str, int, list[tuple[float, list[Camera]]]]:
@@ -358,7 +359,7 @@ class PairDataset(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, int(i)])
+        rng = seeding.rng(self.seed, int(i))
         r, a = self.r, self.aug
         O, V = r.images.shape[:2]
         o = int(rng.integers(O))

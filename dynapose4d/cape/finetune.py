@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dynapose4d import seeding
 from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
 from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
@@ -48,7 +49,7 @@ def random_cameras(reference: Camera, num: int, elevation: tuple[float, float], 
                    reference_views: int = 0) -> list[Camera]:
     """`reference_views` copies of the reference camera, then random cameras around the object: azimuth
     uniform over the orbit, elevation in `elevation` (absolute degrees), radius x [0.9, 1.1], same fov."""
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     cams = [reference] * reference_views
     for i in range(num):
         elev, az = float(rng.uniform(*elevation)), float(reference.azimuth + rng.uniform(-180, 180))
@@ -129,7 +130,7 @@ def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: t
     N = keypoints.shape[0]
     kp3 = lift_keypoints(g, keypoints.float(), camera, W, H, skeleton=skeleton)
     cams = random_cameras(camera, num_views, elevation, seed, reference_views)
-    rng = np.random.default_rng(seed + 7919)
+    rng = seeding.rng(seed + seeding.CAPE_POSES)
     posed = rng.random(len(cams)) < posed_fraction if pose_angle > 0 else np.zeros(len(cams), dtype=bool)
     rest = [i for i in range(len(cams)) if not posed[i]]
     parts = []  # (view indices, rgb, alpha, px, vis, ins): the rest-pose views in one batch, then each posed view

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from dynapose4d import seeding
 from dynapose4d.errors import InputError
 
 SUBSETS = ("train", "val", "test")
@@ -216,7 +217,7 @@ class EpisodeSampler:
             raise InputError(f"{ds.path}: no category has two annotations with labelled keypoints")
 
     def __getitem__(self, i: int) -> Episode:
-        rng = np.random.default_rng([self.seed, int(i)])
+        rng = seeding.rng(self.seed, int(i))
         cid = self.cats[int(rng.integers(len(self.cats)))]
         idx = self.ds.by_category[cid]
         a, b = rng.choice(len(idx), size=2, replace=False)
@@ -322,5 +323,5 @@ class MixedPairs(Dataset):
         return len(self.a)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        use_b = np.random.default_rng([self.seed, int(i), 99]).uniform() < self.fraction
+        use_b = seeding.rng(self.seed, int(i), seeding.MP100_MIX).uniform() < self.fraction
         return self.b[i % len(self.b)] if use_b else self.a[i]  # type: ignore[arg-type]

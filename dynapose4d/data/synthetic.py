@@ -38,6 +38,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from dynapose4d import seeding
 from dynapose4d.cameras import (
     REFERENCE_CAMERA,
     Camera,
@@ -166,7 +167,7 @@ class SyntheticObject:
 
 
 def _rng(template: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(template.encode())])
+    return seeding.rng(int(seed) & 0xFFFFFFFF, zlib.crc32(template.encode()))
 
 
 def make_object(template: str, seed: int, num_frames: int = 16, num_gaussians: int = NUM_GAUSSIANS

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dynapose4d import seeding
 from dynapose4d.deform.hexplane import time_coordinate
 from dynapose4d.rotations import quat_multiply, quat_to_matrix
 
@@ -39,7 +40,7 @@ def farthest_point_sample(points: torch.Tensor, m: int, seed: int = 0) -> torch.
     """Indices [m] of a farthest-point sample of points [N, 3] (deterministic start from `seed`)."""
     n = points.shape[0]
     m = min(m, n)
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.torch_generator(seed)
     idx = torch.empty(m, dtype=torch.long)
     idx[0] = torch.randint(n, (1,), generator=g)
     dist = torch.full((n,), float("inf"), dtype=points.dtype, device=points.device)

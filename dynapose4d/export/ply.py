@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from gsplat import export_splats
 
+from dynapose4d import seeding
 from dynapose4d.deform import Deformation, geometry_at
 from dynapose4d.export.axes import rotate_points, rotate_quats, up_matrix
 from dynapose4d.gaussians import GaussianModel
@@ -46,7 +47,7 @@ def sh_rotation(degree: int, R: np.ndarray) -> torch.Tensor:
     directions is exact (to float64 rounding)."""
     from gsplat.cuda._torch_impl import _eval_sh_bases_fast  # gsplat's reference SH basis (pure torch)
 
-    g = torch.Generator().manual_seed(0)
+    g = seeding.torch_generator(0)
     dirs = torch.nn.functional.normalize(torch.randn(256, 3, generator=g, dtype=torch.float64), dim=-1)
     lo, hi = degree * degree, (degree + 1) ** 2
     Y = _eval_sh_bases_fast(hi, dirs)[:, lo:hi]  # [M, 2d+1]

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dynapose4d import seeding
 from dynapose4d.errors import MissingWeightsError
 from dynapose4d.io import atomic_folder, over_background, read_image, to_uint8, write_image, write_json
 from dynapose4d.memory import free_memory
@@ -145,7 +146,7 @@ def generate_video(image: torch.Tensor, cfg: SVDConfig, seed: int = 0, pipe: Any
     padded, box = pad_to_aspect(rgb.permute(2, 0, 1)[None], cfg.width / cfg.height, value=1.0)
     cond = F.interpolate(padded, (cfg.height, cfg.width), mode="bilinear", align_corners=False, antialias=True)
     pil = Image.fromarray(to_uint8(cond[0].permute(1, 2, 0)))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = seeding.torch_generator(seed)
     with torch.no_grad():
         out = pipe(
             pil, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from dynapose4d import seeding
 from dynapose4d.render.projection import (
     ALPHA_THRESHOLD,
     MAX_ALPHA,
@@ -144,7 +145,7 @@ def object_scene(
     colors [n, 3], viewmats [C, 4, 4] (cameras on a circle at 1.6 m, looking at the origin), Ks [C, 3, 3],
     width, height, backgrounds [C, 3].
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.torch_generator(seed)
     # (centre, axis end offset, radius): a capsule is the set of points within radius of a segment
     parts = [
         ((0.0, -0.35, 0.0), (0.0, 0.0, 0.0), 0.13),  # head (sphere)

@@ -56,6 +56,7 @@ from dynapose4d.priors.svd import (
 )
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
+from dynapose4d.seeding import DYNAMIC_FRAMES, torch_generator
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import DynamicConfig
 from dynapose4d.tracks import Attachment, attach_keypoints, carry_points
@@ -72,7 +73,7 @@ class _FrameBatches(IterableDataset):
     def __iter__(self):
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        g = torch.Generator().manual_seed(self.seed * 1009 + rank)
+        g = torch_generator(self.seed, DYNAMIC_FRAMES, rank)
         while True:
             yield torch.randperm(self.num_frames, generator=g)[: self.batch]
 

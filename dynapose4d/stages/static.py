@@ -45,6 +45,7 @@ from dynapose4d.metrics import ssim as metrics_ssim
 from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.render import rasterize
+from dynapose4d.seeding import STATIC_NOVEL_VIEWS, torch_generator
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import StaticConfig, check_config
 
@@ -241,7 +242,7 @@ class StaticGaussianModule(L.LightningModule):
     def _sds_step(self, step: int, progress: float) -> tuple[torch.Tensor, dict]:
         """Zero-1-to-3 SDS on `novel_views` random cameras around the reference (deterministic per step)."""
         c = self.cfg
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch_generator(self.seed, STATIC_NOVEL_VIEWS, step)
         b = c.novel_views
         ref = self.reference
         lo = max(c.novel_elevation[0], -80.0 - ref.elevation)  # keep the absolute elevation in [-80, 80]
@@ -265,7 +266,7 @@ class StaticGaussianModule(L.LightningModule):
 
 def initial_gaussians(scene: Scene, cfg: StaticConfig, seed: int) -> GaussianModel:
     """The configured initialisation ("image" lift of the mask, or "sphere")."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch_generator(seed)
     if cfg.init == "sphere":
         return sphere_init(cfg.num_points, cfg.init_radius, cfg.init_opacity, generator=g)
     try:
