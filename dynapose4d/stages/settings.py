@@ -105,9 +105,8 @@ def check_config(cfg: StaticConfig) -> None:
 
 
 def _finetune_augment() -> AugmentConfig:
-    # The object's own colours identify its parts: no colour changes, mild geometry, white background. (A smooth
-    # non-rigid warp of the queries, `elastic`, to mimic pose changes, and stronger geometry both measured worse
-    # on the synthetic scenes' gt cameras.)
+    # The object's own colours identify its parts: no colour changes, mild geometry, white background (what was
+    # measured against it: experiments/RESULTS.md, "CAPE fine-tuning", settings kept and not kept).
     return AugmentConfig(scale=[0.9, 1.1], rotation=5.0, translate=0.05, hue=0.0, saturation=[1.0, 1.0],
                          brightness=[0.95, 1.05], image_brightness=0.02, background=0.0, flip=0.0,
                          drop_keypoints=0.1, occluded_weight=0.3, elastic=0.0)
@@ -123,18 +122,15 @@ class CapeStageConfig:
     checkpoint: str = ""  # starting CAPE checkpoint; "" = the shipped dynapose4d/assets/cape_small.ckpt; with
     # arch=poseanything the official PoseAnything file (required), e.g. the 1-shot split-1 Tiny or Small
     batch_size: int = 8  # pairs per step
-    lr: float = 1e-3  # AdamW learning rate (linear warm-up, cosine decay); 1e-4 / 3e-4 measured worse
+    lr: float = 1e-3  # AdamW learning rate (linear warm-up, cosine decay)
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_steps: int = 20  # learning-rate warm-up steps
     num_views: int = 384  # random views of the static Gaussians rendered for the fine-tuning pairs (each posed
-    # one shows its own articulation: more views = more poses at the same step count; 384 vs 48 raised PCK@0.1
-    # on humanoid and quadruped by 0.05-0.06, lowered the degenerate lamp by 0.05; rendering takes seconds)
+    # one shows its own articulation: more views = more poses at the same step count)
     reference_views: int = 8  # extra query renders at the reference camera (what the dynamic stage's KML sees)
     elevation: list[float] = field(default_factory=lambda: [-10.0, 40.0])  # elevation range of the views (deg)
     pose_angle: float = 30.0  # max joint rotation (degrees) of the random articulations of the Gaussians along the
-    # skeleton shown in the query views (`dynapose4d.cape.finetune.articulate`); 0 = rest pose only. On the
-    # synthetic scenes' gt cameras (all frames) 30 raised PCK@0.1 by 0.02-0.04 on humanoid and quadruped over two
-    # seeds (lamp within noise); 45 with 75% posed views was worse on quadruped and lamp
+    # skeleton shown in the query views (`dynapose4d.cape.finetune.articulate`); 0 = rest pose only
     posed_fraction: float = 0.5  # share of the query views that show a random articulation (when pose_angle > 0)
     depth_tolerance: float = 0.1  # a projected keypoint is hidden when this far behind the rendered depth (world
     # units; the lifted keypoints sit inside the parts, up to their half-thickness behind the surface)
@@ -142,8 +138,7 @@ class CapeStageConfig:
     heat_sigma: float = 1.0  # heatmap target std in stride-4 cells
     augment: AugmentConfig = field(default_factory=_finetune_augment)  # augmentation of the pairs
     plain_support: bool = True  # the support image unaugmented (as at inference), one backbone pass per batch
-    # for it instead of batch_size: cape stage 219-257 s vs 336-381 s on a 2-core CPU; PCK@0.1 over seven scenes
-    # 0.785 vs 0.778 (README); False augments each pair's support as in `train-cape`
+    # for it instead of batch_size; False augments each pair's support as in `train-cape`
     num_workers: int = 0  # DataLoader workers
     precision: str = "32-true"  # Lightning precision of the fine-tuning; "auto": bf16 autocast where native
     predict_batch: int = 16  # driving frames per CAPE forward
