@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynapose4d import metrics as M
 from dynapose4d.cameras import Camera, project
 from dynapose4d.deform import render_4d
 from dynapose4d.gt_metrics import load_gt, read_gt_frames, summarise, track_view_metrics
@@ -86,8 +87,6 @@ def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tens
                 reference: Camera, background: float = 1.0, pck_threshold: float = 0.2) -> dict[str, Any]:
     """Metrics of the 4D model against gt/ beside the no-motion baselines (module docstring), with the
     conventions of `dynapose4d eval` (dynapose4d.metrics): {"mean", "novel", "per_view": {camera: ...}}."""
-    from dynapose4d import metrics as M
-
     gt = load_gt(gt_dir)
     per_view: dict[str, dict[str, float | None]] = {}
     for cam in gt.cameras:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dynapose4d import metrics as M
 from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.deform import load_dynamic, render_4d
 from dynapose4d.errors import InputError
@@ -157,8 +158,6 @@ def _reference_camera(model: RunModel) -> Camera:
 
 def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") -> dict[str, Any]:
     """Metrics of a run against a gt/ folder (module docstring). Returns the metrics.json content."""
-    from dynapose4d import metrics as M
-
     if protocol not in ("gt", "consistent4d"):
         raise InputError(f"--protocol {protocol!r}: choose 'gt' or 'consistent4d'")
     gt_dir = Path(gt_dir)

@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from dynapose4d.io import write_image, write_json
+from dynapose4d.io import to_uint8, write_image, write_json
 
 _ACTIVE: dict[tuple[str, str], RunLogger] = {}  # (run_dir, stage) -> the stage's logger in this process
 _SWEEP_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
@@ -190,8 +190,6 @@ def log_images(logger: Any, key: str, images: list[torch.Tensor | np.ndarray], s
         for i, img in enumerate(images):
             write_image(Path(rl.save_dir) / "media" / _safe(key) / f"{s:06d}_{i}.png", img)
     if wl is not None:
-        from dynapose4d.io import to_uint8
-
         kw = {"caption": captions} if captions is not None else {}
         wl.log_image(key=key, images=[to_uint8(i) for i in images], step=step, **kw)
 

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from dynapose4d import logging as dlog
+from dynapose4d.cape.overlay import draw_keypoints
 from dynapose4d.config import RunConfig, load_config, save_config
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
 from dynapose4d.data.scene_spec import resolve_scene
 from dynapose4d.errors import InputError
 from dynapose4d.export import export_files, export_run
-from dynapose4d.io import write_text
+from dynapose4d.io import over_background, read_image, write_image, write_text
 from dynapose4d.run_command import command_line
 from dynapose4d.run_folder import (
     EXPORT_DIR,
@@ -452,9 +453,6 @@ def write_auto_keypoints(scene: Scene, folder: Path) -> None:
     """FOLDER/keypoints.json (keypoints.json's format, in the pixels of the scene's image file) and
     FOLDER/keypoints.png (them drawn on the image) of a scene's automatic keypoints."""
     import torch
-
-    from dynapose4d.cape.overlay import draw_keypoints
-    from dynapose4d.io import over_background, read_image, write_image
 
     auto = scene.auto_keypoints
     assert auto is not None

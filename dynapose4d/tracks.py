@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dynapose4d.cameras import Camera, project, stack_cameras, unproject
+from dynapose4d.deform import gaussians_at
 from dynapose4d.render import rasterize
 from dynapose4d.rotations import quat_to_matrix
 
@@ -342,8 +343,6 @@ def keypoint_tracks(
 ) -> torch.Tensor:
     """World tracks [T, K, 3] of the support keypoints: lifted on the canonical Gaussians (`lift_keypoints`
     mode `lift`, with the skeleton when given), carried by φ."""
-    from dynapose4d.deform import gaussians_at
-
     with torch.no_grad():
         g0 = canonical.activated()
         world0, att = attach_keypoints(g0, keypoints, camera, width, height, k, lift, skeleton)

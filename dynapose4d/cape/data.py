@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from dynapose4d import seeding
 from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
+from dynapose4d.data.synthetic import make_object
 from dynapose4d.io import premultiplied_over, save_checkpoint
+from dynapose4d.render import rasterize
 
 CACHE_VERSION = 1
 TRAIN_SEED_LIMIT = 10**6  # training objects use seeds below this; evaluation objects seeds from it upwards
@@ -160,8 +162,6 @@ def render_object_views(obj: Any, frame: float, cameras: list[Camera], size: int
     Returns rgba [C, S, S, 4] (RGB over white, alpha) on CPU, keypoints [C, N, 2] px, visible [C, N] and inside
     [C, N] bool. Visibility follows `dynapose4d.data.synthetic.render_views` (depth test with the keypoint's
     own-surface bound)."""
-    from dynapose4d.render import rasterize
-
     g = {k: v.to(device) for k, v in obj.gaussians(frame).items()}
     viewmats, Ks = stack_cameras(list(cameras), size, size)
     with torch.no_grad():
@@ -226,8 +226,6 @@ class _Objects(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from dynapose4d.data.synthetic import make_object
-
         torch.set_num_threads(1)
         template, seed, plan = self.plan_fn(self.cfg, i)
         obj = make_object(template, seed, self.cfg.num_frames)

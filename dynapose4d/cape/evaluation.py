@@ -13,8 +13,11 @@ from typing import Any
 
 import torch
 
+from dynapose4d.cameras import load_cameras, project
+from dynapose4d.cape import letterbox, predict_prepared, prepare_support
 from dynapose4d.cape.data import RenderSet
 from dynapose4d.cape.model import CAPEModel
+from dynapose4d.io import over_background, read_image
 from dynapose4d.metrics import bbox_size, pck
 
 THRESHOLDS = (0.1, 0.2)
@@ -23,8 +26,6 @@ THRESHOLDS = (0.1, 0.2)
 @torch.no_grad()
 def predict_render_set(model: CAPEModel, rs: RenderSet, batch: int = 64) -> torch.Tensor:
     """Predictions [O, V-1, K, 2] (pixels) of every query view (views 1..) from each object's view 0."""
-    from dynapose4d.cape import letterbox
-
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -97,9 +98,6 @@ def scene_gt_queries(scene: Any) -> list[tuple[str, torch.Tensor, torch.Tensor, 
     image), inside [T, N])."""
     import json
 
-    from dynapose4d.cameras import load_cameras, project
-    from dynapose4d.io import over_background, read_image
-
     gt = scene.gt_dir
     cams = load_cameras(gt / "cameras.json")
     kp3 = torch.tensor(json.loads((gt / "keypoints3d.json").read_text())["frames"], dtype=torch.float64)  # [T, N, 3]
@@ -128,9 +126,6 @@ def evaluate_scene_gt(scene: Any, models: dict[str, CAPEModel]) -> dict[str, Any
     """PCK@0.1/0.2 on a scene's gt cameras over all frames, support = the scene image and keypoints, for each
     model and the trivial baseline (support keypoints copied). {"all": {...}, <camera>: {...}}; keys
     "<model>_pck@t", "trivial_pck@t", "keypoints"."""
-    from dynapose4d.cape import predict_prepared, prepare_support
-    from dynapose4d.io import over_background
-
     support = over_background(scene.image, 1.0).permute(2, 0, 1)
     prepared = {name: prepare_support(support, scene.keypoints, scene.skeleton, checkpoint=model.eval())
                 for name, model in models.items()}

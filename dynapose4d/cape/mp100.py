@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from dynapose4d import seeding
 from dynapose4d.errors import InputError
+from dynapose4d.io import read_image
 
 SUBSETS = ("train", "val", "test")
 
@@ -249,8 +250,6 @@ def mean_pck(values: list[float]) -> float:
 def evaluate_episodes(predict_fn: Any, episodes: list[Episode], ds: MP100Set, threshold: float = 0.2) -> float:
     """Mean PCK over episodes of `predict_fn(support_image [3,H,W], support_kps [N,2], skeleton, query_image
     [1,3,H,W], support_mask [N]) -> points [1, N, 2]` (e.g. a wrapper of `dynapose4d.cape.predict`)."""
-    from dynapose4d.io import read_image
-
     vals = []
     for ep in episodes:
         s = read_image(ds.image_path(ep.support))[..., :3].permute(2, 0, 1)
@@ -293,8 +292,6 @@ class MP100Pairs(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from dynapose4d.io import read_image
-
         ep = self.sampler[i]
         out: dict[str, torch.Tensor] = {}
         for name, ann in (("support", ep.support), ("query", ep.query)):

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dynapose4d.deform import load_dynamic
 from dynapose4d.errors import InputError
 from dynapose4d.export.axes import UP_CHOICES, rotate_points
 from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
@@ -104,8 +105,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
     `formats`: any of FORMATS (default DEFAULT_FORMATS; "all" means the default). `up`: "+y", "-y" or "+z"
     for every output, or None for each output's own default (`default_up`). Each output replaces its
     previous version in `out_dir` whole (written aside, then renamed); export.json lists every output present."""
-    from dynapose4d.deform import load_dynamic
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from dynapose4d.data.scene import Scene
 from dynapose4d.errors import InputError
+from dynapose4d.logging import make_logger
 from dynapose4d.precision import resolve_precision
 from dynapose4d.priors.svd import SVDConfig
 from dynapose4d.priors.zero123 import Zero123Config
@@ -66,8 +67,6 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
     (the static stage). Extra kwargs go to `lightning.Trainer`."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from dynapose4d.logging import make_logger
 
     tc = ctx.trainer
     devices = tc.devices if multi_device else 1

@@ -32,8 +32,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from dynapose4d.cape import load_cape, predict_prepared, prepare_support, save_cape, save_poseanything_pointer
 from dynapose4d.cape.data import PairDataset, collate_pairs
+from dynapose4d.cape.evaluation import evaluate_scene_gt, format_scene_table
+from dynapose4d.cape.finetune import object_render_set
 from dynapose4d.cape.model import CAPEModel, cape_loss
+from dynapose4d.cape.overlay import draw_keypoints
+from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT, load_poseanything
+from dynapose4d.errors import MissingWeightsError
+from dynapose4d.gaussians.ply import load_ply
+from dynapose4d.io import over_background, write_json, write_text, write_video
+from dynapose4d.logging import log_images, log_summary, log_videos, make_logger
+from dynapose4d.priors.svd import driving_video, generated_video_folder, keypoint_file_recentring, read_source
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import CapeStageConfig
 
@@ -160,12 +170,6 @@ def coincident_keypoints(keypoints: torch.Tensor, radius: float) -> list[list[in
 
 def run(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
     """Fine-tune CAPE on the scene's static Gaussians, predict the driving keypoints; writes RUN/cape/."""
-    from dynapose4d.cape import load_cape
-    from dynapose4d.cape.finetune import object_render_set
-    from dynapose4d.gaussians.ply import load_ply
-    from dynapose4d.io import over_background
-    from dynapose4d.logging import make_logger
-
     cfg.validate()
     if cfg.arch == "poseanything":
         return _run_poseanything(ctx, cfg)
@@ -230,10 +234,6 @@ def check_weights(cfg: CapeStageConfig) -> None:
 
 def _run_poseanything(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
     """cape.arch=poseanything: the official model, frozen, on the driving frames; RUN/cape/model.ckpt points to it."""
-    from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT, load_poseanything
-    from dynapose4d.errors import MissingWeightsError
-    from dynapose4d.logging import make_logger
-
     t0 = time.perf_counter()
     if not cfg.checkpoint:
         raise MissingWeightsError(f"cape.checkpoint is empty: cape.arch=poseanything needs the official PoseAnything "
@@ -255,9 +255,6 @@ def _artifacts(scene: Any) -> dict[str, str]:
 def _driving_frames(ctx: StageContext) -> tuple[torch.Tensor, str]:
     """Driving frames RGBA [T, H, W, 4] and where they came from; the scene image alone when no video exists and
     none can be generated (no SVD weights)."""
-    from dynapose4d.errors import MissingWeightsError
-    from dynapose4d.priors.svd import driving_video
-
     try:
         return driving_video(ctx.scene, ctx.run_dir, ctx.svd, seed=ctx.seed), "video"
     except MissingWeightsError as e:
@@ -270,9 +267,6 @@ def _driving_frames(ctx: StageContext) -> tuple[torch.Tensor, str]:
 def predict_frames(model: CAPEModel, scene: Any, frames: torch.Tensor, batch: int = 16
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """CAPE keypoints [T, N, 2] px and confidence [T, N] on RGBA frames [T, H, W, 4] (over white)."""
-    from dynapose4d.cape import predict_prepared, prepare_support
-    from dynapose4d.io import over_background
-
     support = prepare_support(over_background(scene.image, 1.0).permute(2, 0, 1), scene.keypoints, scene.skeleton,
                               checkpoint=model)
     imgs = over_background(frames, 1.0).permute(0, 3, 1, 2)
@@ -290,13 +284,6 @@ def write_outputs(ctx: StageContext, cfg: CapeStageConfig, model: Any, start: CA
     `model` is the fine-tuned CAPEModel and `start` its starting point, or a PoseAnything and None."""
     import numpy as np
     from omegaconf import OmegaConf
-
-    from dynapose4d.cape import save_cape, save_poseanything_pointer
-    from dynapose4d.cape.evaluation import evaluate_scene_gt, format_scene_table
-    from dynapose4d.cape.overlay import draw_keypoints
-    from dynapose4d.io import over_background, write_json, write_text, write_video
-    from dynapose4d.logging import log_images, log_summary, log_videos
-    from dynapose4d.priors.svd import generated_video_folder, keypoint_file_recentring, read_source
 
     out = ctx.stage_dir(STAGE)
     scene = ctx.scene

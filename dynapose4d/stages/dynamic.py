@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from dynapose4d import cape
 from dynapose4d.cameras import Camera, project
 from dynapose4d.deform import (
     Deformation,
@@ -34,9 +35,11 @@ from dynapose4d.deform import (
     render_4d,
     save_dynamic,
 )
+from dynapose4d.dynamic_report import evaluate_4d, flat_metrics, write_videos
 from dynapose4d.errors import ConfigError, InputError
 from dynapose4d.gaussians import GaussianModel, load_ply
 from dynapose4d.io import over_background, write_json
+from dynapose4d.logging import log_images, log_summary, log_videos
 from dynapose4d.losses import (
     KeypointFn,
     bone_length_loss,
@@ -54,12 +57,12 @@ from dynapose4d.priors.svd import (
     keypoint_file_recentring,
     read_source,
 )
-from dynapose4d.priors.zero123 import Zero123Config
+from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, resolve_zero123
 from dynapose4d.render import rasterize
 from dynapose4d.seeding import DYNAMIC_FRAMES, torch_generator
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import DynamicConfig
-from dynapose4d.tracks import Attachment, attach_keypoints, carry_points
+from dynapose4d.tracks import Attachment, attach_keypoints, carry_points, keypoint_tracks, project_tracks
 
 __all__ = ["DynamicConfig", "DynamicGaussianModule", "gaussians_at", "load_dynamic", "run"]
 
@@ -250,8 +253,6 @@ class CapeKeypoints:
         self._support: Any = None  # dynapose4d.cape.PreparedSupport on the queries' device
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from dynapose4d import cape
-
         dev = images.device
         if self._support is None or self._support.tokens.device != dev:
             self.model.to(dev)
@@ -262,8 +263,6 @@ class CapeKeypoints:
 
 
 def _cape_keypoints(ctx: StageContext, background: float) -> CapeKeypoints:
-    from dynapose4d import cape
-
     model = cape.load_keypoint_model(ctx.artifact("cape", "model"))  # CAPEModel, or PoseAnything via its pointer
     model.eval()
     model.requires_grad_(False)
@@ -325,8 +324,6 @@ class Zero123PerFrame:
 
     def __call__(self, images: torch.Tensor, frames: torch.Tensor, d_elev: torch.Tensor, d_azim: torch.Tensor,
                  progress: float) -> torch.Tensor:
-        from dynapose4d.priors.zero123 import Zero123Prior
-
         c = self.cfg
         if self.prior is None:
             self.prior = Zero123Prior.from_config(self.zero123, device=images.device)
@@ -355,8 +352,6 @@ class Zero123PerFrame:
 def _sds_fn(cfg: DynamicConfig, video: torch.Tensor, zero123: Zero123Config | None = None,
             elevation: float = 0.0) -> Zero123PerFrame:
     """Fail before training when the Zero-1-to-3 weights are missing; the prior itself loads on first use."""
-    from dynapose4d.priors.zero123 import resolve_zero123
-
     zero123 = zero123 or Zero123Config()
     resolve_zero123(zero123.source)
     return Zero123PerFrame(cfg, video, zero123, elevation)
@@ -438,7 +433,6 @@ def run(ctx: StageContext, cfg: DynamicConfig, keypoints_fn: KeypointFn | None =
         metrics = write_outputs(ctx, cfg, module, trainer.logger)
         if metrics:
             artifacts["metrics"] = "dynamic/metrics.json"
-        from dynapose4d.logging import log_summary
 
         log_summary(trainer.logger, summary)
     return artifacts
@@ -457,10 +451,6 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
                   ) -> dict[str, Any]:
     """deform.ckpt, keypoints.json (3D tracks + their reference-view projections), videos and, when the scene
     has gt/, metrics.json beside the no-motion baselines. Returns the metrics ({} without gt/)."""
-    from dynapose4d.dynamic_report import evaluate_4d, flat_metrics, write_videos
-    from dynapose4d.logging import log_images, log_summary, log_videos
-    from dynapose4d.tracks import keypoint_tracks, project_tracks
-
     out = ctx.stage_dir("dynamic")
     module.eval()
     scene, T, W, H = ctx.scene, module.num_frames, module.width, module.height

@@ -145,8 +145,6 @@ class CapeStageConfig:
     overlay_fps: int = 8  # frame rate of overlay.mp4 / overlay.gif
 
     def validate(self) -> None:
-        from dynapose4d.errors import ConfigError
-
         if self.arch not in ("graph", "poseanything"):
             raise ConfigError(f"cape.arch must be 'graph' or 'poseanything', got {self.arch!r}")
         if self.steps < 0 or self.batch_size < 1 or self.num_views < 1:

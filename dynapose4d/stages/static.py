@@ -38,16 +38,18 @@ from dynapose4d.gaussians.densify import Densifier
 from dynapose4d.gaussians.init import image_init, sphere_init
 from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.gaussians.ply import save_ply
-from dynapose4d.io import over_background, read_image, write_image, write_json
+from dynapose4d.io import over_background, read_image, write_image, write_json, write_video
+from dynapose4d.logging import log_images, log_summary, log_videos
 from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
 from dynapose4d.metrics import psnr as metrics_psnr
 from dynapose4d.metrics import ssim as metrics_ssim
 from dynapose4d.priors.framing import square_fov_y
-from dynapose4d.priors.zero123 import Zero123Config
+from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, find_local_zero123, resolve_zero123
 from dynapose4d.render import rasterize
 from dynapose4d.seeding import STATIC_NOVEL_VIEWS, torch_generator
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.settings import StaticConfig, check_config
+from dynapose4d.visualize import image_grid, orbit_cameras, render_cameras, write_orbit_video
 
 STAGE = "static"
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -76,7 +78,6 @@ def resolve_prior(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> tu
         return cfg.prior, "static.prior"
     if scene.views:
         return "views", f"auto: the scene has {len(scene.views)} images in views/"
-    from dynapose4d.priors.zero123 import find_local_zero123
 
     root = find_local_zero123(zero123)
     if root is not None:
@@ -162,8 +163,6 @@ class StaticGaussianModule(L.LightningModule):
         check = self._optimizer_dict()
         self.densifier.check(self.gaussians.splats, check)
         if self.cfg.prior == "zero123" and self.prior is None:
-            from dynapose4d.priors.zero123 import Zero123Prior
-
             self.prior = Zero123Prior.from_config(self.zero123, device=self.device)
             ref = self.target_rgb[:1].permute(0, 3, 1, 2)  # [1, 3, h, w] over white (padded to a square)
             self.prior.set_reference(ref, elevation=self.reference.elevation)
@@ -279,8 +278,6 @@ def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float
                                                                                                torch.Tensor]]]:
     """PSNR / SSIM per gt camera at frame 0 (RGB over white, whole image). Returns (metrics, [(name, render
     [H,W,3], gt [H,W,3])]). Empty when the scene has no gt/."""
-    from dynapose4d.visualize import render_cameras
-
     if scene.gt_dir is None or not (scene.gt_dir / "cameras.json").is_file():
         return {}, []
     cams = load_cameras(scene.gt_dir / "cameras.json")
@@ -303,9 +300,6 @@ def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float
 def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig, logger: Any,
                   seconds: float) -> dict[str, str]:
     """PLY, orbit video (mp4 + gif), render grid, metrics.json; logged through `logger`. Returns artifacts."""
-    from dynapose4d.logging import log_images, log_summary, log_videos
-    from dynapose4d.visualize import image_grid, orbit_cameras, render_cameras, write_orbit_video
-
     scene = ctx.scene
     out = ctx.stage_dir(STAGE)
     gaussians = gaussians.cpu()
@@ -314,7 +308,6 @@ def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig
     ref = scene.camera
     frames = write_orbit_video(gaussians, out / "orbit.mp4", size, cfg.orbit_frames, cfg.orbit_elevation,
                                ref.radius, ref.fov_y, fps=cfg.video_fps)
-    from dynapose4d.io import write_video
 
     write_video(out / "orbit.gif", frames, fps=cfg.video_fps)
     metrics, pairs = evaluate_gt(gaussians, scene)
@@ -362,7 +355,6 @@ def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = No
         print(f"[{STAGE}] prior: {prior} ({why})", flush=True)
         cfg = replace(cfg, prior=prior)
     if prior == "zero123":  # fail before any training when the weights are missing
-        from dynapose4d.priors.zero123 import resolve_zero123
 
         resolve_zero123(zero123.source)
     t0 = time.perf_counter()
@@ -373,7 +365,6 @@ def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = No
     module.prior = None  # (on_fit_end did it too) the prior never outlives training
     free_memory()
     arts = write_outputs(module.gaussians, ctx, cfg, trainer.logger, time.perf_counter() - t0)
-    from dynapose4d.logging import log_summary
 
     log_summary(trainer.logger, {f"{STAGE}/prior": prior, **peak_memory_summary(STAGE, device)})
     return arts
