@@ -32,7 +32,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from dynapose4d.cape import load_cape, predict_prepared, prepare_support, save_cape, save_poseanything_pointer
+from dynapose4d.cape import (
+    SHIPPED_CHECKPOINT,
+    load_cape,
+    predict_prepared,
+    prepare_support,
+    save_cape,
+    save_poseanything_pointer,
+)
 from dynapose4d.cape.data import PairDataset, collate_pairs
 from dynapose4d.cape.evaluation import evaluate_scene_gt, format_scene_table
 from dynapose4d.cape.finetune import object_render_set
@@ -218,10 +225,6 @@ def run(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
 def check_weights(cfg: CapeStageConfig) -> None:
     """Raise MissingWeightsError now (before a run folder exists) when the CAPE checkpoint is not there."""
     from pathlib import Path
-
-    from dynapose4d.cape import SHIPPED_CHECKPOINT
-    from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT
-    from dynapose4d.errors import MissingWeightsError
 
     if cfg.arch == "poseanything":
         if not cfg.checkpoint or not Path(cfg.checkpoint).is_file():

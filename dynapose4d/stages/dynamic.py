@@ -52,6 +52,7 @@ from dynapose4d.losses import (
 from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
 from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.svd import (
+    check_svd_weights,
     driving_video,
     generated_video_folder,
     keypoint_file_recentring,
@@ -386,11 +387,7 @@ def check_weights(cfg: DynamicConfig, scene: Any, zero123: Zero123Config, run_di
     """Raise MissingWeightsError now (before a run folder exists) when this stage will need weights that this
     machine does not have: Zero-1-to-3 for λ_sds > 0, Stable Video Diffusion when the scene has no video and
     none was generated into `run_dir` yet."""
-    from dynapose4d.priors.svd import check_svd_weights
-
     if cfg.lambda_sds > 0:
-        from dynapose4d.priors.zero123 import resolve_zero123
-
         resolve_zero123(zero123.source)
     if scene.video is None and not (Path(run_dir) / "inputs" / "video" / "source.json").is_file():
         check_svd_weights(cfg.svd.model)
@@ -405,10 +402,8 @@ def run(ctx: StageContext, cfg: DynamicConfig, keypoints_fn: KeypointFn | None =
     cfg.validate()
     if cfg.lambda_kml > 0 and keypoints_fn is None:
         ctx.artifact("cape", "model")  # fails now (clear message) rather than after the driving video
-    zero123 = zero123 or getattr(ctx.config, "zero123", None) or Zero123Config()
+    zero123 = zero123 or ctx.zero123
     if cfg.lambda_sds > 0:  # missing Zero-1-to-3 weights fail before the driving video is generated
-        from dynapose4d.priors.zero123 import resolve_zero123
-
         resolve_zero123(zero123.source)
     scene = ctx.scene
     device = reset_peak_memory(ctx.trainer)  # the stage's peak includes a driving video generated here

@@ -340,8 +340,6 @@ def check_weights(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> No
     """Raise MissingWeightsError now (before a run folder exists) when the prior this stage will use needs
     weights that this machine does not have."""
     if resolve_prior(cfg, scene, zero123)[0] == "zero123":
-        from dynapose4d.priors.zero123 import resolve_zero123
-
         resolve_zero123(zero123.source)
 
 
