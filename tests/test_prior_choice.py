@@ -185,6 +185,6 @@ def test_dynamic_stage_checks_zero123_before_the_driving_video(tmp_path, monkeyp
 
     monkeypatch.setattr(dynamic, "driving_video", lambda *a, **k: pytest.fail("the video came first"))
     run_cfg = load_config("configs/default.yaml", [f"zero123.path={tmp_path}/none"])
-    ctx = SimpleNamespace(config=run_cfg, scene=None, run_dir=tmp_path, trainer=None)
+    ctx = SimpleNamespace(zero123=run_cfg.zero123, scene=None, run_dir=tmp_path, trainer=None)
     with pytest.raises(MissingWeightsError, match=r"zero123\.path"):
         dynamic.run(ctx, run_cfg.dynamic, keypoints_fn=lambda x: x)
