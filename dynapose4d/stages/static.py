@@ -43,8 +43,9 @@ from dynapose4d.logging import log_images, log_summary, log_videos
 from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
 from dynapose4d.metrics import psnr as metrics_psnr
 from dynapose4d.metrics import ssim as metrics_ssim
+from dynapose4d.priors import zero123 as zero123_prior
 from dynapose4d.priors.framing import square_fov_y
-from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, find_local_zero123, resolve_zero123
+from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, resolve_zero123
 from dynapose4d.render import rasterize
 from dynapose4d.seeding import STATIC_NOVEL_VIEWS, torch_generator
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
@@ -78,8 +79,7 @@ def resolve_prior(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> tu
         return cfg.prior, "static.prior"
     if scene.views:
         return "views", f"auto: the scene has {len(scene.views)} images in views/"
-
-    root = find_local_zero123(zero123)
+    root = zero123_prior.find_local_zero123(zero123)  # looked up when called: tests stand in for the cache
     if root is not None:
         return "zero123", f"auto: no views/, Zero-1-to-3 weights found at {root}"
     return "none", (f"auto: no views/ and no Zero-1-to-3 weights on this machine ('{zero123.source}'; "
