@@ -34,13 +34,29 @@ def test_ply_layout_is_standard_3dgs(tmp_path):
     raw = (tmp_path / "g.ply").read_bytes()
     header = raw[: raw.find(b"end_header\n")].decode().splitlines()
     props = [h.split()[2] for h in header if h.startswith("property")]
-    assert props[:9] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-    assert props[9:18] == [f"f_rest_{i}" for i in range(9)]
-    assert props[18:] == ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert props[:6] == ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2"]  # gsplat's layout: no normals
+    assert props[6:15] == [f"f_rest_{i}" for i in range(9)]
+    assert props[15:] == ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     body = np.frombuffer(raw[raw.find(b"end_header\n") + 11:], dtype="<f4").reshape(5, len(props))
     # f_rest is channel-major: the first K values are the red channel of the K higher coefficients
-    assert np.allclose(body[:, 9:12], m.splats["shN"][:, :, 0].detach().numpy())
-    assert np.allclose(body[:, 18], m.splats["opacities"].detach().numpy())
+    assert np.allclose(body[:, 6:9], m.splats["shN"][:, :, 0].detach().numpy())
+    assert np.allclose(body[:, 15], m.splats["opacities"].detach().numpy())
+
+
+def test_ply_with_the_original_normals_still_reads(tmp_path):
+    """Files of the original 3DGS code carry zero normals nx ny nz after x y z; load_ply skips them."""
+    m = random_model(n=4, degree=1)
+    save_ply(m, tmp_path / "g.ply")
+    raw = (tmp_path / "g.ply").read_bytes()
+    end = raw.find(b"end_header\n") + 11
+    header = raw[:end].decode().replace("property float z\n", "property float z\nproperty float nx\n"
+                                        "property float ny\nproperty float nz\n")
+    body = np.frombuffer(raw[end:], dtype="<f4").reshape(4, -1)
+    body = np.concatenate([body[:, :3], np.zeros((4, 3), "<f4"), body[:, 3:]], axis=1)
+    (tmp_path / "n.ply").write_bytes(header.encode() + body.tobytes())
+    r = load_ply(tmp_path / "n.ply")
+    for k in m.splats:
+        assert torch.equal(m.splats[k], r.splats[k]), k
 
 
 def test_activations():

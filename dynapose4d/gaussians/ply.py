@@ -1,7 +1,7 @@
-"""Standard 3DGS PLY (binary little-endian): x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3.
+"""Standard 3DGS PLY (binary little-endian): x y z f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3.
 
-The layout of the original 3DGS code (`gsplat.export_splats(format="ply")`, which `dynapose4d export` uses,
-writes the same without the zero normals nx ny nz; `load_ply` reads both): raw parameters (log scales, logit
+Written by `gsplat.export_splats(format="ply")` (as `dynapose4d export` does); `load_ply` also reads files with the
+original 3DGS code's zero normals nx ny nz: raw parameters (log scales, logit
 opacity, SH coefficients), `f_rest_*` channel-major ([3, K] flattened). Opens in common splat viewers. Round
 trip is exact (float32).
 """
@@ -18,28 +18,18 @@ from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.io import write_bytes
 
 
-def _property_names(k: int) -> list[str]:
-    return (
-        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-        + [f"f_rest_{i}" for i in range(3 * k)]
-        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    )
-
-
 def save_ply(model: GaussianModel, path: str | Path) -> None:
-    """Write `model` as a 3DGS PLY; written to a temporary name and renamed (never half-written)."""
+    """Write `model` as a 3DGS PLY through `gsplat.export_splats` (the standard layout: x y z f_dc_0..2 f_rest_*
+    opacity scale_0..2 rot_0..3), written to a temporary name and renamed (never half-written). Raises ValueError
+    on non-finite parameters (gsplat would drop those Gaussians silently)."""
+    from gsplat import export_splats
+
     s = {k: v.detach().cpu().float() for k, v in model.splats.items()}
-    n, k = s["means"].shape[0], s["shN"].shape[1]
-    cols = [
-        s["means"], torch.zeros(n, 3), s["sh0"][:, 0, :],
-        s["shN"].transpose(1, 2).reshape(n, 3 * k),  # channel-major, as 3DGS
-        s["opacities"][:, None], s["scales"], s["quats"],
-    ]
-    data = torch.cat(cols, dim=1).numpy().astype("<f4")
-    names = _property_names(k)
-    header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
-    header += "".join(f"property float {name}\n" for name in names) + "end_header\n"
-    write_bytes(path, header.encode("ascii") + np.ascontiguousarray(data).tobytes())
+    bad = ~torch.cat([v.reshape(v.shape[0], -1) for v in s.values()], dim=1).isfinite().all(dim=1)
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} Gaussians with non-finite parameters")
+    data = export_splats(s["means"], s["scales"], s["quats"], s["opacities"], s["sh0"], s["shN"], format="ply")
+    write_bytes(path, data)
 
 
 def load_ply(path: str | Path) -> GaussianModel:
