@@ -78,7 +78,9 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
     picture = scene_path / "image.png" if scene_path.is_dir() else scene_path
     rgba = read_image(picture)
     image = over_background(rgba, 1.0) if rgba.shape[-1] == 4 else rgba
-    scene = load_scene(scene_path)
+    inputs = manifest.get("inputs") or {}  # the run's --video / --keypoints, when it was given them
+    scene = load_scene(scene_path, video=inputs.get("video"),
+                       keypoints=inputs.get("keypoints") if inputs.get("keypoints") not in (None, "auto") else None)
     generated = run_dir / "inputs" / "video"
     if scene.video is not None:
         video = scene.video

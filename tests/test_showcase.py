@@ -65,3 +65,17 @@ def test_showcase_cli_writes_a_small_gif(finished_run, tmp_path, capsys):
 def test_showcase_refuses_an_unfinished_run(tmp_path, capsys):
     assert main(["showcase", str(tmp_path), "--out", str(tmp_path / "x.gif")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_showcase_of_a_picture_run_uses_its_video(tmp_path, capsys):
+    """A run of a picture given alone with --video: the showcase finds the video the run was given."""
+    scene = _fakes.write_tiny_scene(tmp_path / "scene")
+    run = tmp_path / "run"
+    StageRunner(scene / "image.png", run, load_config(None, _fakes.fake_overrides(2)), stages=_fakes.FAKE_STAGES,
+                video=scene / "video", keypoints=scene / "keypoints.json", echo=lambda s: None).run()
+    out = tmp_path / "show.gif"
+    assert main(["showcase", str(run), "--out", str(out), "--size", "32"]) == 0
+    frames = iio.imread(out, index=None)
+    # the driving panel moves (the tiny scene's disc slides right), the input panel does not
+    mid = frames[:, -32:, 32:64].astype(int)
+    assert np.abs(mid[0] - mid[1]).mean() > 1 and np.abs(frames[0, -32:, :32].astype(int) - frames[1, -32:, :32]).mean() < 3
