@@ -181,3 +181,22 @@ if __name__ == "__main__":
 
     args = json.loads(sys.argv[1])
     main_subprocess(**args)
+
+
+def spy_zero123_loads(monkeypatch) -> list:
+    """Record a weakref to every Zero123Prior that `Zero123Prior.from_config` builds from now on (the list fills
+    as priors load); for tests that check a stage frees its prior."""
+    import weakref
+
+    from dynapose4d.priors.zero123 import Zero123Prior
+
+    refs: list[weakref.ref] = []
+    load = Zero123Prior.from_config.__func__
+
+    def spy(cls, cfg, device="cpu"):
+        prior = load(cls, cfg, device)
+        refs.append(weakref.ref(prior))
+        return prior
+
+    monkeypatch.setattr(Zero123Prior, "from_config", classmethod(spy))
+    return refs

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import weakref
 from pathlib import Path
 
+import _fakes
 import pytest
 import torch
 
 from dynapose4d.config import TrainerConfig, WandbConfig, load_config
 from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import make_object, write_scene
-from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior
+from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages import static
 from dynapose4d.stages.base import StageContext
 
@@ -128,15 +128,7 @@ def test_dynamic_stage_frees_its_prior(tiny_zero123, tmp_path, monkeypatch):
 
     from dynapose4d.stages import dynamic
 
-    refs: list[weakref.ref] = []
-    load = Zero123Prior.from_config.__func__
-
-    def spy(cls, cfg, device="cpu"):
-        prior = load(cls, cfg, device)
-        refs.append(weakref.ref(prior))
-        return prior
-
-    monkeypatch.setattr(Zero123Prior, "from_config", classmethod(spy))
+    refs = _fakes.spy_zero123_loads(monkeypatch)
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=2, size=24)
     perfect_static(make_object("lamp", 1, 2), tmp_path / "run")
     run_cfg = load_config("configs/cpu.yaml", [f"zero123.path={tiny_zero123}", "zero123.size=32"])

@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import _fakes
 import pytest
 import torch
 
@@ -271,7 +272,6 @@ def test_priors_are_freed_when_the_static_stage_ends(tiny_zero123, tmp_path, mon
     """The Zero-1-to-3 prior is gone (a weakref to it is dead) before the static stage renders its outputs and
     after it returns. Before the fix the module kept it (`module.prior`) until the stage's objects were
     collected: Lightning's trainer and module hold each other in reference cycles, so not at return."""
-    import weakref
 
     from dynapose4d.config import TrainerConfig, WandbConfig, load_config
     from dynapose4d.data.scene import load_scene
@@ -279,15 +279,7 @@ def test_priors_are_freed_when_the_static_stage_ends(tiny_zero123, tmp_path, mon
     from dynapose4d.stages import static
     from dynapose4d.stages.base import StageContext
 
-    refs: list[weakref.ref] = []
-    load = Zero123Prior.from_config.__func__
-
-    def spy(cls, cfg, device="cpu"):
-        prior = load(cls, cfg, device)
-        refs.append(weakref.ref(prior))
-        return prior
-
-    monkeypatch.setattr(Zero123Prior, "from_config", classmethod(spy))
+    refs = _fakes.spy_zero123_loads(monkeypatch)
     alive_at_outputs: list[bool] = []
     write_outputs = static.write_outputs
 
