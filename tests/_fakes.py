@@ -200,3 +200,16 @@ def spy_zero123_loads(monkeypatch) -> list:
 
     monkeypatch.setattr(Zero123Prior, "from_config", classmethod(spy))
     return refs
+
+
+def load_sdf_scenes():
+    """experiments/sdf_scenes.py (the second scene generator, not part of the package) as a module."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "sdf_scenes", Path(__file__).resolve().parents[1] / "experiments" / "sdf_scenes.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["sdf_scenes"] = mod
+    spec.loader.exec_module(mod)
+    return mod

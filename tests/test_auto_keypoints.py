@@ -5,18 +5,16 @@ where the shapes' extremities are (positions known from how the shapes are drawn
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections import deque
 from pathlib import Path
 
+import _fakes
 import numpy as np
 import pytest
 
 from dynapose4d.data.auto_keypoints import auto_keypoints
 
-ROOT = Path(__file__).resolve().parents[1]
 S = 128  # shape image size
 
 
@@ -248,16 +246,8 @@ def test_synthetic_scene_masks(template, tmp_path):
     assert_valid(mask, auto_keypoints(mask))
 
 
-def _sdf_module():
-    spec = importlib.util.spec_from_file_location("sdf_scenes", ROOT / "experiments" / "sdf_scenes.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["sdf_scenes"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("template", ["puppet", "spider", "crane", "eel"])
 def test_second_generator_masks(template, tmp_path):
-    root = _sdf_module().make_scene(template, tmp_path / template, seed=0, frames=1, size=64)
+    root = _fakes.load_sdf_scenes().make_scene(template, tmp_path / template, seed=0, frames=1, size=64)
     mask = _alpha(root / "image.png")
     assert_valid(mask, auto_keypoints(mask))

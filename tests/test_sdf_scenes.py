@@ -4,11 +4,10 @@ images agree with each other through the project's own projection."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import _fakes
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -17,18 +16,7 @@ import torch
 from dynapose4d.cameras import load_cameras, orbit_camera, project
 from dynapose4d.data.scene import load_scene
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("sdf_scenes", ROOT / "experiments" / "sdf_scenes.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["sdf_scenes"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-S = _module()
+S = _fakes.load_sdf_scenes()
 
 
 @pytest.mark.parametrize("elev,azim", [(0, 0), (0, 90), (10, 144), (35, 300), (-20, 200), (60, 45)])

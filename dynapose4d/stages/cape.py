@@ -238,9 +238,7 @@ def check_weights(cfg: CapeStageConfig) -> None:
 def _run_poseanything(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
     """cape.arch=poseanything: the official model, frozen, on the driving frames; RUN/cape/model.ckpt points to it."""
     t0 = time.perf_counter()
-    if not cfg.checkpoint:
-        raise MissingWeightsError(f"cape.checkpoint is empty: cape.arch=poseanything needs the official PoseAnything "
-                                  f"checkpoint; {OFFICIAL_WEIGHTS_HINT}")
+    check_weights(cfg)
     model = load_poseanything(cfg.checkpoint).to(_render_device(ctx)).requires_grad_(False)
     ctx.stage_dir(STAGE)
     write_outputs(ctx, cfg, model, None, make_logger(ctx, STAGE), time.perf_counter() - t0)
