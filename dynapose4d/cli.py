@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from dynapose4d.errors import InputError, MissingWeightsError
+from dynapose4d.core.errors import InputError, MissingWeightsError
 
 
 def _env_defaults() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from dynapose4d.run_command import CONFIG_HELP, SET_HELP, add_run_args
+from dynapose4d.pipeline.run_command import CONFIG_HELP, SET_HELP, add_run_args
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dynapose4d.runner import run_cli
+    from dynapose4d.pipeline.runner import run_cli
 
     return run_cli(args)
 
@@ -26,32 +26,32 @@ def _train_cape(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from dynapose4d.evaluate import render_cli
+    from dynapose4d.pipeline.evaluate import render_cli
 
     return render_cli(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from dynapose4d.evaluate import eval_cli
+    from dynapose4d.pipeline.evaluate import eval_cli
 
     return eval_cli(args)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dynapose4d.runner import export_cli
+    from dynapose4d.pipeline.runner import export_cli
 
     return export_cli(args)
 
 
 def _showcase(args: argparse.Namespace) -> int:
-    from dynapose4d.showcase import showcase_cli
+    from dynapose4d.pipeline.showcase import showcase_cli
 
     return showcase_cli(args)
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from dynapose4d.config import load_config
-    from dynapose4d.structured import to_commented_yaml
+    from dynapose4d.core.structured import to_commented_yaml
+    from dynapose4d.pipeline.config import load_config
 
     if args.train_cape:
         from dynapose4d.stages.train_cape import load_train_config
@@ -64,7 +64,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _config_list(args: argparse.Namespace) -> int:
-    from dynapose4d.structured import preset_names, resolve_preset
+    from dynapose4d.core.structured import preset_names, resolve_preset
 
     for name in preset_names():
         print(f"{name:16s} {resolve_preset(name)}")
@@ -72,7 +72,7 @@ def _config_list(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from dynapose4d.experiments import experiment_cli
+    from dynapose4d.pipeline.experiments import experiment_cli
 
     return experiment_cli(args)
 

@@ -8,7 +8,7 @@
 tracks: the gt keypoints of a scene with gt/ (they correspond to the scene's hand-placed keypoints.json) carried
   by a run's learned deformation, whatever keypoints the run used: the hand keypoints at frame 0 are lifted onto
   the run's canonical Gaussians and moved with φ exactly as the dynamic stage computes its own tracks
-  (`dynapose4d.tracks.keypoint_tracks`, same neighbours and skeleton); then the dynamic stage's track metrics
+  (`dynapose4d.deform.tracks.keypoint_tracks`, same neighbours and skeleton); then the dynamic stage's track metrics
   (`gt_metrics.track_view_metrics` / `summarise`: PCK@0.2 per gt camera, 3D error) beside the no-motion
   baseline, with the run's own image metrics (RUN/dynamic/metrics.json: moving-pixel PSNR on the novel gt
   cameras). A run made with automatic keypoints is thus scored on the same gt tracks as one made with the hand
@@ -71,7 +71,7 @@ def rotate_image(rgba: torch.Tensor, centre: tuple[float, float], degrees: float
 
 def make_rotation(source: Path, out: Path, degrees: float = 20.0, frames: int = 16, rgb: bool = False) -> Path:
     """Write DIR/picture.png, DIR/frames/NNN.png and DIR/rotation.json (module docstring). Returns DIR."""
-    from dynapose4d.io import read_image, write_image, write_json
+    from dynapose4d.core.io import read_image, write_image, write_json
 
     img = read_image(source / "image.png" if source.is_dir() else source)
     if img.shape[-1] != 4:
@@ -114,12 +114,12 @@ def rotation_errors(run: Path, data: Path) -> dict:
 
 def gt_keypoint_tracks(run: Path, scene_dir: Path) -> dict:
     """The scene's hand keypoints carried by the run's φ, scored against gt/ (module docstring)."""
-    from dynapose4d.config import load_config
+    from dynapose4d.core.io import read_image
     from dynapose4d.data.scene import load_scene
     from dynapose4d.deform import load_dynamic
-    from dynapose4d.gt_metrics import load_gt, summarise, track_view_metrics
-    from dynapose4d.io import read_image
-    from dynapose4d.tracks import keypoint_tracks
+    from dynapose4d.deform.tracks import keypoint_tracks
+    from dynapose4d.evaluation.gt import load_gt, summarise, track_view_metrics
+    from dynapose4d.pipeline.config import load_config
 
     scene = load_scene(scene_dir)  # the hand keypoints.json; gt/keypoints3d.json corresponds to them
     if scene.auto_keypoints is not None or scene.gt_dir is None:

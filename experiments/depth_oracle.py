@@ -10,7 +10,7 @@ truth, as a fraction of the no-motion error (frame-0 keypoints held still; the d
 
   in-plane    the true keypoints' image motion at the reference camera, each keypoint at its frame-0 depth;
   bones       the true image motion plus the true bone lengths: each keypoint along its true ray at the depth
-              that keeps its bone to the parent (skeleton forest from `dynapose4d.tracks.skeleton_forest`) at
+              that keeps its bone to the parent (skeleton forest from `dynapose4d.deform.tracks.skeleton_forest`) at
               the frame-0 length; of the two depths, the one nearer the keypoint's previous-frame depth (a root
               keeps its previous depth; a bone too short to reach the ray takes the ray's nearest point);
   bones+sign  as bones, but each two-way choice made by the truth (the ambiguity of the sign resolved for free).
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA
+from dynapose4d.core.cameras import REFERENCE_CAMERA
+from dynapose4d.core.errors import InputError
 from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import TEMPLATES, make_object
-from dynapose4d.errors import InputError
-from dynapose4d.gt_metrics import load_gt
-from dynapose4d.tracks import skeleton_forest, tree_depth
+from dynapose4d.deform.tracks import skeleton_forest, tree_depth
+from dynapose4d.evaluation.gt import load_gt
 
 
 def bone_reconstruction(rays: torch.Tensor, centre: torch.Tensor, rest: torch.Tensor, parent: list[int],

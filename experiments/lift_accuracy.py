@@ -3,7 +3,7 @@
     .venv/bin/python experiments/lift_accuracy.py [--seeds 8] [--first-seed 100] [--size 128]
 
 For each template and seed: the object's own Gaussians at frame 0 (what a perfect static stage would give),
-its keypoints projected at the reference camera, lifted back with `dynapose4d.tracks.lift_keypoints` without
+its keypoints projected at the reference camera, lifted back with `dynapose4d.deform.tracks.lift_keypoints` without
 the skeleton (mean depth of everything on the ray) and with it (the part that keeps the bones inside the
 object). Prints a table of the mean error as a fraction of the object's extent and the share of keypoints
 off by more than 5% of it. Under a minute for the default 48 objects on 2 CPU cores.
@@ -15,9 +15,9 @@ import argparse
 
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA, project
+from dynapose4d.core.cameras import REFERENCE_CAMERA, project
 from dynapose4d.data.synthetic import TEMPLATES, make_object
-from dynapose4d.tracks import lift_keypoints
+from dynapose4d.deform.tracks import lift_keypoints
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from dynapose4d.cameras import Camera
+from dynapose4d.core.cameras import Camera
+from dynapose4d.core.io import write_video
 from dynapose4d.export.axes import rotate_points, rotate_quats
 from dynapose4d.gaussians import load_ply
-from dynapose4d.io import write_video
 from dynapose4d.render import rasterize
 
 AZIMUTHS = (-45.0, 45.0, 135.0)

@@ -11,7 +11,7 @@ that the pipeline can be measured on scenes it has never seen, made another way:
     2×2 supersampling (anti-aliased alpha), not Gaussians;
   - appearance: one flat albedo per part, Lambertian light from above-front plus ambient light, so shading
     changes as parts turn (the Gaussian scenes carry bands and two-tone colours painted on the surface);
-  - cameras: its own look-at code written from the docs/cameras.md contract (not dynapose4d.cameras), and its own
+  - cameras: its own look-at code written from the docs/cameras.md contract (not dynapose4d.core.cameras), and its own
     camera sets and names: views/ = az072, az144, az216, az288 (elevation 10); gt/ = front (the reference
     view), az045, az110, az200 and el35_az300;
   - motion: sinusoidal joint angles over 60-85% of their period (the clip does not loop back to frame 0),

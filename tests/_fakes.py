@@ -17,10 +17,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA, save_camera
-from dynapose4d.io import write_image, write_json, write_video
-from dynapose4d.logging import log_images, log_summary, log_videos
+from dynapose4d.core.cameras import REFERENCE_CAMERA, save_camera
+from dynapose4d.core.io import write_image, write_json, write_video
 from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint
+from dynapose4d.stages.logger import log_images, log_summary, log_videos
 
 CALLS: list[tuple[str, bool]] = []  # (stage, ctx.resume) of every fake stage call in this process
 
@@ -169,8 +169,8 @@ def fake_overrides(steps: int = 3) -> list[str]:
 
 def main_subprocess(scene: str, run: str, resume: bool, overrides: list[str]) -> None:
     """Entry for kill tests: run the fake pipeline in this process."""
-    from dynapose4d.config import load_config
-    from dynapose4d.runner import StageRunner
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
 
     StageRunner(scene, run, load_config(None, overrides), resume=resume, stages=FAKE_STAGES).run()
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from dynapose4d.cameras import load_camera
+from dynapose4d.core.cameras import load_camera
+from dynapose4d.core.io import read_image
 from dynapose4d.data.scene import Scene
 from dynapose4d.gaussians import GaussianModel, rgb_to_sh, save_ply
-from dynapose4d.io import read_image
 
 
 class ColourKeypoints:

@@ -232,7 +232,7 @@ def test_too_little_object_is_a_one_line_error(mask, words):
 
 
 def _alpha(path: Path) -> np.ndarray:
-    from dynapose4d.io import read_image
+    from dynapose4d.core.io import read_image
 
     return read_image(path)[..., 3].numpy() > 0.5
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dynapose4d.cameras import (
+from dynapose4d.core.cameras import (
     CONSISTENT4D_CAMERAS,
     REFERENCE_CAMERA,
     Camera,
@@ -20,7 +20,7 @@ from dynapose4d.cameras import (
     save_cameras,
     unproject,
 )
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
 
 
 def centre_of(viewmat: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dynapose4d.cape.model import (
     normalize_adjacency,
     skeleton_adjacency,
 )
-from dynapose4d.errors import InputError, MissingWeightsError
+from dynapose4d.core.errors import InputError, MissingWeightsError
 
 TINY = dict(input_size=64, widths=[16, 32, 64], blocks=[1, 1, 1], dim=64, heads=4, enc_layers=1, dec_layers=2,
             ffn_dim=128)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dynapose4d.cape.finetune import articulate, skeleton_forest
-from dynapose4d.rotations import quat_to_matrix
+from dynapose4d.core.rotations import quat_to_matrix
 
 
 def test_skeleton_forest_roots_each_part_at_its_best_connected_keypoint():
@@ -62,8 +62,8 @@ def test_articulation_changes_nothing_without_a_skeleton_or_angle():
 
 def test_posed_views_keep_keypoints_on_the_object():
     """Renders of the articulated generator Gaussians: the projected posed keypoints fall on the object."""
-    from dynapose4d.cameras import Camera, project
     from dynapose4d.cape.finetune import object_render_set
+    from dynapose4d.core.cameras import Camera, project
     from dynapose4d.data.synthetic import make_object
     from dynapose4d.render import rasterize
 

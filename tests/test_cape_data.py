@@ -22,7 +22,7 @@ from dynapose4d.cape.data import (
     warp,
 )
 from dynapose4d.cape.evaluation import score
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
 
 SMALL = dict(size=48, num_objects=3, frames_per_object=2, views_per_frame=2, render_device="cpu")
 
@@ -104,7 +104,7 @@ def test_eval_protocol_offsets_and_trivial_baseline():
 
 
 def _write_mp100(root, with_images=True):
-    from dynapose4d.io import write_image
+    from dynapose4d.core.io import write_image
 
     (root / "annotations").mkdir(parents=True)
     (root / "images" / "cat").mkdir(parents=True)

@@ -11,8 +11,8 @@ import torch
 
 from dynapose4d.cape import SHIPPED_CHECKPOINT, load_cape, read_checkpoint_info, save_cape
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig
-from dynapose4d.config import TrainerConfig, WandbConfig
-from dynapose4d.errors import MissingWeightsError
+from dynapose4d.core.errors import MissingWeightsError
+from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
 from dynapose4d.stages.base import StageContext
 
 TINY = dict(input_size=64, widths=[16, 32, 64], blocks=[1, 1, 1], dim=64, heads=4, enc_layers=1, dec_layers=2,
@@ -52,12 +52,12 @@ def _ctx(scene_dir, run_dir):
 
 def test_lifted_keypoints_project_near_the_truth(scene_dir):
     """Support keypoints lifted with the rendered depth land near the true 3D keypoints' projections."""
-    from dynapose4d.cameras import project
     from dynapose4d.cape.finetune import object_render_set
+    from dynapose4d.core.cameras import project
+    from dynapose4d.core.images import over_background
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import make_object
     from dynapose4d.gaussians.ply import load_ply
-    from dynapose4d.io import over_background
 
     scene = load_scene(scene_dir[0])
     g = {k: v.detach() for k, v in load_ply(scene_dir[1]).activated().items()}
@@ -175,7 +175,7 @@ def test_time_limit_fits_the_step_count_to_the_time(tmp_path, monkeypatch):
 
 def test_train_cape_init_warm_starts_from_a_checkpoint(tmp_path, monkeypatch):
     """`init` loads the weights (lr 0: the output equals them), and refuses a checkpoint of another model."""
-    from dynapose4d.errors import ConfigError
+    from dynapose4d.core.errors import ConfigError
     from dynapose4d.stages.train_cape import train_cape_cli
 
     monkeypatch.setenv("DYNAPOSE4D_CACHE", str(tmp_path / "cache"))
@@ -196,7 +196,7 @@ def test_train_cape_init_warm_starts_from_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_train_cape_config_errors(tmp_path):
-    from dynapose4d.errors import ConfigError
+    from dynapose4d.core.errors import ConfigError
     from dynapose4d.stages.train_cape import load_train_config
 
     with pytest.raises(ConfigError, match="nope"):

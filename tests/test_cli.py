@@ -9,11 +9,11 @@ import _fakes
 import pytest
 import torch
 
-from dynapose4d.cameras import CONSISTENT4D_CAMERAS, save_cameras
 from dynapose4d.cli import build_parser, main
-from dynapose4d.config import load_config
-from dynapose4d.io import read_image
-from dynapose4d.runner import StageRunner, read_manifest, write_manifest
+from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, save_cameras
+from dynapose4d.core.io import read_image
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner, read_manifest, write_manifest
 
 
 @pytest.mark.parametrize("cmd", ["run", "fit-static", "fit-dynamic", "train-cape", "render", "eval", "make-scene",
@@ -80,7 +80,7 @@ def test_eval_consistent4d_against_own_renders(static_run, tmp_path, capsys):
 
     for c in CONSISTENT4D_CAMERAS:  # shift the gt by 3 pixels
         for f in (gt / c.name).glob("*.png"):
-            from dynapose4d.io import write_image
+            from dynapose4d.core.io import write_image
             write_image(f, torch.roll(read_image(f), 3, dims=1))
     assert main(["eval", str(run), "--gt", str(gt), "--protocol", "consistent4d"]) == 0
     capsys.readouterr()
@@ -97,9 +97,9 @@ def test_render_and_eval_after_dynamic(static_run, tmp_path, capsys):
     PCK = 1 and 3D error = 0 while the no-motion baseline is worse; jitter = the gt's jitter."""
     import shutil
 
+    from dynapose4d.core.io import write_json
     from dynapose4d.deform import build_deformation, save_dynamic
     from dynapose4d.gaussians import load_ply
-    from dynapose4d.io import write_json
 
     scene, run0 = static_run
     run = tmp_path / "run"

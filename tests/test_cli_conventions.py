@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from dynapose4d import structured
 from dynapose4d.cli import build_parser, main, split_set_values
-from dynapose4d.config import RunConfig, WandbConfig, load_config, wandb_env_overrides
-from dynapose4d.errors import ConfigError
-from dynapose4d.structured import field_docs, resolve_preset, to_commented_yaml, to_dict, undocumented_fields
+from dynapose4d.core import structured
+from dynapose4d.core.errors import ConfigError
+from dynapose4d.core.structured import field_docs, resolve_preset, to_commented_yaml, to_dict, undocumented_fields
+from dynapose4d.pipeline.config import RunConfig, WandbConfig, load_config, wandb_env_overrides
 
 try:
     import tomllib
@@ -187,10 +187,10 @@ def test_set_without_equals_is_a_one_line_usage_error(capsys):
 
 
 def test_run_through_main_gets_scene_after_set(monkeypatch):
-    import dynapose4d.runner
+    import dynapose4d.pipeline.runner
 
     seen = {}
-    monkeypatch.setattr(dynapose4d.runner, "run_cli", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(dynapose4d.pipeline.runner, "run_cli", lambda args: seen.update(vars(args)) or 0)
     assert main(["run", "--set", "static.steps=2", "my_scene", "--out", "R"]) == 0
     assert seen["scene"] == "my_scene" and seen["overrides"] == ["static.steps=2"]
 
@@ -290,7 +290,7 @@ def test_environment_reaches_the_offline_wandb_run(tmp_path, monkeypatch):
     import _fakes
     from test_wandb import read_wandb_records
 
-    from dynapose4d.runner import StageRunner
+    from dynapose4d.pipeline.runner import StageRunner
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_PROJECT", "env_project")
@@ -324,8 +324,7 @@ class _FakeWandbLogger:
 def test_online_runs_print_their_url(mode, tmp_path, monkeypatch, capsys):
     import lightning.pytorch.loggers
 
-    from dynapose4d import logging as dlog
-
+    from dynapose4d.stages import logger as dlog
     monkeypatch.setattr(lightning.pytorch.loggers, "WandbLogger", _FakeWandbLogger)
     ctx = SimpleNamespace(run_dir=tmp_path / "run", is_last=True, config=None)
     wl = dlog._make_wandb_logger(ctx, "static", WandbConfig(mode=mode))
@@ -388,7 +387,7 @@ def test_help_and_docstrings_point_at_the_docs():
 
 def test_cameras_doc_states_the_code_conventions():
     """docs/cameras.md against the code: the reference camera and Consistent4D's evaluation cameras."""
-    from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA
+    from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA
 
     text = (ROOT / "docs" / "cameras.md").read_text()
     ref = REFERENCE_CAMERA

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynapose4d.config import load_config
-from dynapose4d.runner import StageRunner, read_manifest
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP_CPU = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"]

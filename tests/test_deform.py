@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA, project
+from dynapose4d.core.cameras import REFERENCE_CAMERA, project
+from dynapose4d.core.rotations import quat_multiply, quat_to_matrix
 from dynapose4d.deform import (
     ControlConfig,
     ControlPointDeformation,
@@ -20,9 +21,8 @@ from dynapose4d.deform import (
     time_coordinate,
 )
 from dynapose4d.deform.control import farthest_point_sample
+from dynapose4d.deform.tracks import attach_points, carry_points, lift_keypoints
 from dynapose4d.gaussians import GaussianModel
-from dynapose4d.rotations import quat_multiply, quat_to_matrix
-from dynapose4d.tracks import attach_points, carry_points, lift_keypoints
 
 
 def _gaussians(n=300, seed=0):
@@ -198,7 +198,7 @@ def test_anchor_first_frame_keeps_frame_zero_canonical(kind):
 def test_ray_lift_finds_a_hidden_part_and_falls_back_off_the_object():
     """Two parts on one ray (a front disc hiding a back one) and a keypoint beside both: the ray depth lies
     between them, weighted by their mass; off the object it takes the nearest Gaussians' depth."""
-    from dynapose4d.tracks import ray_depths
+    from dynapose4d.deform.tracks import ray_depths
 
     cam = REFERENCE_CAMERA  # on +z looking at the origin: camera depth = radius - z
     W = H = 64
@@ -230,7 +230,7 @@ def test_skeleton_lift_puts_a_joint_in_the_part_that_holds_its_bone():
     """The elbow's ray crosses the arm and the torso behind it: the mean of everything on the ray lies between
     them (in empty space); with the bone elbow -> wrist (the wrist only on the arm) the elbow goes to the arm.
     A keypoint on no bone keeps the mean-of-the-ray depth, and no skeleton gives `ray_depths` exactly."""
-    from dynapose4d.tracks import layered_ray_depths, ray_depths
+    from dynapose4d.deform.tracks import layered_ray_depths, ray_depths
 
     cam, W, H = REFERENCE_CAMERA, 64, 64
     g = _arm_in_front_of_torso().activated()

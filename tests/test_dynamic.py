@@ -12,13 +12,13 @@ import pytest
 import torch
 from dynamic_helpers import ColourKeypoints, perfect_static, scene_from_folder
 
-from dynapose4d.config import TrainerConfig, WandbConfig
+from dynapose4d.core.errors import InputError
 from dynapose4d.data.scene import Recentring
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.deform import gaussians_at, load_dynamic, read_dynamic
-from dynapose4d.errors import InputError
 from dynapose4d.gaussians import load_ply
-from dynapose4d.runner import export_cli
+from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
+from dynapose4d.pipeline.runner import export_cli
 from dynapose4d.stages.base import StageContext
 from dynapose4d.stages.dynamic import DynamicConfig, run
 
@@ -156,10 +156,10 @@ def test_novel_view_sds_reaches_the_deformation(tmp_path):
 def test_track_loss_starts_at_its_analytic_value_and_pulls_the_tracks_onto_the_driving_keypoints(tmp_path):
     """λ_track alone: at φ = identity the projected tracks sit on the support keypoints, so the loss is the mean
     normalised squared shift of the targets; a few steps move the attached Gaussians after the targets."""
+    from dynapose4d.core.errors import ConfigError
     from dynapose4d.deform import build_deformation
-    from dynapose4d.errors import ConfigError
+    from dynapose4d.deform.tracks import keypoint_tracks, project_tracks
     from dynapose4d.stages.dynamic import DynamicGaussianModule
-    from dynapose4d.tracks import keypoint_tracks, project_tracks
 
     S, F = 32, 3
     write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=F, size=S)
@@ -200,8 +200,8 @@ def test_bone_loss_turns_shrinking_keypoints_into_depth_motion(tmp_path):
     λ_track: alone, the tracks follow by shortening the bones; with λ_bone they follow as well and the bones keep
     their lengths, which for a projection 15% smaller takes turning them in depth (foreshortening)."""
     from dynapose4d.deform import build_deformation
+    from dynapose4d.deform.tracks import keypoint_tracks, project_tracks
     from dynapose4d.stages.dynamic import DynamicGaussianModule
-    from dynapose4d.tracks import keypoint_tracks, project_tracks
 
     S, F = 32, 2
     write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=F, size=S)

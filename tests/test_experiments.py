@@ -11,7 +11,7 @@ import pytest
 from test_wandb import summarize_run
 
 from dynapose4d.cli import build_parser
-from dynapose4d.experiments import load_experiment, run_experiment, sweep_command_args
+from dynapose4d.pipeline.experiments import load_experiment, run_experiment, sweep_command_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -105,7 +105,7 @@ def test_gpus_run_one_job_per_device_in_parallel(tmp_path, monkeypatch):
     import threading
     import time
 
-    import dynapose4d.experiments as E
+    import dynapose4d.pipeline.experiments as E
 
     busy: dict[int, int] = {}
     seen: list[tuple[str, int]] = []

@@ -27,16 +27,16 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.config import load_config
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import write_json, write_video
 from dynapose4d.deform import build_deformation, load_dynamic, save_dynamic
-from dynapose4d.errors import InputError
 from dynapose4d.export import export_run, read_tracks
 from dynapose4d.export.axes import up_matrix
 from dynapose4d.export.ply import rotate_sh
 from dynapose4d.export.skeleton import euler_zxy, minimal_rotation, skeleton_tree, zxy_matrix
 from dynapose4d.gaussians import GaussianModel
-from dynapose4d.io import write_json, write_video
-from dynapose4d.runner import StageRunner, read_manifest
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner, read_manifest
 
 T, N_GAUSS, FPS = 5, 64, 10
 NAMES = ["pelvis", "spine", "head", "l_hand", "r_hand", "tail", "loose"]

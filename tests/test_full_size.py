@@ -70,7 +70,7 @@ def measure(cmd: list[str], log: Path, timeout: float = 3600.0) -> dict[str, flo
 def default_poseanything() -> str | None:
     """The PoseAnything variant ("small" / "tiny") configs/default.yaml's cape stage runs, None when it runs
     the graph model (then fine-tuned for 2 steps here)."""
-    from dynapose4d.config import load_config
+    from dynapose4d.pipeline.config import load_config
 
     cape = load_config(DEFAULT).cape
     if getattr(cape, "arch", "graph") != "poseanything":
@@ -94,7 +94,7 @@ def overrides(zero123: Path, svd: Path, poseanything: Path | None) -> list[str]:
 
 SVD_SCRIPT = """
 import sys
-from dynapose4d.config import load_config
+from dynapose4d.pipeline.config import load_config
 from dynapose4d.data.scene import load_scene
 from dynapose4d.priors.svd import driving_video
 scene, run, cfg_path, *ovr = sys.argv[1:]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
 from dynapose4d.gaussians import GaussianModel, load_ply, rgb_to_sh, save_ply, sh_to_rgb
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA, Camera, project
+from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, project
 from dynapose4d.gaussians.init import distance_transform, image_init, knn_scale, sphere_init
 
 

@@ -2,11 +2,12 @@
 
 The layers, lowest first (a module may import its own layer and the layers below it):
 
-    core        errors, io, cameras, rotations, precision, memory, seeding, structured: nothing above them
-    components  gaussians, render, deform, priors, cape, data, export and the plain-torch helpers (losses,
-                tracks, metrics, gt_metrics, visualize, dynamic_report): plain torch, no Lightning, no run folder
-    stages      dynapose4d.stages.* and the stage logger (logging): Lightning lives here
-    pipeline    the run config, the run folder and its manifest, the runner, evaluate, experiments, showcase
+    core        dynapose4d.core: errors, io, images, cameras, rotations, precision, memory, seeding, structured
+    components  gaussians, render, deform, priors, cape, data, export, evaluation: plain torch, no Lightning,
+                no run folder
+    stages      dynapose4d.stages (settings, base, logger and the stages): Lightning lives here
+    pipeline    dynapose4d.pipeline: the run config, the run folder and its manifest, the runner, evaluate,
+                experiments, showcase
     cli         argparse and the command handlers (cli, commands, __main__), and the benchmark script
 
 The map below is the one place that says which module sits in which layer (longest dotted prefix wins; a
@@ -27,15 +28,11 @@ LAYERS: tuple[str, ...] = ("core", "components", "stages", "pipeline", "cli")
 
 #: dotted module prefix (relative to the package) -> layer. "" is the package's own __init__.
 LAYER_MAP: dict[str, str] = {
-    "": "core", "errors": "core", "io": "core", "cameras": "core", "rotations": "core", "precision": "core",
-    "memory": "core", "seeding": "core", "structured": "core",
+    "": "core", "core": "core",
     "gaussians": "components", "render": "components", "deform": "components", "priors": "components",
-    "cape": "components", "data": "components", "export": "components", "losses": "components",
-    "tracks": "components", "metrics": "components", "gt_metrics": "components", "visualize": "components",
-    "dynamic_report": "components",
-    "stages": "stages", "logging": "stages",
-    "config": "pipeline", "run_folder": "pipeline", "run_command": "pipeline", "runner": "pipeline",
-    "evaluate": "pipeline", "experiments": "pipeline", "showcase": "pipeline",
+    "cape": "components", "data": "components", "export": "components", "evaluation": "components",
+    "stages": "stages",
+    "pipeline": "pipeline",
     "cli": "cli", "commands": "cli", "__main__": "cli", "bench": "cli",
 }
 
@@ -231,3 +228,35 @@ def test_the_map_names_only_existing_modules():
     names = {m[len("dynapose4d") + 1:] for m in mods}
     stale = [k for k in LAYER_MAP if k and not any(n == k or n.startswith(k + ".") for n in names)]
     assert not stale, f"LAYER_MAP keys with no module: {stale}"
+
+
+def _copy_package(tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "dynapose4d"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "*.so", "assets", "configs"))
+    return root
+
+
+def _append_import(root: Path, rel: str, line: str) -> None:
+    path = root / rel
+    path.write_text(path.read_text() + f"\n\ndef _reintroduced():\n    {line}\n")
+
+
+def test_the_real_package_fails_on_the_circles_it_once_had(tmp_path):
+    """The package's own former circles, put back into a copy of it as function-local imports (the way they were
+    hidden): runner <-> experiments, the run config -> the stages' logger -> the run config, the CAPE component
+    -> the stages, deform's package <-> its checkpoint module. Each is reported; the copy without them is clean."""
+    root = _copy_package(tmp_path)
+    assert layer_violations(root) == []
+    _append_import(root, "pipeline/runner.py", "from dynapose4d.pipeline import experiments")
+    _append_import(root, "stages/logger.py", "from dynapose4d.pipeline import config")
+    _append_import(root, "cape/finetune.py", "from dynapose4d.stages import train_cape")
+    _append_import(root, "deform/model4d.py", "import dynapose4d.deform")
+    problems = layer_violations(root)
+    text = "\n".join(problems)
+    assert any(p.startswith("circle:") and "dynapose4d.pipeline.experiments" in p and "dynapose4d.pipeline.runner" in p
+               for p in problems), text
+    assert "upward (stages -> pipeline): dynapose4d.stages.logger -> dynapose4d.pipeline.config" in text, text
+    assert "upward (components -> stages): dynapose4d.cape.finetune -> dynapose4d.stages.train_cape" in text, text
+    assert any(p.startswith("circle:") and "dynapose4d.deform.model4d" in p for p in problems), text

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from dynamic_helpers import ColourKeypoints
 
-from dynapose4d.cameras import REFERENCE_CAMERA, project
-from dynapose4d.gaussians import GaussianModel
-from dynapose4d.losses import (
+from dynapose4d.core.cameras import REFERENCE_CAMERA, project
+from dynapose4d.deform.losses import (
     bone_length_loss,
     keypoint_match_loss,
     pose_alignment_loss,
@@ -15,6 +14,7 @@ from dynapose4d.losses import (
     scl_pairs,
     spatiotemporal_consistency_loss,
 )
+from dynapose4d.gaussians import GaussianModel
 from dynapose4d.render import rasterize
 
 

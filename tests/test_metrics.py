@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dynapose4d import metrics as M
+from dynapose4d.evaluation import metrics as M
 
 
 def _noise_with_mse(shape, mse: float, seed: int = 0) -> torch.Tensor:
@@ -128,7 +128,7 @@ def test_jitter_linear_and_quadratic():
 
 
 def test_motion_image_metrics_skip_frame_zero_and_compare_two_baselines():
-    from dynapose4d.metrics import motion_image_metrics, psnr
+    from dynapose4d.evaluation.metrics import motion_image_metrics, psnr
 
     gt = torch.ones(3, 16, 16, 3)
     gt[1, 4:8, 4:8] = 0.0  # a square that appears at frame 1 and moves at frame 2
@@ -150,7 +150,7 @@ def test_motion_image_metrics_skip_frame_zero_and_compare_two_baselines():
 def test_motion_image_metrics_skip_frames_that_return_to_frame_zero():
     """A looping clip: frame 3 equals frame 0, so the gt no-motion baseline is exact there by construction; its
     capped 120 dB must not enter the means (it lifted a whole-frame baseline by ~7 dB on a looping scene)."""
-    from dynapose4d.metrics import motion_image_metrics, psnr
+    from dynapose4d.evaluation.metrics import motion_image_metrics, psnr
 
     gt = torch.ones(4, 16, 16, 3)
     gt[1, 4:8, 4:8] = 0.0

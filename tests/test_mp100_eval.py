@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -379,7 +379,7 @@ def test_poseanything_adapter_and_checkpoint_routing(tmp_path, monkeypatch):
     torch.save({"state_dict": {"head.w": torch.zeros(1)}}, junk)
     with pytest.raises(InputError, match="junk.pth: neither"):
         load_predictor(junk)
-    from dynapose4d.errors import MissingWeightsError
+    from dynapose4d.core.errors import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="nope.pth"):
         load_predictor(tmp_path / "nope.pth")

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.config import load_config
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import write_image, write_video
 from dynapose4d.data.scene import load_scene
-from dynapose4d.errors import InputError
-from dynapose4d.io import write_image, write_video
-from dynapose4d.runner import StageRunner
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 72, 96
@@ -216,7 +216,7 @@ def test_run_writes_automatic_keypoints_and_an_edited_copy_is_used(picture, tmp_
 
 def test_command_line_records_video_and_keypoints(tmp_path):
     from dynapose4d.cli import build_parser
-    from dynapose4d.runner import command_line
+    from dynapose4d.pipeline.runner import command_line
 
     args = build_parser().parse_args(["run", "p.png", "--video", "v.mp4", "--keypoints", "k.json", "--out", "r"])
     assert args.video == "v.mp4" and args.keypoints == "k.json"

@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from dynapose4d import precision
-from dynapose4d.config import TrainerConfig, WandbConfig
+from dynapose4d.core import precision
+from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
 from dynapose4d.stages.base import StageContext, build_trainer
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"

@@ -51,9 +51,9 @@ def test_zero123_and_svd_checked_up_front(scene, tmp_path, capsys, monkeypatch):
 def test_auto_prior_is_hashed_as_what_it_resolves_to(scene, tmp_path, monkeypatch):
     """static.prior=auto: Zero-1-to-3 weights that appear after a run make --resume rerun the static stage
     (the config still says "auto", but the stage would now train with another prior)."""
-    from dynapose4d.config import load_config
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
     from dynapose4d.priors import zero123
-    from dynapose4d.runner import StageRunner
 
     run, lines = tmp_path / "r", []
     cfg = load_config(None, _fakes.fake_overrides(2) + ["static.prior=auto"])

@@ -11,9 +11,9 @@ import _fakes
 import pytest
 import torch
 
-from dynapose4d.config import TrainerConfig, WandbConfig, load_config
 from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import make_object, write_scene
+from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages import static
 from dynapose4d.stages.base import StageContext
@@ -146,7 +146,7 @@ def test_dynamic_sds_renders_the_padded_square(tmp_path):
     test_square_fov_sees_the_padded_reference). Before the fix they were 24 x 16 renders that the prior squeezed."""
     from dynamic_helpers import perfect_static
 
-    from dynapose4d.cameras import Camera
+    from dynapose4d.core.cameras import Camera
     from dynapose4d.deform import build_deformation
     from dynapose4d.gaussians import load_ply
     from dynapose4d.stages.dynamic import DynamicConfig, DynamicGaussianModule
@@ -172,7 +172,7 @@ def test_dynamic_stage_checks_zero123_before_the_driving_video(tmp_path, monkeyp
     """λ_sds > 0 without Zero-1-to-3 weights stops the dynamic stage before any driving video is generated."""
     from types import SimpleNamespace
 
-    from dynapose4d.errors import MissingWeightsError
+    from dynapose4d.core.errors import MissingWeightsError
     from dynapose4d.stages import dynamic
 
     monkeypatch.setattr(dynamic, "driving_video", lambda *a, **k: pytest.fail("the video came first"))

@@ -14,9 +14,9 @@ from pathlib import Path
 import _fakes
 import pytest
 
-from dynapose4d.config import load_config
-from dynapose4d.errors import InputError
-from dynapose4d.runner import StageRunner, read_manifest
+from dynapose4d.core.errors import InputError
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner, read_manifest
 
 TESTS = Path(__file__).parent
 
@@ -236,9 +236,10 @@ def test_smoke_user_scene_rgb_non_square_mp4_recentred(tmp_path):
     import torch
 
     from dynapose4d.cli import main
+    from dynapose4d.core.images import over_background
+    from dynapose4d.core.io import read_image, write_video
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
-    from dynapose4d.io import over_background, read_image, write_video
 
     src = write_scene("humanoid", tmp_path / "src", seed=0, num_frames=3, size=32)
     H, W, dx = 32, 48, 2  # the 32 px object pasted 2 px from the left edge of a 48 px wide canvas

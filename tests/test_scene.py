@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from dynapose4d.core.errors import InputError
 from dynapose4d.data.scene import clean_mask, connected_components, load_scene
-from dynapose4d.errors import InputError
 
 H, W = 48, 64  # non-square on purpose
 RED = (0.9, 0.1, 0.1)
@@ -136,7 +136,7 @@ def test_broken_gt_is_an_input_error_at_load(tmp_path):
 
 
 def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):
-    from dynapose4d.io import write_video
+    from dynapose4d.core.io import write_video
 
     root = write_scene(tmp_path / "s")
     (root / "video").mkdir()
@@ -152,7 +152,8 @@ def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):
 
 
 def test_mp4_video_gets_background_removed(tmp_path):
-    from dynapose4d.io import over_background, write_video
+    from dynapose4d.core.images import over_background
+    from dynapose4d.core.io import write_video
 
     root = write_scene(tmp_path / "s")
     frames = torch.stack([over_background(torch.from_numpy(_object(cx=20.0 + 4 * t)).float(), 1.0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.cameras import load_cameras, orbit_camera, project
+from dynapose4d.core.cameras import load_cameras, orbit_camera, project
 from dynapose4d.data.scene import load_scene
 
 S = _fakes.load_sdf_scenes()
@@ -58,7 +58,7 @@ def test_static_stage_on_a_scene_it_has_never_seen(tmp_path):
     the reference-only baseline, on gt cameras that are neither the reference nor a view (measured: novel-view
     mean 24.0 dB against 16.2 dB without views, reference 26.6 dB; on the project's own humanoid the same
     settings give 25.8 and 31.0)."""
-    from dynapose4d.config import TrainerConfig, WandbConfig, load_config
+    from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
     from dynapose4d.stages import static
     from dynapose4d.stages.base import StageContext
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dynapose4d.cli import main
-from dynapose4d.config import load_config
-from dynapose4d.runner import StageRunner
-from dynapose4d.showcase import CAPTIONS, compose, fit_square
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner
+from dynapose4d.pipeline.showcase import CAPTIONS, compose, fit_square
 
 
 def test_fit_square_letterboxes_and_keeps_the_aspect():

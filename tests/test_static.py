@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynapose4d.config import TrainerConfig, WandbConfig, load_config
+from dynapose4d.core.errors import ConfigError, InputError, MissingWeightsError
 from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import write_scene
-from dynapose4d.errors import ConfigError, InputError, MissingWeightsError
 from dynapose4d.gaussians.ply import load_ply
+from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
 from dynapose4d.stages import static
 from dynapose4d.stages.base import StageContext
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dynapose4d.cameras import Camera, stack_cameras
+from dynapose4d.core.cameras import Camera, stack_cameras
 from dynapose4d.gaussians.densify import Densifier, DensifyConfig
 from dynapose4d.gaussians.init import sphere_init
 from dynapose4d.render import rasterize

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dynapose4d.errors import MissingWeightsError
+from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.priors import svd
 from dynapose4d.priors.svd import SVDConfig, alpha_from_white, driving_video, generate_video, load_svd_pipeline
 
@@ -170,9 +170,9 @@ def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     (so the manifest lists it) and writes their hash to its summary (the manifest's metrics)."""
     from dynamic_helpers import perfect_static
 
-    from dynapose4d.config import TrainerConfig, WandbConfig
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import make_object, write_scene
+    from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
     from dynapose4d.stages import dynamic
     from dynapose4d.stages.base import StageContext
 

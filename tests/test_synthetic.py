@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.cameras import REFERENCE_CAMERA, load_camera, load_cameras, project
 from dynapose4d.cli import main
+from dynapose4d.core.cameras import REFERENCE_CAMERA, load_camera, load_cameras, project
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import read_image
 from dynapose4d.data import rig as rigs
 from dynapose4d.data.synthetic import (
     GT_CAMERAS,
@@ -22,8 +24,6 @@ from dynapose4d.data.synthetic import (
     render_object,
     write_scene,
 )
-from dynapose4d.errors import InputError
-from dynapose4d.io import read_image
 
 T, SIZE = 6, 64
 

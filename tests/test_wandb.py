@@ -11,8 +11,8 @@ from pathlib import Path
 import _fakes
 import pytest
 
-from dynapose4d.config import load_config
-from dynapose4d.runner import StageRunner
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.runner import StageRunner
 
 
 def read_wandb_records(path: Path):

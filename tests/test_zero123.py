@@ -11,7 +11,7 @@ import _fakes
 import pytest
 import torch
 
-from dynapose4d.errors import MissingWeightsError
+from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight
 from dynapose4d.priors.zero123 import CLIP_MEAN, CLIP_STD, Zero123Prior, resolve_zero123
 
@@ -112,9 +112,9 @@ def test_tiny_zero123_sds_gives_gradient(tiny_zero123) -> None:
 def test_static_stage_sds_reaches_the_gaussians(tiny_zero123, tmp_path) -> None:
     """The static stage with prior zero123 (tiny random model, loaded through the real loader): the SDS loss
     gives every Gaussian attribute that shapes the image a gradient, and a short run completes."""
-    from dynapose4d.config import TrainerConfig, WandbConfig, load_config
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
+    from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
     from dynapose4d.stages import static
     from dynapose4d.stages.base import StageContext
 
@@ -159,7 +159,7 @@ def test_stable_zero123_camera_embedding_for_known_cameras(tiny_zero123) -> None
     assert Zero123Config(path="/models/stable_zero123", kind="auto").resolved_kind() == "stable_zero123"
     assert Zero123Config().resolved_kind() == "zero123"  # ashawkey/zero123-xl-diffusers
     assert Zero123Config(path=str(tiny_zero123), kind="stable_zero123").resolved_kind() == "stable_zero123"
-    from dynapose4d.errors import ConfigError
+    from dynapose4d.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="zero123.kind"):
         Zero123Config(kind="zero1234").resolved_kind()
@@ -218,7 +218,7 @@ def test_non_square_reference_is_padded_with_white_not_squeezed(tiny_zero123) ->
 def test_square_fov_sees_the_padded_reference() -> None:
     """A point projects to the same place in the padded W x H reference (shifted by the padding) and in a square
     render of side max(W, H) with `square_fov_y` — what the SDS renders of both stages use."""
-    from dynapose4d.cameras import Camera, project
+    from dynapose4d.core.cameras import Camera, project
     from dynapose4d.priors.framing import pad_to_aspect, padded_box, square_fov_y
 
     pts = torch.tensor([[0.3, -0.2, 0.1], [-0.4, 0.35, -0.2], [0.0, 0.0, 0.0]])
@@ -241,9 +241,9 @@ def test_one_zero123_setting_reaches_both_stages(tmp_path, tiny_zero123, monkeyp
     """`zero123:` is one top-level section: the old per-stage keys are gone (a clear config error), both stages'
     loaders read the one setting, it is hashed with both stages (a change reruns them) and a missing model names
     `zero123.path`."""
-    from dynapose4d.config import load_config
-    from dynapose4d.errors import ConfigError
-    from dynapose4d.runner import StageRunner
+    from dynapose4d.core.errors import ConfigError
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
     from dynapose4d.stages import dynamic
 
     for old in ("static.zero123_path=x", "dynamic.zero123_path=x", "dynamic.zero123_model=x", "static.zero123_size=1"):
@@ -273,9 +273,9 @@ def test_priors_are_freed_when_the_static_stage_ends(tiny_zero123, tmp_path, mon
     after it returns. Before the fix the module kept it (`module.prior`) until the stage's objects were
     collected: Lightning's trainer and module hold each other in reference cycles, so not at return."""
 
-    from dynapose4d.config import TrainerConfig, WandbConfig, load_config
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
+    from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
     from dynapose4d.stages import static
     from dynapose4d.stages.base import StageContext
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from dynapose4d.cape import poseanything as pa
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig, skeleton_adjacency
 from dynapose4d.cape.poseanything import PoseAnything, PoseAnythingSupport
-from dynapose4d.errors import InputError, MissingWeightsError
-from dynapose4d.io import save_checkpoint
+from dynapose4d.core.errors import InputError, MissingWeightsError
+from dynapose4d.core.io import save_checkpoint
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "cape_small.ckpt"
 CHECKPOINT_FORMAT = "dynapose4d-cape"

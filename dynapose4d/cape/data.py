@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from dynapose4d import seeding
-from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
+from dynapose4d.core import seeding
+from dynapose4d.core.cameras import Camera, depth_visibility, stack_cameras
+from dynapose4d.core.images import premultiplied_over
+from dynapose4d.core.io import save_checkpoint
 from dynapose4d.data.synthetic import make_object
-from dynapose4d.io import premultiplied_over, save_checkpoint
 from dynapose4d.render import rasterize
 
 CACHE_VERSION = 1

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from dynapose4d.cameras import load_cameras, project
 from dynapose4d.cape import letterbox, predict_prepared, prepare_support
 from dynapose4d.cape.data import RenderSet
 from dynapose4d.cape.model import CAPEModel
-from dynapose4d.io import over_background, read_image
-from dynapose4d.metrics import bbox_size, pck
+from dynapose4d.core.cameras import load_cameras, project
+from dynapose4d.core.images import over_background
+from dynapose4d.core.io import read_image
+from dynapose4d.evaluation.metrics import bbox_size, pck
 
 THRESHOLDS = (0.1, 0.2)
 

@@ -2,7 +2,7 @@
 
 The support keypoints (pixels on the scene image) are lifted to 3D in the middle of the part of the Gaussians
 along their rays from the reference camera that keeps the skeleton's bones inside the object
-(`dynapose4d.tracks.lift_keypoints`), then projected into random views of the
+(`dynapose4d.deform.tracks.lift_keypoints`), then projected into random views of the
 Gaussians; a keypoint is visible in a view when it is inside the image and not more than a tolerance behind the
 rendered surface (the lifted points sit inside the parts). The result is a one-object `RenderSet` in the
 model's square input frame: view 0 = the scene image (the support, every keypoint present), views 1.. =
@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynapose4d import seeding
-from dynapose4d.cameras import Camera, depth_visibility, stack_cameras
 from dynapose4d.cape import letterbox
 from dynapose4d.cape.data import RenderSet
-from dynapose4d.io import premultiplied_over
+from dynapose4d.core import seeding
+from dynapose4d.core.cameras import Camera, depth_visibility, stack_cameras
+from dynapose4d.core.images import premultiplied_over
+from dynapose4d.core.rotations import quat_multiply, quat_to_matrix
+from dynapose4d.deform.tracks import lift_keypoints, skeleton_forest, tree_depth
 from dynapose4d.render import rasterize
-from dynapose4d.rotations import quat_multiply, quat_to_matrix
-from dynapose4d.tracks import lift_keypoints, skeleton_forest, tree_depth
 
 
 @torch.no_grad()

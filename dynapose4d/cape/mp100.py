@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from dynapose4d import seeding
-from dynapose4d.errors import InputError
-from dynapose4d.io import read_image
+from dynapose4d.core import seeding
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import read_image
 
 SUBSETS = ("train", "val", "test")
 

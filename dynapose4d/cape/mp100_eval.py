@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from dynapose4d.cape.mp100 import MP100Annotation, MP100Set, load_split
-from dynapose4d.errors import InputError, MissingWeightsError
+from dynapose4d.core.errors import InputError, MissingWeightsError
 
 INPUT_SIZE = 256  # crop side in pixels (PoseAnything's image_size)
 HEATMAP_SIZE = 64  # the support heatmaps' side (stride 4), for the target-weight rule

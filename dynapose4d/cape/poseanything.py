@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynapose4d.cape.swinv2 import SwinV2
-from dynapose4d.errors import InputError, MissingWeightsError
+from dynapose4d.core.errors import InputError, MissingWeightsError
 
 INPUT_SIZE = 256  # model input side (px)
 HEATMAP_SIZE = 64  # support heatmap side (stride 4)

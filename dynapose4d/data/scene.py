@@ -60,11 +60,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynapose4d.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import read_image, read_video
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
-from dynapose4d.errors import InputError
-from dynapose4d.gt_metrics import gt_frame_files, load_gt
-from dynapose4d.io import read_image, read_video
+from dynapose4d.evaluation.gt import gt_frame_files, load_gt
 
 FILL = 0.8  # recentring: the mask bounding box fills this fraction of the frame (DreamGaussian's 1 - border 0.2)
 BG_THRESHOLD = 0.1  # background removal: RGB distance to the border colour above which a pixel is object

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from dynapose4d.core.errors import InputError
 from dynapose4d.data.synthetic import TEMPLATES, write_scene
-from dynapose4d.errors import InputError
 
 SYNTHETIC_PREFIX = "synthetic:"
 

@@ -38,8 +38,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from dynapose4d import seeding
-from dynapose4d.cameras import (
+from dynapose4d.core import seeding
+from dynapose4d.core.cameras import (
     REFERENCE_CAMERA,
     Camera,
     depth_visibility,
@@ -48,11 +48,12 @@ from dynapose4d.cameras import (
     save_cameras,
     stack_cameras,
 )
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import over_background, premultiplied_over, to_uint8
+from dynapose4d.core.io import atomic_folder, write_video
+from dynapose4d.core.rotations import quat_multiply
 from dynapose4d.data import rig as rigs
-from dynapose4d.errors import InputError
-from dynapose4d.io import atomic_folder, over_background, premultiplied_over, to_uint8, write_video
 from dynapose4d.render import rasterize
-from dynapose4d.rotations import quat_multiply
 
 TEMPLATES: tuple[str, ...] = ("humanoid", "quadruped", "lamp", "hand", "bird", "random")
 

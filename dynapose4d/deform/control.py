@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dynapose4d import seeding
+from dynapose4d.core import seeding
+from dynapose4d.core.rotations import quat_multiply, quat_to_matrix
 from dynapose4d.deform.hexplane import time_coordinate
-from dynapose4d.rotations import quat_multiply, quat_to_matrix
 
 
 @dataclass

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from dynapose4d.cameras import Camera, stack_cameras
+from dynapose4d.core.cameras import Camera, stack_cameras
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import load_checkpoint, save_checkpoint
 from dynapose4d.deform.fields import Deformation, deformation_from_state, deformation_state
-from dynapose4d.errors import InputError
 from dynapose4d.gaussians import GaussianModel
-from dynapose4d.io import load_checkpoint, save_checkpoint
 from dynapose4d.render import rasterize
 
 CHECKPOINT_FORMAT = "dynapose4d-dynamic/1"

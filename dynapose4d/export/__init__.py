@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import atomic_folder, write_json
 from dynapose4d.deform import load_dynamic
-from dynapose4d.errors import InputError
 from dynapose4d.export.axes import UP_CHOICES, rotate_points
 from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
 from dynapose4d.export.skeleton import SkeletonTree, skeleton_tree, write_bvh, write_glb
-from dynapose4d.io import atomic_folder, write_json
 
 FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "videos")
 DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "videos")

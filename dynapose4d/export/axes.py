@@ -1,6 +1,6 @@
 """Up axes of the exported files: one proper rotation from our world frame to the frame a tool expects.
 
-Our world (docs/cameras.md, dynapose4d.cameras) is right-handed with +y up and the object's front facing +z (the
+Our world (docs/cameras.md, dynapose4d.core.cameras) is right-handed with +y up and the object's front facing +z (the
 reference camera sits on +z). `--up` names the axis of the written file that our +y becomes:
 
   "+y": the identity. glTF 2.0 is +Y up with the front facing +Z, exactly our frame; Blender's glTF and BVH
@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from dynapose4d.rotations import quat_multiply
+from dynapose4d.core.rotations import quat_multiply
 
 UP_CHOICES: tuple[str, ...] = ("+y", "-y", "+z")
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from gsplat import export_splats
 
-from dynapose4d import seeding
+from dynapose4d.core import seeding
+from dynapose4d.core.io import atomic_path
 from dynapose4d.deform import Deformation, geometry_at
 from dynapose4d.export.axes import rotate_points, rotate_quats, up_matrix
 from dynapose4d.gaussians import GaussianModel
-from dynapose4d.io import atomic_path
 
 SPLAT_FORMATS: tuple[str, ...] = ("ply", "ply_compressed", "splat")
 _SUFFIX = {"ply": ".ply", "ply_compressed": ".compressed.ply", "splat": ".splat"}

@@ -1,7 +1,7 @@
 """The 3D keypoint tracks as an animated skeleton: glTF 2.0 binary (.glb) and BVH.
 
 The joints are the support keypoints; the hierarchy is a spanning tree of the support skeleton
-(`dynapose4d.tracks.skeleton_forest`: breadth first from the best-connected keypoint, so a skeleton with
+(`dynapose4d.deform.tracks.skeleton_forest`: breadth first from the best-connected keypoint, so a skeleton with
 cycles keeps all its joints and drops the bones that close a cycle; the roots of other connected parts hang
 under the main root). Every joint is animated with a translation relative to its parent and a rotation:
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from dynapose4d.io import write_bytes
-from dynapose4d.tracks import skeleton_forest
+from dynapose4d.core.io import write_bytes
+from dynapose4d.deform.tracks import skeleton_forest
 
 
 @dataclass

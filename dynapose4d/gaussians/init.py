@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from dynapose4d.cameras import Camera, unproject
+from dynapose4d.core.cameras import Camera, unproject
 from dynapose4d.gaussians.model import GaussianModel
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import write_bytes
 from dynapose4d.gaussians.model import GaussianModel
-from dynapose4d.io import write_bytes
 
 
 def save_ply(model: GaussianModel, path: str | Path) -> None:

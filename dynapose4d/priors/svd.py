@@ -34,10 +34,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dynapose4d import seeding
-from dynapose4d.errors import MissingWeightsError
-from dynapose4d.io import atomic_folder, over_background, read_image, to_uint8, write_image, write_json
-from dynapose4d.memory import free_memory
+from dynapose4d.core import seeding
+from dynapose4d.core.errors import MissingWeightsError
+from dynapose4d.core.images import over_background, to_uint8
+from dynapose4d.core.io import atomic_folder, read_image, write_image, write_json
+from dynapose4d.core.memory import free_memory
 from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
 

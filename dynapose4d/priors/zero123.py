@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynapose4d.errors import ConfigError, MissingWeightsError
+from dynapose4d.core.errors import ConfigError, MissingWeightsError
 from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import pad_to_aspect
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight

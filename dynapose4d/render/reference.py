@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from dynapose4d import seeding
+from dynapose4d.core import seeding
 from dynapose4d.render.projection import (
     ALPHA_THRESHOLD,
     MAX_ALPHA,

@@ -12,12 +12,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.precision import resolve_precision
 from dynapose4d.data.scene import Scene
-from dynapose4d.errors import InputError
-from dynapose4d.logging import make_logger
-from dynapose4d.precision import resolve_precision
 from dynapose4d.priors.svd import SVDConfig
 from dynapose4d.priors.zero123 import Zero123Config
+from dynapose4d.stages.logger import make_logger
 from dynapose4d.stages.settings import TrainerConfig, WandbConfig
 
 

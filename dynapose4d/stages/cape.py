@@ -46,12 +46,13 @@ from dynapose4d.cape.finetune import object_render_set
 from dynapose4d.cape.model import CAPEModel, cape_loss
 from dynapose4d.cape.overlay import draw_keypoints
 from dynapose4d.cape.poseanything import OFFICIAL_WEIGHTS_HINT, load_poseanything
-from dynapose4d.errors import MissingWeightsError
+from dynapose4d.core.errors import MissingWeightsError
+from dynapose4d.core.images import over_background
+from dynapose4d.core.io import write_json, write_text, write_video
 from dynapose4d.gaussians.ply import load_ply
-from dynapose4d.io import over_background, write_json, write_text, write_video
-from dynapose4d.logging import log_images, log_summary, log_videos, make_logger
 from dynapose4d.priors.svd import driving_video, generated_video_folder, keypoint_file_recentring, read_source
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.logger import log_images, log_summary, log_videos, make_logger
 from dynapose4d.stages.settings import CapeStageConfig
 
 STAGE = "cape"

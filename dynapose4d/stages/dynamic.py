@@ -26,7 +26,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from dynapose4d import cape
-from dynapose4d.cameras import Camera, project
+from dynapose4d.core.cameras import Camera, project
+from dynapose4d.core.errors import ConfigError, InputError
+from dynapose4d.core.images import over_background
+from dynapose4d.core.io import write_json
+from dynapose4d.core.memory import free_memory, peak_memory_summary, reset_peak_memory
+from dynapose4d.core.seeding import DYNAMIC_FRAMES, torch_generator
 from dynapose4d.deform import (
     Deformation,
     build_deformation,
@@ -35,12 +40,7 @@ from dynapose4d.deform import (
     render_4d,
     save_dynamic,
 )
-from dynapose4d.dynamic_report import evaluate_4d, flat_metrics, write_videos
-from dynapose4d.errors import ConfigError, InputError
-from dynapose4d.gaussians import GaussianModel, load_ply
-from dynapose4d.io import over_background, write_json
-from dynapose4d.logging import log_images, log_summary, log_videos
-from dynapose4d.losses import (
+from dynapose4d.deform.losses import (
     KeypointFn,
     bone_length_loss,
     keypoint_match_loss,
@@ -49,7 +49,9 @@ from dynapose4d.losses import (
     rigidity_loss,
     scl_pairs,
 )
-from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
+from dynapose4d.deform.tracks import Attachment, attach_keypoints, carry_points, keypoint_tracks, project_tracks
+from dynapose4d.evaluation.report import evaluate_4d, flat_metrics, write_videos
+from dynapose4d.gaussians import GaussianModel, load_ply
 from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.svd import (
     check_svd_weights,
@@ -60,10 +62,9 @@ from dynapose4d.priors.svd import (
 )
 from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, resolve_zero123
 from dynapose4d.render import rasterize
-from dynapose4d.seeding import DYNAMIC_FRAMES, torch_generator
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.logger import log_images, log_summary, log_videos
 from dynapose4d.stages.settings import DynamicConfig
-from dynapose4d.tracks import Attachment, attach_keypoints, carry_points, keypoint_tracks, project_tracks
 
 __all__ = ["DynamicConfig", "DynamicGaussianModule", "gaussians_at", "load_dynamic", "run"]
 

@@ -1,6 +1,6 @@
 """The settings of the stages: the Trainer and W&B settings they share, and each stage's own section.
 
-Plain dataclasses (no Lightning), so the run config (`dynapose4d.config.RunConfig`) composes them without
+Plain dataclasses (no Lightning), so the run config (`dynapose4d.pipeline.config.RunConfig`) composes them without
 loading the stages. Each field is documented on the line where it is defined (`dynapose4d config show`
 prints these docs); measured effects of the settings are in experiments/RESULTS.md.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dynapose4d.cape.data import AugmentConfig
+from dynapose4d.core.errors import ConfigError
 from dynapose4d.deform import DEFORM_KINDS, ControlConfig, HexPlaneConfig
-from dynapose4d.errors import ConfigError
 from dynapose4d.gaussians.densify import DensifyConfig
 from dynapose4d.priors.sds import SDSConfig
 from dynapose4d.priors.svd import SVDConfig

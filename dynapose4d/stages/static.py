@@ -31,26 +31,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from dynapose4d.cameras import Camera, load_cameras, stack_cameras
+from dynapose4d.core.cameras import Camera, load_cameras, stack_cameras
+from dynapose4d.core.errors import ConfigError, InputError
+from dynapose4d.core.images import over_background
+from dynapose4d.core.io import read_image, write_image, write_json, write_video
+from dynapose4d.core.memory import free_memory, peak_memory_summary, reset_peak_memory
+from dynapose4d.core.seeding import STATIC_NOVEL_VIEWS, torch_generator
 from dynapose4d.data.scene import Scene
-from dynapose4d.errors import ConfigError, InputError
+from dynapose4d.evaluation.metrics import psnr as metrics_psnr
+from dynapose4d.evaluation.metrics import ssim as metrics_ssim
 from dynapose4d.gaussians.densify import Densifier
 from dynapose4d.gaussians.init import image_init, sphere_init
 from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.gaussians.ply import save_ply
-from dynapose4d.io import over_background, read_image, write_image, write_json, write_video
-from dynapose4d.logging import log_images, log_summary, log_videos
-from dynapose4d.memory import free_memory, peak_memory_summary, reset_peak_memory
-from dynapose4d.metrics import psnr as metrics_psnr
-from dynapose4d.metrics import ssim as metrics_ssim
 from dynapose4d.priors import zero123 as zero123_prior
 from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, resolve_zero123
 from dynapose4d.render import rasterize
-from dynapose4d.seeding import STATIC_NOVEL_VIEWS, torch_generator
+from dynapose4d.render.views import image_grid, orbit_cameras, render_cameras, write_orbit_video
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.logger import log_images, log_summary, log_videos
 from dynapose4d.stages.settings import StaticConfig, check_config
-from dynapose4d.visualize import image_grid, orbit_cameras, render_cameras, write_orbit_video
 
 STAGE = "static"
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")

@@ -29,11 +29,11 @@ from dynapose4d.cape.data import AugmentConfig, EvalSetConfig, PairDataset, Proc
 from dynapose4d.cape.evaluation import evaluate, format_table
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig
 from dynapose4d.cape.mp100 import MixedPairs, MP100Pairs, load_split
-from dynapose4d.errors import ConfigError
-from dynapose4d.precision import resolve_precision, uses_cuda
+from dynapose4d.core.errors import ConfigError
+from dynapose4d.core.precision import resolve_precision, uses_cuda
+from dynapose4d.core.structured import merge_structured
 from dynapose4d.stages.cape import CAPEModule, fit, pair_loader
 from dynapose4d.stages.settings import TrainerConfig
-from dynapose4d.structured import merge_structured
 
 
 @dataclass

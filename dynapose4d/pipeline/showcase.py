@@ -14,12 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynapose4d.cameras import Camera
+from dynapose4d.core.cameras import Camera
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import over_background, to_uint8
+from dynapose4d.core.io import read_image, write_video
 from dynapose4d.data.scene import load_scene
 from dynapose4d.deform import load_dynamic, read_dynamic, render_4d
-from dynapose4d.errors import InputError
-from dynapose4d.io import over_background, read_image, to_uint8, write_video
-from dynapose4d.run_folder import read_manifest
+from dynapose4d.pipeline.run_folder import read_manifest
 
 CAPTIONS = ("input image", "driving video", "4D result, orbit")
 

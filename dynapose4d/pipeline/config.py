@@ -1,7 +1,7 @@
 """Typed run configuration: dataclasses + YAML presets + `key.sub=value` overrides (OmegaConf structured).
 
 The stages' sections are defined in `dynapose4d.stages.settings` (plain dataclasses, no Lightning); this module
-composes them into `RunConfig`. Loading, presets and field docs: `dynapose4d.structured`. Unknown keys and wrong
+composes them into `RunConfig`. Loading, presets and field docs: `dynapose4d.core.structured`. Unknown keys and wrong
 types fail with a `ConfigError` that names the key.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dynapose4d.errors import ConfigError
-from dynapose4d.io import write_text
+from dynapose4d.core.errors import ConfigError
+from dynapose4d.core.io import write_text
+from dynapose4d.core.structured import merge_structured
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.settings import CapeStageConfig, DynamicConfig, StaticConfig, TrainerConfig, WandbConfig
-from dynapose4d.structured import merge_structured
 
 STAGE_NAMES: tuple[str, ...] = ("static", "cape", "dynamic")
 

@@ -30,7 +30,8 @@ import torch
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from dynapose4d.io import to_uint8, write_image, write_json
+from dynapose4d.core.images import to_uint8
+from dynapose4d.core.io import write_image, write_json
 
 _ACTIVE: dict[tuple[str, str], RunLogger] = {}  # (run_dir, stage) -> the stage's logger in this process
 _SWEEP_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")

@@ -1,7 +1,7 @@
 """Reporting of a 4D model (canonical Gaussians + φ): videos, and metrics against a scene's gt/ folder.
 
 Used by the dynamic stage at its end; plain torch (no Lightning). Metrics (`evaluate_4d`, with
-dynapose4d.metrics and the conventions of `dynapose4d eval`), per gt camera over all gt frames, each beside
+dynapose4d.evaluation.metrics and the conventions of `dynapose4d eval`), per gt camera over all gt frames, each beside
 its no-motion baseline:
   psnr, ssim           whole frame, mean over frames 1..T-1     (*_no_motion: gt frame 0 held still)
   psnr_moving          PSNR on the moving pixels (gt frame f differs from gt frame 0), mean over frames 1..T-1
@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynapose4d import metrics as M
-from dynapose4d.cameras import Camera, project
+from dynapose4d.core.cameras import Camera, project
+from dynapose4d.core.images import over_background, to_uint8
+from dynapose4d.core.io import write_video
 from dynapose4d.deform import render_4d
-from dynapose4d.gt_metrics import load_gt, read_gt_frames, summarise, track_view_metrics
-from dynapose4d.io import over_background, to_uint8, write_video
+from dynapose4d.evaluation import metrics as M
+from dynapose4d.evaluation.gt import load_gt, read_gt_frames, summarise, track_view_metrics
 
 # ------------------------------------------------------------------------------------------------
 # videos
@@ -86,7 +87,7 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
 def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor | None,
                 reference: Camera, background: float = 1.0, pck_threshold: float = 0.2) -> dict[str, Any]:
     """Metrics of the 4D model against gt/ beside the no-motion baselines (module docstring), with the
-    conventions of `dynapose4d eval` (dynapose4d.metrics): {"mean", "novel", "per_view": {camera: ...}}."""
+    conventions of `dynapose4d eval` (dynapose4d.evaluation.metrics): {"mean", "novel", "per_view": {camera: ...}}."""
     gt = load_gt(gt_dir)
     per_view: dict[str, dict[str, float | None]] = {}
     for cam in gt.cameras:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from dynapose4d import metrics as M
-from dynapose4d.cameras import Camera, load_cameras, project, read_json
-from dynapose4d.errors import InputError
-from dynapose4d.io import read_image
+from dynapose4d.core.cameras import Camera, load_cameras, project, read_json
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import read_image
+from dynapose4d.evaluation import metrics as M
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dynapose4d.io import over_background
+from dynapose4d.core.images import over_background
 
 PSNR_MSE_FLOOR = 1e-12  # identical images: MSE is floored here, so PSNR is at most 120 dB (finite, JSON-safe)
 MOVING_THRESHOLD = 0.05  # moving_mask: a channel (RGBA over white) changes by more than this from frame 0

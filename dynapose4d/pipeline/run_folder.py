@@ -1,7 +1,7 @@
 """The run folder: RUN/manifest.json (read and written atomically), what an export is made from, the videos of
 the finished stages, and starting a run folder from another's finished stages.
 
-The manifest's fields are described in `dynapose4d.runner` (and docs/run-folder.md).
+The manifest's fields are described in `dynapose4d.pipeline.runner` (and docs/run-folder.md).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dynapose4d.errors import InputError
-from dynapose4d.io import atomic_folder, write_json
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import atomic_folder, write_json
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

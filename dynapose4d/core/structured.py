@@ -3,7 +3,7 @@ with `defaults: [base.yaml]` chains), then `key.sub=value` overrides; plain dict
 each field's doc read from the comment on the line where it is defined (`dynapose4d config show`).
 
 Unknown keys and wrong types fail with a `ConfigError` that names the file or override and the key. Used by the
-run config (`dynapose4d.config`) and by `train-cape`'s settings alike.
+run config (`dynapose4d.pipeline.config`) and by `train-cape`'s settings alike.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dynapose4d.errors import ConfigError
+from dynapose4d.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -46,14 +46,14 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dynapose4d.config import load_config
+from dynapose4d.core.errors import ConfigError, InputError
+from dynapose4d.core.io import write_json, write_text
 from dynapose4d.data.scene_spec import resolve_scene, scene_name
-from dynapose4d.errors import ConfigError, InputError
-from dynapose4d.evaluate import evaluate_run, metrics_table
-from dynapose4d.io import write_json, write_text
-from dynapose4d.run_command import add_run_args, command_line, run_argv
-from dynapose4d.run_folder import copy_finished_stages
-from dynapose4d.runner import DEFAULT_STAGES, StageRunner
+from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.evaluate import evaluate_run, metrics_table
+from dynapose4d.pipeline.run_command import add_run_args, command_line, run_argv
+from dynapose4d.pipeline.run_folder import copy_finished_stages
+from dynapose4d.pipeline.runner import DEFAULT_STAGES, StageRunner
 from dynapose4d.stages.base import quiet_lightning
 
 DEFAULT_METRICS: tuple[str, ...] = (

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from dynapose4d.io import over_background
+from dynapose4d.core.images import over_background
 
 #: A differentiable keypoint detector on images [B, 3, H, W] in [0, 1] -> (points [B, N, 2] px, conf [B, N]).
 KeypointFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

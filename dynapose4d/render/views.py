@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from dynapose4d.cameras import REFERENCE_FOV_Y, REFERENCE_RADIUS, Camera, stack_cameras
+from dynapose4d.core.cameras import REFERENCE_FOV_Y, REFERENCE_RADIUS, Camera, stack_cameras
+from dynapose4d.core.io import write_video
 from dynapose4d.gaussians.model import GaussianModel
-from dynapose4d.io import write_video
 from dynapose4d.render import rasterize
 
 

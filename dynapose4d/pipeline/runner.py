@@ -29,17 +29,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynapose4d import logging as dlog
 from dynapose4d.cape.overlay import draw_keypoints
-from dynapose4d.config import RunConfig, load_config, save_config
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import over_background
+from dynapose4d.core.io import read_image, write_image, write_text
+from dynapose4d.core.structured import config_hash, to_dict
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
 from dynapose4d.data.scene_spec import resolve_scene
-from dynapose4d.errors import InputError
 from dynapose4d.export import export_files, export_run
-from dynapose4d.io import over_background, read_image, write_image, write_text
-from dynapose4d.run_command import command_line
-from dynapose4d.run_folder import (
+from dynapose4d.pipeline.config import RunConfig, load_config, save_config
+from dynapose4d.pipeline.run_command import command_line
+from dynapose4d.pipeline.run_folder import (
     EXPORT_DIR,
     MANIFEST,
     MANIFEST_VERSION,
@@ -50,8 +51,8 @@ from dynapose4d.run_folder import (
     write_manifest,
 )
 from dynapose4d.stages import cape, dynamic, static
+from dynapose4d.stages import logger as dlog
 from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
-from dynapose4d.structured import config_hash, to_dict
 
 StageFn = Callable[[StageContext, Any], dict]  # run(ctx, stage config) -> {artifact name: path relative to RUN}
 StageSpec = tuple[str, StageFn, Callable[[RunConfig], Any]]  # (name, run function, its config section)

@@ -28,14 +28,15 @@ from typing import Any
 
 import torch
 
-from dynapose4d import metrics as M
-from dynapose4d.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import over_background, straight_rgba
+from dynapose4d.core.io import read_image, write_image, write_json, write_text
 from dynapose4d.deform import load_dynamic, render_4d
-from dynapose4d.errors import InputError
+from dynapose4d.evaluation import metrics as M
+from dynapose4d.evaluation.gt import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
 from dynapose4d.gaussians import GaussianModel, load_ply
-from dynapose4d.gt_metrics import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
-from dynapose4d.io import over_background, read_image, straight_rgba, write_image, write_json, write_text
-from dynapose4d.run_folder import read_manifest, run_videos
+from dynapose4d.pipeline.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
 C4D_SIZE = 512

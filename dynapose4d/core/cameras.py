@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
 
 REFERENCE_RADIUS = 2.0
 REFERENCE_FOV_Y = 49.1  # degrees; the DreamGaussian4D / Consistent4D setting

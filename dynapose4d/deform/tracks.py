@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from dynapose4d.cameras import Camera, project, stack_cameras, unproject
+from dynapose4d.core.cameras import Camera, project, stack_cameras, unproject
+from dynapose4d.core.rotations import quat_to_matrix
 from dynapose4d.deform import gaussians_at
 from dynapose4d.render import rasterize
-from dynapose4d.rotations import quat_to_matrix
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Files: PNG read/write (float [0, 1] tensors), mp4 (imageio-ffmpeg) and gif, text, JSON and checkpoints, and
-compositing RGBA over a background.
+"""Files: PNG read/write (float [0, 1] tensors), mp4 (imageio-ffmpeg) and gif, text, JSON and checkpoints
+(pixels themselves: dynapose4d.core.images).
 
 Every writer here is atomic (`atomic_path`: a temporary name in the same folder, renamed when complete), and whole
 folders are replaced atomically with `atomic_folder`: a file or folder is either the old one or the new one, never
@@ -17,7 +17,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from dynapose4d.errors import InputError
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import to_uint8
 
 
 @contextlib.contextmanager
@@ -55,13 +56,6 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Float image(s) in [0, 1] (any leading dims, channels last) -> uint8 numpy."""
-    if torch.is_tensor(img):
-        img = img.detach().float().cpu().numpy()
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def read_image(path: str | Path) -> torch.Tensor:
     """Read a PNG/JPEG as float32 [H, W, C] in [0, 1] (C = 3 or 4; grey becomes RGB, grey + alpha RGBA)."""
     path = Path(path)
@@ -87,24 +81,6 @@ def write_image(path: str | Path, img: torch.Tensor | np.ndarray) -> None:
     """Write a float [H, W, C] image in [0, 1] as PNG (atomically)."""
     with atomic_path(path, keep_suffix=True) as tmp:
         iio.imwrite(tmp, to_uint8(img))
-
-
-def over_background(rgba: torch.Tensor, bg: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Composite straight RGBA [..., 4] over a background colour -> RGB [..., 3]."""
-    a = rgba[..., 3:4]
-    return rgba[..., :3] * a + (1.0 - a) * bg
-
-
-def premultiplied_over(rgb: torch.Tensor, alpha: torch.Tensor, bg: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Composite premultiplied colour [..., 3] with its alpha [..., 1] (a render) over a background colour."""
-    return rgb + (1.0 - alpha) * bg
-
-
-def straight_rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Premultiplied colour [..., 3] and alpha [..., 1] (a render over black) -> straight RGBA [..., 4] in [0, 1]
-    (colour 0 where alpha <= 1e-6)."""
-    straight = torch.where(alpha > 1e-6, rgb / alpha.clamp(min=1e-6), torch.zeros_like(rgb)).clamp(0, 1)
-    return torch.cat([straight, alpha.clamp(0, 1)], dim=-1)
 
 
 def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 12) -> Path:
