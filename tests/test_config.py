@@ -34,6 +34,15 @@ def test_presets_differ_where_they_should():
     assert load_config(ROOT / "configs" / "default.yaml").trainer.accelerator == "gpu"
 
 
+def test_low_vram_is_the_paper_preset_with_a_chunked_decode():
+    """configs/low_vram.yaml changes only the SVD decode's chunk size (the measured largest GPU peak): a change in
+    default.yaml reaches it, and nothing else about the method differs."""
+    paper, low = load_config(ROOT / "configs" / "default.yaml"), load_config(ROOT / "configs" / "low_vram.yaml")
+    assert low.dynamic.svd.decode_chunk_size == 2 and paper.dynamic.svd.decode_chunk_size == 0
+    low.dynamic.svd.decode_chunk_size = 0
+    assert to_yaml(low) == to_yaml(paper)
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
 def test_every_experiment_file_and_variant_loads(path, tmp_path):
     exp = load_experiment(path)
