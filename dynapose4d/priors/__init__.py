@@ -10,6 +10,13 @@
 Import the submodule you need; this package imports nothing heavy.
 """
 
+import os
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face downloads are off (HF_HUB_OFFLINE set to anything but 0/false/no/empty)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
 
 def load_failure(e: BaseException, limit: int = 160) -> str:
     """A loader's exception as a short clause for a one-line missing-weights message."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import atomic_folder, read_image, write_image, write_json
 from dynapose4d.core.memory import free_memory
-from dynapose4d.priors import load_failure
+from dynapose4d.priors import hub_offline, load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
 
 DEFAULT_SVD_MODEL = "stabilityai/stable-video-diffusion-img2vid"
@@ -78,10 +77,6 @@ def _missing(model: str, why: str) -> MissingWeightsError:
     )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
-
-
 def check_svd_weights(model: str) -> None:
     """Raise MissingWeightsError when `model` (a folder or a Hugging Face id) cannot be loaded from this machine:
     a folder without model_index.json, or, with downloads off (HF_HUB_OFFLINE=1), an id not in the local cache.
@@ -91,7 +86,7 @@ def check_svd_weights(model: str) -> None:
         if not (local / "model_index.json").is_file():
             raise _missing(model, f"{local} has no model_index.json" if local.exists() else f"no folder {local}")
         return
-    if _offline():
+    if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
@@ -111,7 +106,7 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
     if not local.exists() and (model.startswith(("/", ".", "~")) or model.count("/") != 1):  # a path, not an id
         raise _missing(model, f"no folder {local}")
     src = str(local) if local.exists() else model
-    kwargs = dict(torch_dtype=dtype, local_files_only=local.exists() or _offline())
+    kwargs = dict(torch_dtype=dtype, local_files_only=local.exists() or hub_offline())
     try:
         try:
             pipe = StableVideoDiffusionPipeline.from_pretrained(src, variant="fp16", **kwargs)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynapose4d.core.errors import ConfigError, MissingWeightsError
-from dynapose4d.priors import load_failure
+from dynapose4d.priors import hub_offline, load_failure
 from dynapose4d.priors.framing import pad_to_aspect
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight
 
@@ -93,10 +92,6 @@ def _missing(model: str, why: str) -> MissingWeightsError:
     )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
-
-
 def resolve_zero123(model: str, local_only: bool = False) -> Path:
     """The local folder of a Zero-1-to-3 model: `model` itself when it is a folder, else its snapshot in the
     Hugging Face cache (downloaded only when online and not `local_only`). Raises MissingWeightsError when
@@ -111,7 +106,7 @@ def resolve_zero123(model: str, local_only: bool = False) -> Path:
             from huggingface_hub import snapshot_download
 
             root = Path(snapshot_download(
-                model, local_files_only=local_only or _offline(),
+                model, local_files_only=local_only or hub_offline(),
                 allow_patterns=list(ZERO123_FILES),
             ))
         except Exception as e:  # not cached / offline / unknown repo / network
