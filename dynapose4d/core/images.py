@@ -1,4 +1,5 @@
-"""Pixels: float images in [0, 1] to uint8, and compositing RGBA (straight or premultiplied) over a background."""
+"""Pixels: float images in [0, 1] to uint8, compositing RGBA (straight or premultiplied) over a background, and
+resizing."""
 
 from __future__ import annotations
 
@@ -29,3 +30,12 @@ def straight_rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     (colour 0 where alpha <= 1e-6)."""
     straight = torch.where(alpha > 1e-6, rgb / alpha.clamp(min=1e-6), torch.zeros_like(rgb)).clamp(0, 1)
     return torch.cat([straight, alpha.clamp(0, 1)], dim=-1)
+
+
+def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Images [F, H, W, C] in [0, 1] -> [F, h, w, C] (bilinear, antialiased, clamped to [0, 1]); `size` is
+    (h, w) or one int for a square."""
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+                                        align_corners=False, antialias=True)  # [F, C, h, w]
+    return x.permute(0, 2, 3, 1).clamp(0, 1)

@@ -1,17 +1,9 @@
-"""Reporting of a 4D model (canonical Gaussians + φ): videos, and metrics against a scene's gt/ folder.
+"""Reporting a 4D model (canonical Gaussians + φ) at the end of the dynamic stage: its videos.
 
-Used by the dynamic stage at its end; plain torch (no Lightning). Metrics (`evaluate_4d`, with
-dynapose4d.evaluation.metrics and the conventions of `dynapose4d eval`), per gt camera over all gt frames, each beside
-its no-motion baseline:
-  psnr, ssim           whole frame, mean over frames 1..T-1     (*_no_motion: gt frame 0 held still)
-  psnr_moving          PSNR on the moving pixels (gt frame f differs from gt frame 0), mean over frames 1..T-1
-  pck                  PCK@0.2 of the 3D tracks projected into the camera (bbox-normalised; *_no_motion: gt
-                       frame-0 keypoints held still)
-  *_held               the canonical Gaussians held still (the static stage's result without any motion)
-"novel" averages the gt cameras other than the reference camera (never seen moving); "mean" all of them, plus
-kp_error_3d (mean ‖track − gt‖, world units; *_no_motion: gt frame 0 held; *_frame0: the lifting error at
-frame 0) and jitter (mean ‖x_{t+1} − 2 x_t + x_{t−1}‖; jitter_gt: of the gt tracks).
-Renders and gt are compared as RGB over the same background.
+Owns `write_videos` (reference: render | driving frame, orbit while moving, keypoints: the projected 3D tracks
+over the render) and `draw_points`. Plain torch (no Lightning). Scoring against gt/ is
+`dynapose4d.evaluation.score.score_4d` (the one scorer); `evaluate_4d` and `flat_metrics` are kept here only so
+that the dynamic stage's current import keeps working until it calls `score_4d` and `evaluation.table` itself.
 """
 
 from __future__ import annotations
@@ -26,8 +18,8 @@ from dynapose4d.core.cameras import Camera, project
 from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import write_video
 from dynapose4d.deform import render_4d
-from dynapose4d.evaluation import metrics as M
-from dynapose4d.evaluation.gt import load_gt, read_gt_frames, summarise, track_view_metrics
+from dynapose4d.evaluation.score import ScoreOptions, score_4d
+from dynapose4d.evaluation.table import flat_metrics  # noqa: F401  (re-exported for the dynamic stage's import)
 
 # ------------------------------------------------------------------------------------------------
 # videos
@@ -80,35 +72,13 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
 
 
 # ------------------------------------------------------------------------------------------------
-# metrics
+# compatibility (the dynamic stage's import; to be removed when it calls score_4d directly)
 # ------------------------------------------------------------------------------------------------
 
 
 def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor | None,
                 reference: Camera, background: float = 1.0, pck_threshold: float = 0.2) -> dict[str, Any]:
-    """Metrics of the 4D model against gt/ beside the no-motion baselines (module docstring), with the
-    conventions of `dynapose4d eval` (dynapose4d.evaluation.metrics): {"mean", "novel", "per_view": {camera: ...}}."""
-    gt = load_gt(gt_dir)
-    per_view: dict[str, dict[str, float | None]] = {}
-    for cam in gt.cameras:
-        gt_rgba = read_gt_frames(Path(gt_dir) / cam.name)  # [T, H, W, 4]
-        T, H, W = gt_rgba.shape[:3]
-        taus = torch.arange(T, dtype=torch.float32) / max(T - 1, 1)
-        pred = render_4d(canonical, phi, [cam], taus, W, H, background)[0][:, 0]  # [T, H, W, 3]
-        static = render_4d(canonical, None, [cam], [0.0], W, H, background)[0][:, 0]  # [1, H, W, 3]
-        v: dict[str, float | None] = M.motion_image_metrics(pred, over_background(gt_rgba, background), held=static)
-        if tracks is not None and gt.keypoints3d is not None and gt.keypoints3d.shape[0] == T == tracks.shape[0]:
-            v.update(track_view_metrics(tracks.cpu(), gt.keypoints3d, cam, W, H, gt.visible.get(cam.name),
-                                        pck_threshold))
-        per_view[cam.name] = v
-    aligned = tracks is not None and gt.keypoints3d is not None and gt.keypoints3d.shape[0] == tracks.shape[0]
-    return summarise(per_view, gt.cameras, reference, tracks.cpu() if aligned else None,
-                     gt.keypoints3d if aligned else None)
-
-
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """{"mean/psnr": …, "novel/psnr": …, "az090/psnr": …} of an `evaluate_4d` result (for logs and tables)."""
-    out = {f"{g}/{k}": v for g in ("mean", "novel") for k, v in metrics.get(g, {}).items() if v is not None}
-    for cam, v in metrics.get("per_view", {}).items():
-        out.update({f"{cam}/{k}": x for k, x in v.items() if x is not None and k != "novel"})
-    return out
+    """`score_4d(...).metrics` with the dynamic stage's options (held = the canonical Gaussians, the rasteriser's
+    own background): {"mean", "novel", "per_view"}."""
+    return score_4d(canonical, phi, gt_dir, tracks, reference, options=ScoreOptions(
+        held="canonical", composite="rasteriser", background=background, pck_threshold=pck_threshold)).metrics

@@ -1,17 +1,22 @@
-"""`dynapose4d render` and `dynapose4d eval`: images of a run from any camera list, and metrics against ground truth.
+"""`dynapose4d render` and `dynapose4d eval`: the run-folder side of rendering and scoring a run.
+
+Owns reading a run folder's model (`load_run`: the latest finished stage's Gaussians), the render command, and
+the eval command's run-side choices; the scoring itself is `dynapose4d.evaluation.score.score_4d` (the one scorer,
+shared with the dynamic stage) and the table `dynapose4d.evaluation.table.metrics_table`.
 
 Render uses the latest finished stage that has Gaussians: dynamic (canonical Gaussians moved by φ to τ = f/(T−1))
 or, after static alone, the static Gaussians at every frame. Images are straight (not premultiplied) RGBA PNGs
 at the scene's image size: OUT/<camera>/<frame:03d>.png.
 
-Eval renders the gt cameras at every gt frame and compares, over a white background:
-  PSNR, SSIM (torchmetrics), LPIPS (only when its weights are present locally, else "unavailable"), PSNR on the
-  moving pixels (where gt frame f differs from gt frame 0; images averaged over frames 1..T-1, see
-  `metrics.motion_image_metrics`), PCK@0.2 of the 3D keypoint tracks projected into
-  each camera, the 3D keypoint error (world units) and jitter — each beside the no-motion baseline: gt frame 0
-  held still (images, PCK, 3D error; jitter's reference is the gt tracks' own jitter). The moving-pixel mask
-  does not see motion the run puts where gt stays still, so PSNR (whole frame and moving pixels) is also given
-  against the run's own frame 0 held still (`psnr_held`, `psnr_moving_held`): same reconstruction, no motion.
+Eval scores the run with `score_4d` over a white background, the images composited from the straight RGBA that
+render writes, gt frames at their normalised times (a run with another frame count is compared at the same
+moments): PSNR, SSIM (torchmetrics), LPIPS (only when its weights are present locally, else "unavailable"), PSNR
+on the moving pixels (where gt frame f differs from gt frame 0), PCK@0.2 of the run's 3D keypoint tracks
+(RUN/dynamic/keypoints.json; not for automatic keypoints, which are not the gt's) projected into each camera, the
+3D keypoint error (world units) and jitter — each beside the no-motion baseline: gt frame 0 held still (images,
+PCK, 3D error; jitter's reference is the gt tracks' own jitter). The moving-pixel mask does not see motion the
+run puts where gt stays still, so PSNR (whole frame and moving pixels) is also given against the run's own frame
+0 held still (`psnr_held`, `psnr_moving_held`): same reconstruction, no motion.
 Averages: over frames, then over views (then over objects, in `dynapose4d experiment`).
 Protocol "consistent4d": only its four cameras (azimuths −75, 15, 105, 195; gt/cameras.json must have them),
 images resized to 512×512. Output: RUN/metrics.json + RUN/metrics.md (RUN/metrics_consistent4d.* for that
@@ -28,18 +33,18 @@ from typing import Any
 
 import torch
 
-from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, REFERENCE_CAMERA, Camera, load_camera, load_cameras
+from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
-from dynapose4d.core.images import over_background, straight_rgba
+from dynapose4d.core.images import straight_rgba
 from dynapose4d.core.io import read_image, write_image, write_json, write_text
 from dynapose4d.deform import load_dynamic, render_4d
 from dynapose4d.evaluation import metrics as M
-from dynapose4d.evaluation.gt import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
+from dynapose4d.evaluation.score import ScoreOptions, score_4d
+from dynapose4d.evaluation.table import metrics_table
 from dynapose4d.gaussians import GaussianModel, load_ply
 from dynapose4d.pipeline.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
-C4D_SIZE = 512
 
 
 @dataclass
@@ -56,6 +61,7 @@ class RunModel:
     run_dir: Path
 
     def tau(self, frame: int, num_frames: int | None = None) -> float:
+        """Normalised time f / (T − 1) of frame `frame` of T = `num_frames` (default the run's) frames."""
         T = num_frames or self.num_frames
         return frame / (T - 1) if T > 1 else 0.0
 
@@ -121,26 +127,6 @@ def render_cli(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ eval
 
 
-def _gt_cameras(gt_dir: Path, protocol: str, cams: list[Camera]) -> list[Camera]:
-    if protocol == "gt":
-        return cams
-    picked, missing = [], []
-    for want in CONSISTENT4D_CAMERAS:
-        hit = next((c for c in cams if same_camera(c, want)), None)
-        (picked.append(hit) if hit else missing.append(f"azimuth {want.azimuth:g}"))
-    if missing:
-        raise InputError(f"{gt_dir / 'cameras.json'}: the consistent4d protocol needs its four cameras "
-                         f"(elevation 0, radius 2, fov_y 49.1); missing {', '.join(missing)}")
-    return picked
-
-
-def _resize(rgb: torch.Tensor, size: int) -> torch.Tensor:
-    """[F, H, W, 3] -> [F, size, size, 3] (bilinear, antialiased)."""
-    x = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-                                        align_corners=False, antialias=True)
-    return x.permute(0, 2, 3, 1).clamp(0, 1)
-
-
 def _read_tracks(model: RunModel) -> torch.Tensor | None:
     """The run's 3D keypoint tracks [T, N, 3] (dynamic/keypoints.json 'world'), or None."""
     if model.stage != "dynamic":
@@ -158,106 +144,31 @@ def _reference_camera(model: RunModel) -> Camera:
 
 
 def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") -> dict[str, Any]:
-    """Metrics of a run against a gt/ folder (module docstring). Returns the metrics.json content."""
+    """Metrics of a run against a gt/ folder (module docstring): `score_4d` of the run's model with held = the
+    run's frame 0, LPIPS when its weights are local. Returns the metrics.json content (the score plus what was
+    scored)."""
     if protocol not in ("gt", "consistent4d"):
         raise InputError(f"--protocol {protocol!r}: choose 'gt' or 'consistent4d'")
     gt_dir = Path(gt_dir)
-    gt = load_gt(gt_dir)
     model = load_run(run_dir)
-    cams = _gt_cameras(gt_dir, protocol, gt.cameras)
     use_lpips = M.lpips_available()
-    tracks = _read_tracks(model)
+    tracks = _read_tracks(model)  # [T_run, N, 3] or None
     auto = model.manifest.get("inputs", {}).get("keypoints") == "auto"
     if auto:  # keypoints made from the mask are not the gt's: their tracks cannot be compared
         tracks = None
-    kp_gt = gt.keypoints3d
-
-    per_view: dict[str, dict[str, float | None]] = {}
-    T_gt = None
-    for cam in cams:
-        gt_rgba = read_gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
-        T, H, W = gt_rgba.shape[:3]
-        if T_gt is not None and T != T_gt:
-            raise InputError(f"{gt_dir / cam.name}: {T} frames, but other cameras have {T_gt}")
-        T_gt = T
-        pred = torch.stack([render_rgba(model, [cam], model.tau(f, T), W, H)[0] for f in range(T)])
-        gt_rgb, pr = over_background(gt_rgba, BACKGROUND), over_background(pred, BACKGROUND)  # [T, H, W, 3]
-        if protocol == "consistent4d":
-            gt_rgb, pr = _resize(gt_rgb, C4D_SIZE), _resize(pr, C4D_SIZE)
-        v: dict[str, float | None] = M.motion_image_metrics(pr, gt_rgb, with_lpips=use_lpips)
-        if kp_gt is not None and tracks is not None and kp_gt.shape[0] == T:
-            v.update(track_view_metrics(tracks[_time_index(tracks.shape[0], T)], kp_gt, cam, W, H,
-                                        gt.visible.get(cam.name)))
-        per_view[cam.name] = v
-
-    aligned = None if kp_gt is None or tracks is None else tracks[_time_index(tracks.shape[0], kp_gt.shape[0])]
-    summary = summarise(per_view, cams, _reference_camera(model), aligned, kp_gt if aligned is not None else None)
+    options = ScoreOptions(protocol=protocol, held="frame0", with_lpips=use_lpips, background=BACKGROUND,
+                           composite="straight")
+    score = score_4d(model.canonical, model.deform, gt_dir, tracks, _reference_camera(model), options=options)
     return {
         "protocol": protocol, "run": str(Path(run_dir)), "gt": str(gt_dir), "stage": model.stage,
-        "frames": T_gt, "cameras": [c.name for c in cams], "background": "white",
-        "image_size": [C4D_SIZE, C4D_SIZE] if protocol == "consistent4d" else None,
+        "frames": score.frames, "cameras": [c.name for c in score.cameras], "background": "white",
+        "image_size": list(score.image_size) if score.image_size else None,
         "lpips": "available" if use_lpips else "unavailable (no local weights)",
-        "keypoints": "available" if tracks is not None and kp_gt is not None else
+        "keypoints": "available" if score.keypoints else
         "unavailable (" + ("automatic keypoints, not the gt's" if auto else "no dynamic/keypoints.json"
                            if tracks is None else "no gt/keypoints3d.json") + ")",
-        **summary,
+        **score.metrics,
     }
-
-
-def _time_index(t_run: int, t_gt: int) -> torch.Tensor:
-    """Indices into a run's T_run frames for each of T_gt gt frames (same normalised time)."""
-    if t_run == t_gt:
-        return torch.arange(t_gt)
-    return torch.tensor([round(f * (t_run - 1) / max(t_gt - 1, 1)) for f in range(t_gt)])
-
-
-#: (row label, metric key, baseline key, higher is better)
-TABLE_ROWS: tuple[tuple[str, str, str, bool], ...] = (
-    ("PSNR (dB)", "psnr", "psnr_no_motion", True),
-    ("SSIM", "ssim", "ssim_no_motion", True),
-    ("LPIPS", "lpips", "lpips_no_motion", False),
-    ("PSNR moving pixels (dB)", "psnr_moving", "psnr_moving_no_motion", True),
-    ("PSNR (dB) vs the run's frame 0 held still", "psnr", "psnr_held", True),
-    ("PSNR moving pixels (dB) vs the run's frame 0 held still", "psnr_moving", "psnr_moving_held", True),
-    ("PCK@0.2 (projected tracks)", "pck", "pck_no_motion", True),
-    ("3D keypoint error", "kp_error_3d", "kp_error_3d_no_motion", False),
-    ("jitter (baseline: gt tracks)", "jitter", "jitter_gt", False),
-)
-
-
-def _fmt(v: Any) -> str:
-    return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-
-def metrics_table(result: dict[str, Any]) -> str:
-    """Markdown table: metric | run | no-motion baseline | difference, over all views and over novel views."""
-    lines = [f"Metrics of {result['run']} ({result['stage']} stage) against {result['gt']}, protocol "
-             f"{result['protocol']}: {len(result['cameras'])} views x {result['frames']} frames, white background.",
-             "Baseline: gt frame 0 held still (no motion), unless the row names another.",
-             "", "| metric | run | baseline | run - baseline |", "|---|---|---|---|"]
-    for label, key, base, higher in TABLE_ROWS:
-        label = f"{label} {'↑' if higher else '↓'}"
-        for scope, title in (("mean", "all views"), ("novel", "novel views")):
-            d = result[scope]
-            if scope == "novel" and (key not in d or key.startswith(("kp_", "jitter"))):
-                continue
-            if key == "lpips" and key not in d:
-                if scope == "mean":
-                    lines.append(f"| {label} | unavailable | unavailable | – |")
-                continue
-            if key not in d:
-                if scope == "mean":
-                    lines.append(f"| {label} | unavailable | – | – |")
-                continue
-            a, b = d.get(key), d.get(base)
-            diff = a - b if isinstance(a, float) and isinstance(b, float) else None
-            name = label if key.startswith(("kp_", "jitter")) else f"{label}, {title}"
-            lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(diff)} |")
-    if result["lpips"] != "available":
-        lines.append("\nLPIPS: " + result["lpips"] + ".")
-    if result["keypoints"] != "available":
-        lines.append("Keypoint metrics: " + result["keypoints"] + ".")
-    return "\n".join(lines) + "\n"
 
 
 def eval_cli(args: argparse.Namespace) -> int:

@@ -49,8 +49,9 @@ from omegaconf.errors import OmegaConfBaseException
 from dynapose4d.core.errors import ConfigError, InputError
 from dynapose4d.core.io import write_json, write_text
 from dynapose4d.data.scene_spec import resolve_scene, scene_name
+from dynapose4d.evaluation.table import metrics_table
 from dynapose4d.pipeline.config import load_config
-from dynapose4d.pipeline.evaluate import evaluate_run, metrics_table
+from dynapose4d.pipeline.evaluate import evaluate_run
 from dynapose4d.pipeline.run_command import add_run_args, command_line, run_argv
 from dynapose4d.pipeline.run_folder import copy_finished_stages
 from dynapose4d.pipeline.runner import DEFAULT_STAGES, StageRunner
