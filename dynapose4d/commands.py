@@ -38,7 +38,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dynapose4d.pipeline.runner import export_cli
+    from dynapose4d.pipeline.run_export import export_cli
 
     return export_cli(args)
 

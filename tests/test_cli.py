@@ -13,7 +13,8 @@ from dynapose4d.cli import build_parser, main
 from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, save_cameras
 from dynapose4d.core.io import read_image
 from dynapose4d.pipeline.config import load_config
-from dynapose4d.pipeline.runner import StageRunner, read_manifest, write_manifest
+from dynapose4d.pipeline.run_folder import read_manifest, write_manifest
+from dynapose4d.pipeline.runner import StageRunner
 
 
 @pytest.mark.parametrize("cmd", ["run", "fit-static", "fit-dynamic", "train-cape", "render", "eval", "make-scene",

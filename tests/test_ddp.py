@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dynapose4d.pipeline.config import load_config
-from dynapose4d.pipeline.runner import StageRunner, read_manifest
+from dynapose4d.pipeline.run_folder import read_manifest
+from dynapose4d.pipeline.runner import StageRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP_CPU = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"]

@@ -18,7 +18,7 @@ from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.deform import gaussians_at, load_dynamic, read_dynamic
 from dynapose4d.gaussians import load_ply
 from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
-from dynapose4d.pipeline.runner import export_cli
+from dynapose4d.pipeline.run_export import export_cli
 from dynapose4d.stages.base import StageContext
 from dynapose4d.stages.dynamic import DynamicConfig, run
 

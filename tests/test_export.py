@@ -36,7 +36,8 @@ from dynapose4d.export.ply import rotate_sh
 from dynapose4d.export.skeleton import euler_zxy, minimal_rotation, skeleton_tree, zxy_matrix
 from dynapose4d.gaussians import GaussianModel
 from dynapose4d.pipeline.config import load_config
-from dynapose4d.pipeline.runner import StageRunner, read_manifest
+from dynapose4d.pipeline.run_folder import read_manifest
+from dynapose4d.pipeline.runner import StageRunner
 
 T, N_GAUSS, FPS = 5, 64, 10
 NAMES = ["pelvis", "spine", "head", "l_hand", "r_hand", "tail", "loose"]

@@ -216,7 +216,7 @@ def test_run_writes_automatic_keypoints_and_an_edited_copy_is_used(picture, tmp_
 
 def test_command_line_records_video_and_keypoints(tmp_path):
     from dynapose4d.cli import build_parser
-    from dynapose4d.pipeline.runner import command_line
+    from dynapose4d.pipeline.run_command import command_line
 
     args = build_parser().parse_args(["run", "p.png", "--video", "v.mp4", "--keypoints", "k.json", "--out", "r"])
     assert args.video == "v.mp4" and args.keypoints == "k.json"

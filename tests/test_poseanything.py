@@ -341,7 +341,7 @@ def test_pipeline_with_poseanything(tiny_file, tmp_path):
     PoseAnything (frozen) and a pointer as its model; the dynamic stage's KML runs the same model."""
     from dynapose4d.cli import main
     from dynapose4d.data.synthetic import write_scene
-    from dynapose4d.pipeline.runner import read_manifest
+    from dynapose4d.pipeline.run_folder import read_manifest
 
     scene = write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=2, size=32)
     run = tmp_path / "run"

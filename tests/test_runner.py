@@ -16,7 +16,8 @@ import pytest
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.pipeline.config import load_config
-from dynapose4d.pipeline.runner import StageRunner, read_manifest
+from dynapose4d.pipeline.run_folder import read_manifest
+from dynapose4d.pipeline.runner import StageRunner
 
 TESTS = Path(__file__).parent
 

@@ -14,13 +14,15 @@ A stage's config hash covers its config section, the seed, the scene's content a
 before it. `--resume` skips a done stage whose hash is unchanged (when nothing before it reran), resumes an
 interrupted or failed stage from RUN/<stage>/checkpoints/last.ckpt, and reruns from scratch a stage whose
 config changed, and every stage after it.
+
+This module is the runner and `run_cli` (the `dynapose4d run` command that builds one); around it: `plan` (the
+hashes and the skip/resume/fresh plan), `run_folder` (the manifest's I/O), `run_export` (RUN/export and
+`dynapose4d export`), `ddp` (what the other ranks of a multi-device run do).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -33,18 +35,19 @@ from dynapose4d.cape.overlay import draw_keypoints
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.images import over_background
 from dynapose4d.core.io import read_image, write_image, write_text
-from dynapose4d.core.structured import config_hash, to_dict
+from dynapose4d.core.structured import to_dict
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
 from dynapose4d.data.scene_spec import resolve_scene
-from dynapose4d.export import export_files, export_run
+from dynapose4d.pipeline import ddp
 from dynapose4d.pipeline.config import RunConfig, load_config, save_config
+from dynapose4d.pipeline.plan import PlanStep, StageSpec, plan_stages, scene_fingerprint
 from dynapose4d.pipeline.run_command import command_line
+from dynapose4d.pipeline.run_export import drop_stale_export, export_after_run
 from dynapose4d.pipeline.run_folder import (
     EXPORT_DIR,
     MANIFEST,
     MANIFEST_VERSION,
-    export_source,
     now_iso,
     read_manifest,
     run_videos,
@@ -54,63 +57,12 @@ from dynapose4d.stages import cape, dynamic, static
 from dynapose4d.stages import logger as dlog
 from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
 
-StageFn = Callable[[StageContext, Any], dict]  # run(ctx, stage config) -> {artifact name: path relative to RUN}
-StageSpec = tuple[str, StageFn, Callable[[RunConfig], Any]]  # (name, run function, its config section)
-
 #: The pipeline, in order. Explicit functions, no registry; tests pass their own tuple.
 DEFAULT_STAGES: tuple[StageSpec, ...] = (
     ("static", lambda ctx, cfg: static.run(ctx, cfg), lambda c: c.static),
     ("cape", lambda ctx, cfg: cape.run(ctx, cfg), lambda c: c.cape),
     ("dynamic", lambda ctx, cfg: dynamic.run(ctx, cfg), lambda c: c.dynamic),
 )
-
-#: Stages that read the top-level `zero123` section (hashed with their own section: a change reruns them).
-ZERO123_STAGES = ("static", "dynamic")
-
-
-def _rank() -> int:
-    """Global rank of this process when a launcher (Lightning's DDP subprocess launcher, torchrun, SLURM) set it."""
-    for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if k in os.environ:
-            return int(os.environ[k])
-    return 0
-
-
-def scene_fingerprint(scene: Scene) -> str:
-    """Hash of what the stages read from a scene (image, keypoints, skeleton, camera, video, views)."""
-    h = hashlib.sha256()
-    for t in (scene.image, scene.keypoints, scene.video):
-        if t is not None:
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps([scene.skeleton, scene.names, scene.camera.to_dict()], default=str).encode())
-    for cam, img in scene.views:
-        h.update(json.dumps(cam.to_dict()).encode())
-        h.update(img.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _stage_hash(section_hash: str, seed: int, scene_fp: str, upstream: dict[str, str | None]) -> str:
-    blob = json.dumps({"config": section_hash, "seed": seed, "scene": scene_fp, "upstream": upstream}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _section_dict(section: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(section), resolve=True)  # type: ignore[return-value]
-
-
-def _changed_keys(old: dict[str, Any] | None, new: dict[str, Any], prefix: str) -> list[str]:
-    """'static.steps: 100 -> 200' for each leaf that differs."""
-    out: list[str] = []
-    old = old or {}
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_keys(a, b, f"{prefix}.{k}")
-        elif a != b:
-            out.append(f"{prefix}.{k}: {a} -> {b}")
-    return out
 
 
 class StageRunner:
@@ -150,10 +102,10 @@ class StageRunner:
     # ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the plan; returns the final manifest. A failing stage is marked failed and its error re-raised."""
-        if _rank() != 0:
+        if ddp.rank() != 0:
             return self._follow()
         existing = self._check_folder()
-        scene = scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
+        scene = self._load_scene()
         fp = scene_fingerprint(scene)
         manifest = existing or {
             "version": MANIFEST_VERSION, "run_name": self.run_dir.name, "created": now_iso(), "stages": {},
@@ -189,7 +141,7 @@ class StageRunner:
         for name, action, rec, _ in plan:
             if action != "skip":
                 manifest["stages"][name] = rec
-        self._drop_stale_export(manifest)
+        drop_stale_export(self.run_dir, manifest)
         write_manifest(self.run_dir, manifest)
 
         executing = [name for name, action, _, _ in plan if action != "skip"]
@@ -208,7 +160,7 @@ class StageRunner:
                 if created and not any(r.get("status") == "done" for r in manifest["stages"].values()):
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 raise
-        self._export(manifest)
+        export_after_run(self.run_dir, manifest, self.cfg.wandb, self.echo)
         self._report_outputs(manifest)
         return manifest
 
@@ -241,53 +193,13 @@ class StageRunner:
             raise InputError(f"{d}: not a run folder (no {MANIFEST}); cannot --resume it")
         return manifest
 
-    def _plan(self, manifest: dict[str, Any], fp: str) -> list[tuple[str, str, dict[str, Any], str]]:
-        """[(stage, "skip"|"resume"|"fresh", new manifest record, reason)] for the selected stages; also marks
-        unselected done stages whose upstream reruns as "stale"."""
-        effective: dict[str, str | None] = {}
-        plan = []
-        upstream_runs: list[str] = []
-        for name, _fn, getter in self.specs:
-            section = _section_dict(getter(self.cfg))
-            if name in ZERO123_STAGES:  # the shared top-level prior setting is part of what these stages read
-                section["zero123"] = _section_dict(self.cfg.zero123)
-            if name == "static" and self._auto_prior:
-                section["auto_prior"] = self._auto_prior
-            upstream = {k: effective[k] for k in effective}
-            h = _stage_hash(config_hash(section), self.cfg.seed, fp, upstream)
-            old = manifest["stages"].get(name)
-            if name not in self.selected:
-                if old and old.get("status") == "done" and upstream_runs:
-                    old["status"] = "stale"
-                    old["error"] = f"upstream {upstream_runs} reran; rerun this stage"
-                effective[name] = old.get("config_hash") if old and old.get("status") == "done" else None
-                continue
-            same = bool(old) and old.get("config_hash") == h and not upstream_runs
-            ckpt = self.run_dir / name / "checkpoints" / "last.ckpt"
-            if self.resume and same and old["status"] == "done":
-                action, reason = "skip", ""
-            elif self.resume and same and old["status"] in ("running", "failed", "pending") and ckpt.is_file():
-                action, reason = "resume", f"previous attempt {old['status']}"
-            else:
-                action = "fresh"
-                if not old:
-                    reason = ""
-                elif upstream_runs:
-                    reason = f"upstream {', '.join(upstream_runs)} reran"
-                elif old.get("config_hash") != h:
-                    changes = _changed_keys(old.get("config"), section, name)
-                    reason = "config changed: " + ("; ".join(changes[:4]) if changes else "seed, scene or upstream")
-                else:
-                    reason = f"previous attempt {old.get('status')}, no checkpoint"
-            rec = old if action == "skip" else {
-                "status": "pending", "artifacts": {}, "config_hash": h, "upstream": upstream, "config": section,
-                "resume_from_checkpoint": action == "resume", "attempts": int((old or {}).get("attempts", 0)),
-            }
-            plan.append((name, action, rec, reason))
-            effective[name] = h
-            if action != "skip":
-                upstream_runs.append(name)
-        return plan
+    def _load_scene(self) -> Scene:
+        return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
+
+    def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
+        """The plan of this run against `manifest` (`plan.plan_stages`; marks stale stages in it)."""
+        return plan_stages(self.specs, self.selected, self.cfg, manifest, fp, self.run_dir, self.resume,
+                           self._auto_prior)
 
     def _execute(self, name: str, scene: Scene, manifest: dict[str, Any], resume: bool, is_last: bool,
                  write: bool = True) -> None:
@@ -342,66 +254,10 @@ class StageRunner:
         return arts
 
     def _follow(self) -> dict[str, Any]:
-        """Non-zero DDP rank started by a launcher that re-runs the command: join the stages rank zero is
-        running or will run (status running/pending), never write the manifest."""
-        manifest = read_manifest(self.run_dir)
-        if manifest is None:
-            raise RuntimeError(f"{self.run_dir}: rank {_rank()} found no {MANIFEST}")
-        scene = scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
-        todo = [n for n in self.selected if manifest["stages"].get(n, {}).get("status") in ("running", "pending")]
-        for i, name in enumerate(todo):
-            if i > 0:  # rank zero writes the previous stage's outputs after training: wait until it is done
-                manifest = self._wait_until_done(todo[i - 1])
-            resume = bool(manifest["stages"][name].get("resume_from_checkpoint"))
-            self._execute(name, scene, manifest, resume=resume, is_last=name == todo[-1], write=False)
-        return manifest
-
-    def _wait_until_done(self, stage: str, poll: float = 0.5) -> dict[str, Any]:
-        timeout = float(os.environ.get("DYNAPOSE4D_FOLLOW_TIMEOUT", "7200"))
-        t0 = time.monotonic()
-        while True:
-            m = read_manifest(self.run_dir) or {"stages": {}}
-            status = m["stages"].get(stage, {}).get("status")
-            if status == "done":
-                return m
-            if status == "failed":
-                raise RuntimeError(f"rank {_rank()}: rank zero's stage '{stage}' failed; stopping")
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"rank {_rank()}: waited {timeout:.0f} s for rank zero to finish '{stage}'")
-            time.sleep(poll)
-
-    def _drop_stale_export(self, manifest: dict[str, Any]) -> None:
-        """Remove RUN/export and its manifest record when they were not made from the dynamic stage's current
-        output (it is about to rerun, was marked stale, or is not done): nothing stale stays behind."""
-        rec = manifest.get("export")
-        if rec is not None and rec.get("source") == export_source(manifest) and rec.get("source") is not None:
-            return
-        manifest.pop("export", None)
-        shutil.rmtree(self.run_dir / EXPORT_DIR, ignore_errors=True)
-
-    def _export(self, manifest: dict[str, Any]) -> None:
-        """After the dynamic stage: RUN/export/ (splat PLY sequence, glb, bvh, videos), listed in the manifest
-        and logged to W&B as an Artifact; kept when it was made from the same dynamic output. A failure is
-        recorded and reported, not raised: the stages' results stand and `dynapose4d export RUN` retries."""
-        source = export_source(manifest)
-        old = manifest.get("export")
-        if source is None:
-            return
-        if (old and old.get("status") == "done" and old.get("source") == source
-                and all((self.run_dir / EXPORT_DIR / f).is_file() for f in old.get("files", []))):
-            self.echo(f"[export] up to date: {self.run_dir / EXPORT_DIR}")
-            return
-        try:
-            record_export(self.run_dir, manifest, export_run(self.run_dir, self.run_dir / EXPORT_DIR),
-                          self.cfg.wandb)
-        except Exception as e:  # noqa: BLE001 - reported in the manifest and on the console
-            manifest["export"] = {"status": "failed", "source": source, "error": f"{type(e).__name__}: {e}",
-                                  "ended": now_iso()}
-            write_manifest(self.run_dir, manifest)
-            self.echo(f"[export] failed ({type(e).__name__}: {e}); retry with `dynapose4d export {self.run_dir}`")
-            return
-        self.echo(f"[export] {self.run_dir / EXPORT_DIR}: {len(manifest['export']['files'])} files "
-                  "(splats/frame_*.ply, skeleton.glb, skeleton.bvh, videos/)")
+        """A non-zero DDP rank: join rank zero's stages without writing anything (`ddp.follow`)."""
+        return ddp.follow(self.run_dir, self.selected, self._load_scene,
+                          lambda name, scene, manifest, resume, is_last: self._execute(
+                              name, scene, manifest, resume=resume, is_last=is_last, write=False))
 
     def _report_outputs(self, manifest: dict[str, Any]) -> None:
         self.echo(f"run folder: {self.run_dir}")
@@ -409,45 +265,6 @@ class StageRunner:
             self.echo(f"  video: {v}")
         if manifest.get("export", {}).get("status") == "done":
             self.echo(f"  export: {self.run_dir / EXPORT_DIR} (glb/bvh for Blender, splats/ for splat viewers)")
-
-
-def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[str, Any], wandb_cfg: Any) -> None:
-    """List an export of RUN/export in the manifest ("export": status, files, up axes, source) and log it to
-    W&B (`logging.log_export`) when the run's config enables W&B."""
-    run_dir = Path(run_dir)
-    files = export_files(record)
-    manifest["export"] = {
-        "status": "done", "dir": EXPORT_DIR, "source": export_source(manifest), "files": files,
-        "up": {k: v["up"] for k, v in record["outputs"].items() if "up" in v}, "ended": now_iso(),
-    }
-    write_manifest(run_dir, manifest)
-    name = dlog.log_export(run_dir, wandb_cfg, run_dir / EXPORT_DIR, files,
-                           metadata={"up": manifest["export"]["up"], "fps": record.get("fps")})
-    if name:
-        manifest["export"]["wandb_artifact"] = name
-        write_manifest(run_dir, manifest)
-
-
-def export_cli(args: argparse.Namespace) -> int:
-    """`dynapose4d export RUN [--format ...] [--up +y|-y|+z] [--out DIR]`: rewrite a run's exported outputs.
-    Into RUN/export (the default) it also updates the manifest's "export" record and the W&B artifact."""
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: run folder not found")
-    out = Path(args.out) if args.out else run_dir / EXPORT_DIR
-    record = export_run(run_dir, out, up=args.up, formats=args.format)
-    manifest = read_manifest(run_dir)
-    if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
-        wandb_cfg = None
-        if (run_dir / "config.yaml").is_file():
-            try:
-                wandb_cfg = load_config(str(run_dir / "config.yaml"), []).wandb
-            except InputError:
-                wandb_cfg = None
-        record_export(run_dir, manifest, record, wandb_cfg)
-    files = export_files(record)
-    print(f"wrote {out}: {len(files)} files ({', '.join(sorted(record['outputs']))})")
-    return 0
 
 
 def write_auto_keypoints(scene: Scene, folder: Path) -> None:
