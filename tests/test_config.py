@@ -10,7 +10,7 @@ import pytest
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.structured import config_hash
 from dynapose4d.pipeline.config import RunConfig, load_config, to_yaml
-from dynapose4d.pipeline.experiments import _safe_tag, load_experiment, make_jobs
+from dynapose4d.pipeline.experiment_file import _safe_tag, load_experiment, make_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

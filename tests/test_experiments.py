@@ -11,7 +11,8 @@ import pytest
 from test_wandb import summarize_run
 
 from dynapose4d.cli import build_parser
-from dynapose4d.pipeline.experiments import load_experiment, run_experiment, sweep_command_args
+from dynapose4d.pipeline.experiment_file import load_experiment, sweep_command_args
+from dynapose4d.pipeline.experiments import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
