@@ -144,8 +144,7 @@ def render_white(canonical, phi, taus: list[float], composite: str) -> dict[str,
 
 def test_the_two_callers_agree(tiny):
     """`dynapose4d eval`'s path (run folder loaded from disk) and the dynamic stage's call (the in-memory model,
-    positional arguments) give the same numbers for the same options; the stage's compatibility call is score_4d
-    with held = canonical and the rasteriser's compositing."""
+    positional arguments) give the same numbers for the same options."""
     _, canonical, phi, kp, run, gt = tiny
     res = evaluate_run(run, gt)
     stage_way = score_4d(canonical, phi, gt, kp, REFERENCE_CAMERA, options=ScoreOptions(held="frame0"))
@@ -154,16 +153,21 @@ def test_the_two_callers_agree(tiny):
     for key in ("psnr", "ssim", "pck", "psnr_held"):
         assert res["mean"][key] == stage_way.metrics["mean"][key] is not None
 
-    compat = evaluate_4d(canonical, phi, gt, kp, REFERENCE_CAMERA, 1.0)
-    canon = score_4d(canonical, phi, gt, kp, REFERENCE_CAMERA,
-                     options=ScoreOptions(held="canonical", composite="rasteriser"))
-    assert compat == canon.metrics
     # the held option changes the held rows only (the deformation is not the identity at τ = 0)
     canon_straight = score_4d(canonical, phi, gt, kp, REFERENCE_CAMERA, options=ScoreOptions(held="canonical"))
     assert canon_straight.metrics["mean"]["psnr"] == res["mean"]["psnr"]
     assert canon_straight.metrics["mean"]["pck"] == res["mean"]["pck"]
     assert abs(canon_straight.metrics["mean"]["psnr_held"] - res["mean"]["psnr_held"]) > 0.1
     assert load_run(run).num_frames == 4
+
+
+def test_stage_compatibility_call(tiny):
+    """`evaluation.report.evaluate_4d` (kept until the dynamic stage calls score_4d itself; delete this test with it)
+    is score_4d with held = canonical and the rasteriser's compositing."""
+    _, canonical, phi, kp, _, gt = tiny
+    want = score_4d(canonical, phi, gt, kp, REFERENCE_CAMERA,
+                    options=ScoreOptions(held="canonical", composite="rasteriser")).metrics
+    assert evaluate_4d(canonical, phi, gt, kp, REFERENCE_CAMERA, 1.0) == want
 
 
 def test_analytic_model_reproduces_gt(tiny):
