@@ -107,7 +107,7 @@ def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir,
     and the dynamic stage reads them back into the pipeline's frame. (Fine-tuned under bf16 autocast.)"""
     import dataclasses
 
-    from dynapose4d.data.scene import Recentring
+    from dynapose4d.data.recentring import Recentring
     from dynapose4d.stages import cape
     from dynapose4d.stages.dynamic import _driving_keypoints
 

@@ -13,7 +13,7 @@ import torch
 from dynamic_helpers import ColourKeypoints, perfect_static, scene_from_folder
 
 from dynapose4d.core.errors import InputError
-from dynapose4d.data.scene import Recentring
+from dynapose4d.data.recentring import Recentring
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.deform import gaussians_at, load_dynamic, read_dynamic
 from dynapose4d.gaussians import load_ply

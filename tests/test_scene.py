@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dynapose4d.core.errors import InputError
-from dynapose4d.data.scene import clean_mask, connected_components, load_scene
+from dynapose4d.data.background import clean_mask, connected_components
+from dynapose4d.data.scene import load_scene
 
 H, W = 48, 64  # non-square on purpose
 RED = (0.9, 0.1, 0.1)

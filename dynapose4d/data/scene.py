@@ -31,21 +31,9 @@ of width and height). The scale is reduced when needed so that every keypoint an
 frames stay inside the frame. Parts of the frame that come from outside the input are transparent. A scene with
 camera.json is used exactly as given (so views/ and gt/ stay aligned with it); views/ or gt/ without camera.json
 is an error, because recentring would misalign them. The similarity is kept (`Scene.recentring`) so that 2D
-outputs can be written back in the pixels of the scene's own files.
+outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
-Background removal for images without alpha, and its limits (`remove_background`):
-  the background colour is the median of the image's border pixels (a ring of ~1.5% of the size, >= 1 px);
-  a pixel is object when its RGB Euclidean distance to that colour exceeds `threshold` (0.1 on [0, 1] RGB);
-  the mask is cleaned: components smaller than 10% of the largest are dropped (noise, stray specks), and
-  enclosed background holes smaller than 0.5% of the object area are filled.
-  It needs a uniform background: if fewer than 90% of the border pixels are within `threshold` of the median
-  colour (gradients, textures, real photographs, an object covering much of the border) it refuses with
-  "no alpha and the background is not a uniform colour: provide an RGBA image". It cannot separate object
-  parts whose colour is within `threshold` of the background (a white shirt on white): those become holes,
-  or are cut off where they touch the outside; large enclosed background-coloured regions stay transparent.
-  Shadows count as object when they differ enough. Alpha is binary except on the mask's 1-px edge, where it is
-  unmixed against the colour of the neighbouring interior (`_soft_edges`); thin parts without interior pixels
-  and textured edges get alpha 1, and alpha below ~threshold / |object - background| is cut to 0.
+Background removal for images without alpha, and its limits: `dynapose4d.data.background` (`remove_background`).
 """
 
 from __future__ import annotations
@@ -56,46 +44,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import read_image, read_video
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
+from dynapose4d.data.background import remove_background
+from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
 from dynapose4d.evaluation.gt import gt_frame_files, load_gt
 
-FILL = 0.8  # recentring: the mask bounding box fills this fraction of the frame (DreamGaussian's 1 - border 0.2)
-BG_THRESHOLD = 0.1  # background removal: RGB distance to the border colour above which a pixel is object
-BORDER_UNIFORM = 0.9  # background removal: fraction of border pixels that must match the border colour
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-@dataclass(frozen=True)
-class Recentring:
-    """The 2D similarity of recentring (`recentring_of`, `apply_recentring`): a scene-file pixel q maps to the
-    pipeline pixel p = (q - centre) * scale + size / 2 (pixel centres at +0.5 in both)."""
-
-    scale: float
-    centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
-    size: tuple[int, int]  # (W, H) of the frame (equal before and after)
-
-    def _centre_and_half(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = torch.tensor(self.centre, dtype=x.dtype, device=x.device)
-        return c, torch.tensor(self.size, dtype=x.dtype, device=x.device) / 2.0
-
-    def from_scene(self, q: torch.Tensor) -> torch.Tensor:
-        """Scene-file pixels [..., 2] -> pipeline pixels [..., 2]."""
-        c, half = self._centre_and_half(q)
-        return (q - c) * self.scale + half
-
-    def to_scene(self, p: torch.Tensor) -> torch.Tensor:
-        """Pipeline pixels [..., 2] -> scene-file pixels [..., 2] (the inverse of `from_scene`)."""
-        c, half = self._centre_and_half(p)
-        return (p - half) / self.scale + c
 
 
 @dataclass
@@ -136,8 +97,8 @@ class Scene:
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None) -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png/jpg) given alone. Raises
-    `InputError` (one line, naming the file) on any bad input; see the module docstring for the files,
-    recentring and background removal.
+    `InputError` (one line, naming the file) on any bad input; see the module docstring for the files and
+    recentring, and `dynapose4d.data.background` for the background removal.
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -211,184 +172,7 @@ def _auto_keypoints(image: torch.Tensor, image_path: Path, has_camera: bool) -> 
         raise InputError(f"{image_path}: no keypoints.json, and automatic keypoints failed: {e}") from None
 
 
-def remove_background(rgb: torch.Tensor, threshold: float = BG_THRESHOLD, uniform: float = BORDER_UNIFORM
-                      ) -> torch.Tensor | None:
-    """RGBA [H, W, 4] of an RGB image [H, W, 3] on a uniform background, or None when the border is not uniform
-    enough to estimate the background colour (see the module docstring for the method and its limits)."""
-    img = rgb.detach().float().cpu()[..., :3]
-    H, W = img.shape[:2]
-    b = max(1, round(0.015 * min(H, W)))
-    ring = torch.ones(H, W, dtype=torch.bool)
-    ring[b:H - b, b:W - b] = False
-    border = img[ring]  # [P, 3]
-    bg = border.median(dim=0).values  # [3]
-    if (border - bg).norm(dim=-1).le(threshold).float().mean().item() < uniform:
-        return None
-    mask = torch.from_numpy(clean_mask(((img - bg).norm(dim=-1) > threshold).numpy()))  # [H, W] bool
-    return _soft_edges(img, bg, mask, threshold)
-
-
-def _soft_edges(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Fractional alpha on the mask's edge pixels: with F the colour of the nearest interior pixels (those whose
-    8 neighbours are all in the mask), an edge pixel I = a F + (1 - a) bg gives a = (I - bg).(F - bg) / |F - bg|^2,
-    and its straight colour becomes F. Edge pixels with no interior nearby, or F too close to bg, keep alpha 1."""
-    m = mask.float()[None, None]  # [1, 1, H, W]
-    interior = (-F.max_pool2d(-m, 3, stride=1, padding=1))[0, 0] > 0.5  # eroded mask [H, W]
-    edge = mask & ~interior
-    alpha = mask.float()
-    colour = img.clone()
-    if not edge.any() or not interior.any():
-        return torch.cat([colour, alpha[..., None]], -1)
-    fg = torch.zeros_like(img)  # [H, W, 3] estimated object colour of edge pixels
-    have = torch.zeros_like(mask)  # edge pixels with an estimate
-    for _ in range(2):  # spread interior colours 2 px outwards (normalised 3x3 average of known colours)
-        known = (interior | have).float()  # [H, W]
-        field = torch.where(interior[..., None], img, fg) * known[..., None]  # [H, W, 3]
-        cnt = F.avg_pool2d(known[None, None], 3, stride=1, padding=1)[0, 0]
-        avg = F.avg_pool2d(field.permute(2, 0, 1)[None], 3, stride=1, padding=1)[0].permute(1, 2, 0)
-        new = edge & ~have & (cnt > 0)
-        fg[new] = (avg / cnt.clamp(min=1e-8)[..., None])[new]
-        have = have | new
-    d = fg - bg  # [H, W, 3]
-    ok = have & (d.norm(dim=-1) > threshold)
-    a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp(min=1e-8)
-    alpha[ok] = a[ok].clamp(0.0, 1.0)
-    colour[ok] = fg[ok]
-    return torch.cat([colour, alpha[..., None]], -1)
-
-
-def clean_mask(mask: np.ndarray, keep_ratio: float = 0.1, hole_ratio: float = 0.005) -> np.ndarray:
-    """Drop 8-connected components smaller than `keep_ratio` x the largest, then fill enclosed (4-connected)
-    background holes smaller than `hole_ratio` x the object area (at least 4 px). [H, W] bool -> [H, W] bool."""
-    labels, sizes = connected_components(mask, diagonal=True)
-    if len(sizes) <= 1:
-        return mask.copy()
-    keep = sizes >= keep_ratio * sizes[1:].max()
-    keep[0] = False
-    out = keep[labels]
-    bg_labels, bg_sizes = connected_components(~out, diagonal=False)
-    edge = np.unique(np.concatenate([bg_labels[0], bg_labels[-1], bg_labels[:, 0], bg_labels[:, -1]]))
-    fill = bg_sizes <= max(4.0, hole_ratio * out.sum())
-    fill[0] = False
-    fill[edge] = False
-    return out | fill[bg_labels]
-
-
-def connected_components(mask: np.ndarray, diagonal: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Label the connected components of a bool mask [H, W] (8-connected if `diagonal`, else 4-connected).
-
-    Returns labels [H, W] int64 (0 outside the mask, 1..K inside) and sizes [K + 1] (sizes[0] = 0). Run-length
-    union-find in plain numpy + Python: the cost grows with the number of horizontal runs, not of pixels."""
-    mask = np.asarray(mask, dtype=bool)
-    H, W = mask.shape
-    padded = np.zeros((H, W + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)  # +1 at a run start, -1 one past its end
-    rows_s, cols_s = np.nonzero(d == 1)
-    _, cols_e = np.nonzero(d == -1)  # same row-major order as the starts
-    n = len(rows_s)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    slack = 1 if diagonal else 0
-    row_first = np.searchsorted(rows_s, np.arange(H + 1))  # runs of row r: row_first[r] .. row_first[r+1]
-    for r in range(1, H):
-        a, a_end = int(row_first[r - 1]), int(row_first[r])
-        b, b_end = a_end, int(row_first[r + 1])
-        while a < a_end and b < b_end:
-            if cols_s[a] < cols_e[b] + slack and cols_s[b] < cols_e[a] + slack:
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-            if cols_e[a] < cols_e[b]:
-                a += 1
-            else:
-                b += 1
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    uniq, run_label = np.unique(roots, return_inverse=True)
-    labels = np.zeros((H, W), dtype=np.int64)
-    lengths = cols_e - cols_s
-    run_label = run_label.reshape(-1) + 1
-    for i in range(n):
-        labels[rows_s[i], cols_s[i]:cols_e[i]] = run_label[i]
-    sizes = np.zeros(len(uniq) + 1, dtype=np.int64)
-    np.add.at(sizes, run_label, lengths)
-    return labels, sizes
-
-
-def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
-                  fill: float = FILL) -> Recentring | None:
-    """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
-    `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
-    [T, H, W, 4] inside the frame. None when it is the identity."""
-    H, W = image.shape[:2]
-    box = _bbox(image[..., 3] > 0.5)
-    if box is None:
-        raise ValueError("recentring_of: the image mask is empty")
-    x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    s = min(fill * W / (x1 - x0), fill * H / (y1 - y0))
-    # points that must stay in the frame: keypoints and the corners of every video frame's mask box
-    pts = [keypoints.double()]
-    if video is not None:
-        for t in range(video.shape[0]):
-            vb = _bbox(video[t, ..., 3] > 0.5)
-            if vb is not None:
-                pts.append(torch.tensor([[vb[0], vb[1]], [vb[2], vb[3]]], dtype=torch.float64))
-    allp = torch.cat(pts)
-    ex, ey = (allp[:, 0] - cx).abs().max().item(), (allp[:, 1] - cy).abs().max().item()
-    if ex > 0:
-        s = min(s, 0.98 * (W / 2.0) / ex)
-    if ey > 0:
-        s = min(s, 0.98 * (H / 2.0) / ey)
-    if abs(s - 1.0) < 1e-9 and cx == W / 2.0 and cy == H / 2.0:
-        return None
-    return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)))
-
-
-def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
-                     video: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] moved by `rec` (returned as given when None):
-    one bilinear resample, antialiased when shrinking."""
-    if rec is None:
-        return image, keypoints, video
-    H, W = image.shape[:2]
-    s, (cx, cy) = rec.scale, rec.centre
-    # output pixel x' shows source x = (x' - W / 2) / s + cx (likewise y): one exact similarity for everything
-    kp = rec.from_scene(keypoints.double())
-
-    frames = image[None] if video is None else torch.cat([image[None], video])  # [B = 1 + T, H, W, 4]
-    x = frames.permute(0, 3, 1, 2).float()  # [B, 4, H, W]
-    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)  # premultiplied, so edges do not blend with black
-    if s < 1.0:  # shrinking: low-pass first (antialiased resize); grid_sample's normalised coords are unchanged
-        x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
-                          align_corners=False, antialias=True)
-    xs = ((torch.arange(W, dtype=torch.float64) + 0.5 - W / 2.0) / s + cx) * (2.0 / W) - 1.0  # [W]
-    ys = ((torch.arange(H, dtype=torch.float64) + 0.5 - H / 2.0) / s + cy) * (2.0 / H) - 1.0  # [H]
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).float()  # [H, W, 2] (x, y) in [-1, 1]
-    x = F.grid_sample(x, grid.expand(x.shape[0], H, W, 2), mode="bilinear", padding_mode="zeros",
-                      align_corners=False)  # zeros outside = transparent
-    a = x[:, 3:].clamp(0.0, 1.0)
-    rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
-    out = torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, H, W, 4]
-    return out[0], kp.to(keypoints.dtype), (None if video is None else out[1:])
-
-
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) pixel-edge bounding box (x1, y1 exclusive) of a bool mask [H, W], None if empty."""
-    ys = torch.nonzero(mask.any(dim=1)).flatten()
-    xs = torch.nonzero(mask.any(dim=0)).flatten()
-    if len(ys) == 0:
-        return None
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def _to_rgba(img: torch.Tensor, path: Path | str) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Recentring a scene without camera.json (the DreamGaussian convention; `dynapose4d.data.scene` describes when and
+why): the 2D similarity that centres the object's mask box and scales it to fill 80% of the frame, and applying it
+to the image, keypoints and video in one resample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+FILL = 0.8  # recentring: the mask bounding box fills this fraction of the frame (DreamGaussian's 1 - border 0.2)
+
+
+@dataclass(frozen=True)
+class Recentring:
+    """The 2D similarity of recentring (`recentring_of`, `apply_recentring`): a scene-file pixel q maps to the
+    pipeline pixel p = (q - centre) * scale + size / 2 (pixel centres at +0.5 in both)."""
+
+    scale: float
+    centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
+    size: tuple[int, int]  # (W, H) of the frame (equal before and after)
+
+    def _centre_and_half(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = torch.tensor(self.centre, dtype=x.dtype, device=x.device)
+        return c, torch.tensor(self.size, dtype=x.dtype, device=x.device) / 2.0
+
+    def from_scene(self, q: torch.Tensor) -> torch.Tensor:
+        """Scene-file pixels [..., 2] -> pipeline pixels [..., 2]."""
+        c, half = self._centre_and_half(q)
+        return (q - c) * self.scale + half
+
+    def to_scene(self, p: torch.Tensor) -> torch.Tensor:
+        """Pipeline pixels [..., 2] -> scene-file pixels [..., 2] (the inverse of `from_scene`)."""
+        c, half = self._centre_and_half(p)
+        return (p - half) / self.scale + c
+
+
+def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
+                  fill: float = FILL) -> Recentring | None:
+    """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
+    `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
+    [T, H, W, 4] inside the frame. None when it is the identity."""
+    H, W = image.shape[:2]
+    box = _bbox(image[..., 3] > 0.5)
+    if box is None:
+        raise ValueError("recentring_of: the image mask is empty")
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    s = min(fill * W / (x1 - x0), fill * H / (y1 - y0))
+    # points that must stay in the frame: keypoints and the corners of every video frame's mask box
+    pts = [keypoints.double()]
+    if video is not None:
+        for t in range(video.shape[0]):
+            vb = _bbox(video[t, ..., 3] > 0.5)
+            if vb is not None:
+                pts.append(torch.tensor([[vb[0], vb[1]], [vb[2], vb[3]]], dtype=torch.float64))
+    allp = torch.cat(pts)
+    ex, ey = (allp[:, 0] - cx).abs().max().item(), (allp[:, 1] - cy).abs().max().item()
+    if ex > 0:
+        s = min(s, 0.98 * (W / 2.0) / ex)
+    if ey > 0:
+        s = min(s, 0.98 * (H / 2.0) / ey)
+    if abs(s - 1.0) < 1e-9 and cx == W / 2.0 and cy == H / 2.0:
+        return None
+    return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)))
+
+
+def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
+                     video: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] moved by `rec` (returned as given when None):
+    one bilinear resample, antialiased when shrinking."""
+    if rec is None:
+        return image, keypoints, video
+    H, W = image.shape[:2]
+    s, (cx, cy) = rec.scale, rec.centre
+    # output pixel x' shows source x = (x' - W / 2) / s + cx (likewise y): one exact similarity for everything
+    kp = rec.from_scene(keypoints.double())
+
+    frames = image[None] if video is None else torch.cat([image[None], video])  # [B = 1 + T, H, W, 4]
+    x = frames.permute(0, 3, 1, 2).float()  # [B, 4, H, W]
+    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)  # premultiplied, so edges do not blend with black
+    if s < 1.0:  # shrinking: low-pass first (antialiased resize); grid_sample's normalised coords are unchanged
+        x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
+                          align_corners=False, antialias=True)
+    xs = ((torch.arange(W, dtype=torch.float64) + 0.5 - W / 2.0) / s + cx) * (2.0 / W) - 1.0  # [W]
+    ys = ((torch.arange(H, dtype=torch.float64) + 0.5 - H / 2.0) / s + cy) * (2.0 / H) - 1.0  # [H]
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).float()  # [H, W, 2] (x, y) in [-1, 1]
+    x = F.grid_sample(x, grid.expand(x.shape[0], H, W, 2), mode="bilinear", padding_mode="zeros",
+                      align_corners=False)  # zeros outside = transparent
+    a = x[:, 3:].clamp(0.0, 1.0)
+    rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
+    out = torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, H, W, 4]
+    return out[0], kp.to(keypoints.dtype), (None if video is None else out[1:])
+
+
+def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) pixel-edge bounding box (x1, y1 exclusive) of a bool mask [H, W], None if empty."""
+    ys = torch.nonzero(mask.any(dim=1)).flatten()
+    xs = torch.nonzero(mask.any(dim=0)).flatten()
+    if len(ys) == 0:
+        return None
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
