@@ -13,12 +13,12 @@ from dynapose4d.core.cameras import REFERENCE_CAMERA, load_camera, load_cameras,
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import read_image
 from dynapose4d.data import rig as rigs
+from dynapose4d.data.rig_surface import matrix_to_quat
 from dynapose4d.data.synthetic import (
     GT_CAMERAS,
     NOVEL_GT_CAMERAS,
     TEMPLATES,
     VIEW_CAMERAS,
-    _matrix_to_quat,
     make_object,
     no_motion_psnr,
     render_object,
@@ -157,7 +157,7 @@ def test_bones_are_rigid_and_quaternions_round_trip():
             assert np.allclose(d, d[0], atol=1e-9)
     R = rigs.axis_angle(np.array([0.3, -0.5, 0.8]), np.linspace(-3, 3, 7))
     assert np.allclose(R @ R.transpose(0, 2, 1), np.eye(3), atol=1e-12)
-    q = _matrix_to_quat(R)
+    q = matrix_to_quat(R)
     w, x, y, z = q.T
     back = np.stack([
         np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
