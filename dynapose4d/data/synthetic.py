@@ -50,6 +50,7 @@ from dynapose4d.core.images import over_background, premultiplied_over, to_uint8
 from dynapose4d.core.io import atomic_folder, write_video
 from dynapose4d.core.rotations import quat_multiply
 from dynapose4d.data import rig as rigs
+from dynapose4d.data import rig_templates
 from dynapose4d.data.rig_surface import cover_rig, matrix_to_quat
 from dynapose4d.render import rasterize
 
@@ -65,12 +66,12 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 _BUILDERS: dict[str, Callable[[np.random.Generator], rigs.Rig]] = {
-    "humanoid": rigs.humanoid,
-    "quadruped": rigs.quadruped,
-    "lamp": rigs.lamp,
-    "hand": rigs.hand,
-    "bird": rigs.bird,
-    "random": rigs.random_tree,
+    "humanoid": rig_templates.humanoid,
+    "quadruped": rig_templates.quadruped,
+    "lamp": rig_templates.lamp,
+    "hand": rig_templates.hand,
+    "bird": rig_templates.bird,
+    "random": rig_templates.random_tree,
 }
 
 OBJECT_RADIUS = 0.75  # every capsule stays within this distance of the origin at all times
