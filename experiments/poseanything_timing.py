@@ -15,7 +15,7 @@ import time
 import torch
 
 from dynapose4d import cape
-from dynapose4d.cape.poseanything import PoseAnything
+from dynapose4d.cape.poseanything_model import PoseAnything
 
 
 def _timed(fn, repeats: int, device: str) -> tuple[float, float, float]:

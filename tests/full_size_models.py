@@ -21,7 +21,7 @@ Run as a script to build one prior in a fresh process (so its memory goes back t
 (prints the folder).
 
 PoseAnything (1-shot, SwinV2-S "small" as configs/default.yaml uses, or SwinV2-T "tiny") is written as the
-official mmcv checkpoint file from the port in dynapose4d.cape.poseanything (whose state dict has the official
+official mmcv checkpoint file from the port in dynapose4d.cape.poseanything_model (whose state dict has the official
 keys and shapes); its cache key is that state dict's layout.
 """
 
@@ -224,11 +224,11 @@ POSEANYTHING_FILES = {v: f"poseanything_1shot_{v}_split1.pth" for v in ("tiny", 
 
 
 def poseanything_layout(variant: str = "tiny") -> dict[str, Any]:
-    """The PoseAnything state dict's keys and shapes as dynapose4d.cape.poseanything builds them (meta device):
+    """The PoseAnything state dict's keys and shapes as dynapose4d.cape.poseanything_model builds them (meta device):
     the cache key of the checkpoint file, so a changed port gets a new file."""
     import torch
 
-    from dynapose4d.cape.poseanything import PoseAnything
+    from dynapose4d.cape.poseanything_model import PoseAnything
 
     with torch.device("meta"):
         sd = PoseAnything(variant).state_dict()
@@ -243,7 +243,7 @@ def build_poseanything(out: Path, seed: int = 0, variant: str = "small") -> Path
     import numpy as np
     import torch
 
-    from dynapose4d.cape.poseanything import PoseAnything
+    from dynapose4d.cape.poseanything_model import PoseAnything
 
     torch.manual_seed(seed)
     model = PoseAnything(variant)

@@ -391,7 +391,7 @@ def test_real_poseanything_runs_through_the_protocol(tmp_path):
     encoded once (support_tokens / forward_tokens) gives what its plain forward gives."""
     from dynapose4d.cape.mp100 import load_split
     from dynapose4d.cape.mp100_eval import evaluate_mp100, poseanything_predictor
-    from dynapose4d.cape.poseanything import PoseAnything
+    from dynapose4d.cape.poseanything_model import PoseAnything
 
     torch.manual_seed(0)
     model = PoseAnything("tiny").eval()

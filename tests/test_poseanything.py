@@ -17,14 +17,13 @@ import torch
 
 from dynapose4d.cape.poseanything import (
     CropFrame,
-    PoseAnything,
     load_poseanything,
     object_boxes,
     poseanything_from_checkpoint,
     predict_prepared,
     prepare_support,
-    support_heatmaps,
 )
+from dynapose4d.cape.poseanything_model import PoseAnything, support_heatmaps
 from dynapose4d.core.errors import InputError, MissingWeightsError
 
 FX = Path(__file__).parent / "fixtures" / "poseanything"

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from dynapose4d.cape import poseanything as pa
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig, skeleton_adjacency
-from dynapose4d.cape.poseanything import PoseAnything, PoseAnythingSupport
+from dynapose4d.cape.poseanything import PoseAnythingSupport
+from dynapose4d.cape.poseanything_model import PoseAnything
 from dynapose4d.core.errors import InputError, MissingWeightsError
 from dynapose4d.core.io import save_checkpoint
 

@@ -404,7 +404,7 @@ def graph_predictor(checkpoint: str | Path | Any | None = None, device: str | to
 
 
 def poseanything_predictor(model: Any, device: str | torch.device | None = None) -> Predictor:
-    """A PoseAnything model (`dynapose4d.cape.poseanything.PoseAnything`) as a Predictor: it takes the
+    """A PoseAnything model (`dynapose4d.cape.poseanything_model.PoseAnything`) as a Predictor: it takes the
     ImageNet-normalised crops and keypoints in input pixels as they are, and returns every decoder layer's
     points in [0, 1]; the last layer x 256 is the prediction (as the original's decoding). With
     `support_tokens` / `forward_tokens` the support is encoded once per episode, else `forward` sees it
