@@ -1,4 +1,5 @@
-"""PoseAnything's MP-100 test protocol (`dynapose4d.cape.mp100_eval`) on a small MP-100-format folder written here.
+"""PoseAnything's MP-100 test protocol (`dynapose4d.cape.mp100_protocol`, run by `.mp100_eval`) on a small
+MP-100-format folder written here.
 
 Every expected number is computed in this file from the annotations it writes (its own box cleaning, crop map,
 episode draw with Python's `random` and PCK count), independently of the module under test."""
@@ -185,7 +186,7 @@ def test_skeleton_convention_is_detected(tmp_path):
 
 def test_instances_are_filtered_and_ordered_as_the_original(tmp_path):
     from dynapose4d.cape.mp100 import load_split
-    from dynapose4d.cape.mp100_eval import benchmark_instances
+    from dynapose4d.cape.mp100_protocol import benchmark_instances
 
     kept = _build(tmp_path / "mp")
     inst, cat2obj = benchmark_instances(load_split(tmp_path / "mp", 1, "test"))
@@ -203,7 +204,7 @@ def test_instances_are_filtered_and_ordered_as_the_original(tmp_path):
 
 
 def test_episodes_are_pythons_random_draw(tmp_path):
-    from dynapose4d.cape.mp100_eval import make_episodes
+    from dynapose4d.cape.mp100_protocol import make_episodes
 
     cat2obj = {7: list(range(0, 20)), 9: [], 8: list(range(20, 37))}
     eps = make_episodes(cat2obj, num_episodes=5, num_queries=15)
@@ -220,7 +221,7 @@ def test_episodes_are_pythons_random_draw(tmp_path):
 
 
 def test_crop_geometry_black_border_and_inverse():
-    from dynapose4d.cape.mp100_eval import box_center_side, from_input, to_input, warp_crop
+    from dynapose4d.cape.mp100_protocol import box_center_side, from_input, to_input, warp_crop
 
     img = np.full((50, 80, 3), 200, np.uint8)
     img[20, 36] = (0, 0, 0)  # a dark pixel at x = 36, y = 20 (pixel index = coordinate)
@@ -326,7 +327,7 @@ def test_support_copy_baseline_and_model_inputs(tmp_path):
 
 
 def test_support_keypoint_off_the_heatmap_is_absent():
-    from dynapose4d.cape.mp100_eval import heatmap_weight
+    from dynapose4d.cape.mp100_protocol import heatmap_weight
 
     pts = torch.tensor([[10.0, 10.0], [-21.9, 40.0], [-22.0, 40.0], [265.9, 5.0], [266.0, 5.0], [50.0, 50.0]])
     # 7x7 patch around the cell trunc(x / 4 + 0.5): it touches the 64-grid while cell - 3 < 64 and cell + 3 >= -1

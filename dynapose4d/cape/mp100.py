@@ -11,7 +11,7 @@ updated files (the ones its models read, indexing keypoints with them directly) 
 detected per file (`skeleton_base`) and skeletons are held 0-based here. An episode is a support and a query
 annotation of the same category; the benchmark's PCK@0.2 counts the keypoints labelled in both, correct when
 ||pred - gt|| / max(w, h) of the query box < 0.2. The exact test protocol (PoseAnything's: cleaned boxes,
-256-px crops, fixed episodes) is `dynapose4d.cape.mp100_eval`; `EpisodeSampler` / `mp100_pck` here are the
+256-px crops, fixed episodes) is `dynapose4d.cape.mp100_protocol`; `EpisodeSampler` / `mp100_pck` here are the
 light training-time versions.
 """
 
