@@ -224,7 +224,8 @@ def test_prepared_support_matches_predict_and_runs_the_support_backbone_once(mon
 def test_plain_support_pairs_share_one_support_pass():
     """PairDataset(plain_support=True) gives every pair the same unaugmented support, and CAPEModule with
     shared_support computes it once: same outputs as the per-pair support pass."""
-    from dynapose4d.cape.data import AugmentConfig, PairDataset, RenderSet, collate_pairs
+    from dynapose4d.cape.data import AugmentConfig, PairDataset, collate_pairs
+    from dynapose4d.cape.render_sets import RenderSet
     from dynapose4d.stages.cape import CAPEModule
 
     torch.manual_seed(0)

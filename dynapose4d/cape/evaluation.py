@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from dynapose4d.cape import letterbox, predict_prepared, prepare_support
-from dynapose4d.cape.data import RenderSet
 from dynapose4d.cape.model import CAPEModel
+from dynapose4d.cape.render_sets import RenderSet
 from dynapose4d.core.cameras import load_cameras, project
 from dynapose4d.core.images import over_background
 from dynapose4d.core.io import read_image

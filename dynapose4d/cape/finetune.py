@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dynapose4d.cape import letterbox
-from dynapose4d.cape.data import RenderSet
+from dynapose4d.cape.render_sets import RenderSet
 from dynapose4d.core import seeding
 from dynapose4d.core.cameras import Camera, depth_visibility, stack_cameras
 from dynapose4d.core.images import premultiplied_over
