@@ -195,7 +195,7 @@ def test_prepared_support_matches_predict_and_runs_the_support_backbone_once(mon
     """prepare_support + predict_prepared is predict split in two (same points, confidence and query gradient);
     the dynamic stage's KML detector computes the support's tokens once, not in every training step."""
     from dynapose4d.cape import predict_prepared, prepare_support
-    from dynapose4d.stages.dynamic import CapeKeypoints
+    from dynapose4d.stages.dynamic.module import CapeKeypoints
 
     torch.manual_seed(0)
     m = tiny_model().eval()
@@ -226,7 +226,7 @@ def test_plain_support_pairs_share_one_support_pass():
     shared_support computes it once: same outputs as the per-pair support pass."""
     from dynapose4d.cape.data import AugmentConfig, PairDataset, collate_pairs
     from dynapose4d.cape.render_sets import RenderSet
-    from dynapose4d.stages.cape import CAPEModule
+    from dynapose4d.stages.cape.module import CAPEModule
 
     torch.manual_seed(0)
     O, V, S, K = 1, 6, 64, 5

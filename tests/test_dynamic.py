@@ -20,7 +20,7 @@ from dynapose4d.gaussians import load_ply
 from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
 from dynapose4d.pipeline.run_export import export_cli
 from dynapose4d.stages.base import StageContext
-from dynapose4d.stages.dynamic import DynamicConfig, run
+from dynapose4d.stages.dynamic.module import DynamicConfig, run
 
 T, SIZE = 6, 48
 
@@ -131,7 +131,7 @@ def test_novel_view_sds_reaches_the_deformation(tmp_path):
     from test_zero123 import write_tiny_zero123
 
     from dynapose4d.deform import build_deformation
-    from dynapose4d.stages.dynamic import DynamicGaussianModule, _sds_fn
+    from dynapose4d.stages.dynamic.module import DynamicGaussianModule, _sds_fn
 
     write_scene("lamp", tmp_path / "scene", seed=1, num_frames=3, size=24)
     scene = scene_from_folder(tmp_path / "scene")
@@ -159,7 +159,7 @@ def test_track_loss_starts_at_its_analytic_value_and_pulls_the_tracks_onto_the_d
     from dynapose4d.core.errors import ConfigError
     from dynapose4d.deform import build_deformation
     from dynapose4d.deform.tracks import keypoint_tracks, project_tracks
-    from dynapose4d.stages.dynamic import DynamicGaussianModule
+    from dynapose4d.stages.dynamic.module import DynamicGaussianModule
 
     S, F = 32, 3
     write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=F, size=S)
@@ -201,7 +201,7 @@ def test_bone_loss_turns_shrinking_keypoints_into_depth_motion(tmp_path):
     their lengths, which for a projection 15% smaller takes turning them in depth (foreshortening)."""
     from dynapose4d.deform import build_deformation
     from dynapose4d.deform.tracks import keypoint_tracks, project_tracks
-    from dynapose4d.stages.dynamic import DynamicGaussianModule
+    from dynapose4d.stages.dynamic.module import DynamicGaussianModule
 
     S, F = 32, 2
     write_scene("humanoid", tmp_path / "scene", seed=0, num_frames=F, size=S)

@@ -15,7 +15,7 @@ from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
 from dynapose4d.priors.zero123 import Zero123Config
-from dynapose4d.stages import static
+from dynapose4d.stages.static import module as static
 from dynapose4d.stages.base import StageContext
 
 
@@ -126,7 +126,7 @@ def test_dynamic_stage_frees_its_prior(tiny_zero123, tmp_path, monkeypatch):
     Before the fix the module kept it in `_frozen` (inside Lightning's reference cycles)."""
     from dynamic_helpers import perfect_static
 
-    from dynapose4d.stages import dynamic
+    from dynapose4d.stages.dynamic import module as dynamic
 
     refs = _fakes.spy_zero123_loads(monkeypatch)
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=2, size=24)
@@ -149,7 +149,7 @@ def test_dynamic_sds_renders_the_padded_square(tmp_path):
     from dynapose4d.core.cameras import Camera
     from dynapose4d.deform import build_deformation
     from dynapose4d.gaussians import load_ply
-    from dynapose4d.stages.dynamic import DynamicConfig, DynamicGaussianModule
+    from dynapose4d.stages.dynamic.module import DynamicConfig, DynamicGaussianModule
 
     seen: list[torch.Tensor] = []
 
@@ -173,7 +173,7 @@ def test_dynamic_stage_checks_zero123_before_the_driving_video(tmp_path, monkeyp
     from types import SimpleNamespace
 
     from dynapose4d.core.errors import MissingWeightsError
-    from dynapose4d.stages import dynamic
+    from dynapose4d.stages.dynamic import module as dynamic
 
     monkeypatch.setattr(dynamic, "driving_video", lambda *a, **k: pytest.fail("the video came first"))
     run_cfg = load_config("configs/default.yaml", [f"zero123.path={tmp_path}/none"])

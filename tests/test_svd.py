@@ -173,7 +173,7 @@ def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import make_object, write_scene
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
-    from dynapose4d.stages import dynamic
+    from dynapose4d.stages.dynamic import module as dynamic
     from dynapose4d.stages.base import StageContext
 
     monkeypatch.setattr(svd, "load_svd_pipeline", lambda *a, **k: FakeSVDPipe(fade=0.05))

@@ -115,7 +115,7 @@ def test_static_stage_sds_reaches_the_gaussians(tiny_zero123, tmp_path) -> None:
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
-    from dynapose4d.stages import static
+    from dynapose4d.stages.static import module as static
     from dynapose4d.stages.base import StageContext
 
     scene = load_scene(write_scene("lamp", tmp_path / "scene", seed=1, num_frames=1, size=48))
@@ -244,7 +244,7 @@ def test_one_zero123_setting_reaches_both_stages(tmp_path, tiny_zero123, monkeyp
     from dynapose4d.core.errors import ConfigError
     from dynapose4d.pipeline.config import load_config
     from dynapose4d.pipeline.runner import StageRunner
-    from dynapose4d.stages import dynamic
+    from dynapose4d.stages.dynamic import module as dynamic
 
     for old in ("static.zero123_path=x", "dynamic.zero123_path=x", "dynamic.zero123_model=x", "static.zero123_size=1"):
         with pytest.raises(ConfigError, match=old.split("=")[0].split(".")[1]):
@@ -276,7 +276,7 @@ def test_priors_are_freed_when_the_static_stage_ends(tiny_zero123, tmp_path, mon
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
-    from dynapose4d.stages import static
+    from dynapose4d.stages.static import module as static
     from dynapose4d.stages.base import StageContext
 
     refs = _fakes.spy_zero123_loads(monkeypatch)

@@ -53,7 +53,9 @@ from dynapose4d.pipeline.run_folder import (
     run_videos,
     write_manifest,
 )
-from dynapose4d.stages import cape, dynamic, static
+from dynapose4d.stages.cape import module as cape
+from dynapose4d.stages.dynamic import module as dynamic
+from dynapose4d.stages.static import module as static
 from dynapose4d.stages import logger as dlog
 from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
 

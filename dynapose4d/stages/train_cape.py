@@ -32,7 +32,7 @@ from dynapose4d.cape.mp100 import MixedPairs, MP100Pairs, load_split
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.precision import resolve_precision, uses_cuda
 from dynapose4d.core.structured import merge_structured
-from dynapose4d.stages.cape import CAPEModule, fit, pair_loader
+from dynapose4d.stages.cape.module import CAPEModule, fit, pair_loader
 from dynapose4d.stages.settings import TrainerConfig
 
 
