@@ -195,7 +195,7 @@ def test_prepared_support_matches_predict_and_runs_the_support_backbone_once(mon
     """prepare_support + predict_prepared is predict split in two (same points, confidence and query gradient);
     the dynamic stage's KML detector computes the support's tokens once, not in every training step."""
     from dynapose4d.cape import predict_prepared, prepare_support
-    from dynapose4d.stages.dynamic.module import CapeKeypoints
+    from dynapose4d.stages.dynamic.stage import CapeKeypoints
 
     torch.manual_seed(0)
     m = tiny_model().eval()

@@ -77,7 +77,7 @@ def test_lifted_keypoints_project_near_the_truth(scene_dir):
 
 
 def test_cape_stage_outputs(scene_dir, tmp_path):
-    from dynapose4d.stages.cape import module as cape
+    from dynapose4d.stages.cape import stage as cape
 
     ckpt = save_cape(tmp_path / "tiny.ckpt", CAPEModel(CAPEModelConfig(**TINY)))
     ctx = _ctx(scene_dir, tmp_path / "run")
@@ -108,8 +108,8 @@ def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir,
     import dataclasses
 
     from dynapose4d.data.recentring import Recentring
-    from dynapose4d.stages.cape import module as cape
-    from dynapose4d.stages.dynamic.module import _driving_keypoints
+    from dynapose4d.stages.cape import stage as cape
+    from dynapose4d.stages.dynamic.stage import _driving_keypoints
 
     ckpt = save_cape(tmp_path / "tiny.ckpt", CAPEModel(CAPEModelConfig(**TINY)))
     ctx = _ctx(scene_dir, tmp_path / "run")
@@ -127,7 +127,7 @@ def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir,
 
 
 def test_cape_stage_missing_checkpoint_fails_first(scene_dir, tmp_path):
-    from dynapose4d.stages.cape import module as cape
+    from dynapose4d.stages.cape import stage as cape
 
     ctx = _ctx(scene_dir, tmp_path / "run")
     with pytest.raises(MissingWeightsError, match="absent.ckpt"):
@@ -280,7 +280,7 @@ def test_train_cape_on_gpu(tmp_path, monkeypatch):
 
 
 def test_coincident_keypoints_groups_chains_of_close_support_keypoints():
-    from dynapose4d.stages.cape.module import coincident_keypoints
+    from dynapose4d.stages.cape.stage import coincident_keypoints
 
     kp = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [2.0, 0.5], [30.0, 30.0], [30.5, 30.0]])
     # 0-1 (1.0) and 1-3 (1.12) are close, 0-3 (2.06) is not but joins through 1; 2 stands alone

@@ -20,7 +20,8 @@ from dynapose4d.gaussians import load_ply
 from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
 from dynapose4d.pipeline.run_export import export_cli
 from dynapose4d.stages.base import StageContext
-from dynapose4d.stages.dynamic.module import DynamicConfig, run
+from dynapose4d.stages.dynamic.config import DynamicConfig
+from dynapose4d.stages.dynamic.stage import run
 
 T, SIZE = 6, 48
 
@@ -131,7 +132,8 @@ def test_novel_view_sds_reaches_the_deformation(tmp_path):
     from test_zero123 import write_tiny_zero123
 
     from dynapose4d.deform import build_deformation
-    from dynapose4d.stages.dynamic.module import DynamicGaussianModule, _sds_fn
+    from dynapose4d.stages.dynamic.module import DynamicGaussianModule
+    from dynapose4d.stages.dynamic.stage import Zero123PerFrame
 
     write_scene("lamp", tmp_path / "scene", seed=1, num_frames=3, size=24)
     scene = scene_from_folder(tmp_path / "scene")
@@ -143,7 +145,7 @@ def test_novel_view_sds_reaches_the_deformation(tmp_path):
     z123 = Zero123Config(path=str(write_tiny_zero123(tmp_path / "z123")), size=32)
     phi = build_deformation("hexplane", canonical.means, 3, cfg.hexplane)
     module = DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera,
-                                   sds_fn=_sds_fn(cfg, scene.video, z123, scene.camera.elevation))
+                                   sds_fn=Zero123PerFrame(cfg, scene.video, z123, scene.camera.elevation))
     module.log_dict = lambda *a, **k: None
     loss = module.training_step(torch.tensor([0, 2]), 0)
     loss.backward()

@@ -217,7 +217,8 @@ def test_dynamic_sds_gives_the_stacked_losses_value_and_gradient(tmp_path: Path)
     from test_zero123 import TINY_SIZE, write_tiny_zero123
 
     from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior
-    from dynapose4d.stages.dynamic.module import DynamicConfig, Zero123PerFrame
+    from dynapose4d.stages.dynamic.config import DynamicConfig
+    from dynapose4d.stages.dynamic.stage import Zero123PerFrame
 
     z = Zero123Config(path=str(write_tiny_zero123(tmp_path / "z123")), kind="zero123", size=TINY_SIZE)
     cfg = DynamicConfig()

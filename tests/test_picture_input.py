@@ -124,7 +124,7 @@ def test_folder_without_keypoints_json_keeps_its_gt_images_but_not_its_gt_keypoi
     s = load_scene(root)
     assert s.auto_keypoints is not None and s.gt_dir == root / "gt" and not s.gt_keypoints
     # used as given (camera.json): kept apart by more than the cape stage's coincidence distance
-    from dynapose4d.stages.cape.module import COINCIDENT_FRACTION, coincident_keypoints
+    from dynapose4d.stages.cape.stage import COINCIDENT_FRACTION, coincident_keypoints
 
     assert coincident_keypoints(s.keypoints, COINCIDENT_FRACTION * 64) == []
 

@@ -15,8 +15,8 @@ from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
 from dynapose4d.priors.zero123 import Zero123Config
-from dynapose4d.stages.static import module as static
 from dynapose4d.stages.base import StageContext
+from dynapose4d.stages.static import stage as static
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_dynamic_stage_frees_its_prior(tiny_zero123, tmp_path, monkeypatch):
     Before the fix the module kept it in `_frozen` (inside Lightning's reference cycles)."""
     from dynamic_helpers import perfect_static
 
-    from dynapose4d.stages.dynamic import module as dynamic
+    from dynapose4d.stages.dynamic import stage as dynamic
 
     refs = _fakes.spy_zero123_loads(monkeypatch)
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=2, size=24)
@@ -173,7 +173,7 @@ def test_dynamic_stage_checks_zero123_before_the_driving_video(tmp_path, monkeyp
     from types import SimpleNamespace
 
     from dynapose4d.core.errors import MissingWeightsError
-    from dynapose4d.stages.dynamic import module as dynamic
+    from dynapose4d.stages.dynamic import stage as dynamic
 
     monkeypatch.setattr(dynamic, "driving_video", lambda *a, **k: pytest.fail("the video came first"))
     run_cfg = load_config("configs/default.yaml", [f"zero123.path={tmp_path}/none"])

@@ -59,8 +59,8 @@ def test_static_stage_on_a_scene_it_has_never_seen(tmp_path):
     mean 24.0 dB against 16.2 dB without views, reference 26.6 dB; on the project's own humanoid the same
     settings give 25.8 and 31.0)."""
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
-    from dynapose4d.stages.static import module as static
     from dynapose4d.stages.base import StageContext
+    from dynapose4d.stages.static import stage as static
 
     sc = load_scene(S.make_scene("puppet", tmp_path / "puppet", seed=1, frames=1, size=64))
     tc = TrainerConfig(accelerator="cpu", progress_bar=False, checkpoint_every_n_steps=50, log_every_n_steps=1)

@@ -13,8 +13,8 @@ from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import write_scene
 from dynapose4d.gaussians.ply import load_ply
 from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
-from dynapose4d.stages.static import module as static
 from dynapose4d.stages.base import StageContext
+from dynapose4d.stages.static import stage as static
 
 THREE_VIEWS = ["az120", "az240", "el30_az180"]
 NOVEL = ["az090", "az180", "az270", "el30_az045"]  # gt cameras that are neither the reference nor a view

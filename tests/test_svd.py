@@ -173,8 +173,8 @@ def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import make_object, write_scene
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
-    from dynapose4d.stages.dynamic import module as dynamic
     from dynapose4d.stages.base import StageContext
+    from dynapose4d.stages.dynamic import stage as dynamic
 
     monkeypatch.setattr(svd, "load_svd_pipeline", lambda *a, **k: FakeSVDPipe(fade=0.05))
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=1, size=24)

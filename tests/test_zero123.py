@@ -115,8 +115,8 @@ def test_static_stage_sds_reaches_the_gaussians(tiny_zero123, tmp_path) -> None:
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
-    from dynapose4d.stages.static import module as static
     from dynapose4d.stages.base import StageContext
+    from dynapose4d.stages.static import stage as static
 
     scene = load_scene(write_scene("lamp", tmp_path / "scene", seed=1, num_frames=1, size=48))
     run_cfg = load_config("configs/smoke.yaml", [
@@ -244,7 +244,7 @@ def test_one_zero123_setting_reaches_both_stages(tmp_path, tiny_zero123, monkeyp
     from dynapose4d.core.errors import ConfigError
     from dynapose4d.pipeline.config import load_config
     from dynapose4d.pipeline.runner import StageRunner
-    from dynapose4d.stages.dynamic import module as dynamic
+    from dynapose4d.stages.dynamic import stage as dynamic
 
     for old in ("static.zero123_path=x", "dynamic.zero123_path=x", "dynamic.zero123_model=x", "static.zero123_size=1"):
         with pytest.raises(ConfigError, match=old.split("=")[0].split(".")[1]):
@@ -252,13 +252,14 @@ def test_one_zero123_setting_reaches_both_stages(tmp_path, tiny_zero123, monkeyp
     cfg = load_config("configs/default.yaml", [f"zero123.path={tiny_zero123}", f"zero123.size={TINY_SIZE}"])
     assert cfg.zero123.source == str(tiny_zero123) and cfg.zero123.resolved_kind() == "zero123"
     video = torch.rand(2, 16, 16, 4)
-    fn = dynamic._sds_fn(cfg.dynamic, video, cfg.zero123, elevation=10.0)
+    fn = dynamic.Zero123PerFrame(cfg.dynamic, video, cfg.zero123, elevation=10.0)
     fn(torch.rand(1, 3, 16, 16), torch.tensor([1]), torch.tensor([5.0]), torch.tensor([40.0]), 0.5)
     assert fn.prior.size == TINY_SIZE and fn.prior.ref_elevation == 10.0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingWeightsError, match=r"zero123\.path"):
-        dynamic._sds_fn(cfg.dynamic, video, load_config("configs/default.yaml",
-                                                         [f"zero123.path={tmp_path}/none"]).zero123)
+    missing = dynamic.Zero123PerFrame(cfg.dynamic, video, load_config("configs/default.yaml",
+                                                                      [f"zero123.path={tmp_path}/none"]).zero123)
+    with pytest.raises(MissingWeightsError, match=r"zero123\.path"):  # the loader, on first use
+        missing(torch.rand(1, 3, 16, 16), torch.tensor([1]), torch.tensor([5.0]), torch.tensor([40.0]), 0.5)
 
     runner = StageRunner(tmp_path / "scene", tmp_path / "run", cfg)
     plan = runner._plan({"stages": {}}, "fp")
@@ -276,8 +277,8 @@ def test_priors_are_freed_when_the_static_stage_ends(tiny_zero123, tmp_path, mon
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import write_scene
     from dynapose4d.pipeline.config import TrainerConfig, WandbConfig, load_config
-    from dynapose4d.stages.static import module as static
     from dynapose4d.stages.base import StageContext
+    from dynapose4d.stages.static import stage as static
 
     refs = _fakes.spy_zero123_loads(monkeypatch)
     alive_at_outputs: list[bool] = []

@@ -1,6 +1,7 @@
 """Typed run configuration: dataclasses + YAML presets + `key.sub=value` overrides (OmegaConf structured).
 
-The stages' sections are defined in `dynapose4d.stages.settings` (plain dataclasses, no Lightning); this module
+The stages' sections are defined in `dynapose4d.stages.<stage>.config` and `dynapose4d.stages.settings` (plain
+dataclasses, no Lightning); this module
 composes them into `RunConfig`. Loading, presets and field docs: `dynapose4d.core.structured`. Unknown keys and wrong
 types fail with a `ConfigError` that names the key.
 """
@@ -19,7 +20,10 @@ from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.io import write_text
 from dynapose4d.core.structured import merge_structured
 from dynapose4d.priors.zero123 import Zero123Config
-from dynapose4d.stages.settings import CapeStageConfig, DynamicConfig, StaticConfig, TrainerConfig, WandbConfig
+from dynapose4d.stages.cape.config import CapeStageConfig
+from dynapose4d.stages.dynamic.config import DynamicConfig
+from dynapose4d.stages.settings import TrainerConfig, WandbConfig
+from dynapose4d.stages.static.config import StaticConfig
 
 STAGE_NAMES: tuple[str, ...] = ("static", "cape", "dynamic")
 

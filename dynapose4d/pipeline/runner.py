@@ -53,11 +53,11 @@ from dynapose4d.pipeline.run_folder import (
     run_videos,
     write_manifest,
 )
-from dynapose4d.stages.cape import module as cape
-from dynapose4d.stages.dynamic import module as dynamic
-from dynapose4d.stages.static import module as static
 from dynapose4d.stages import logger as dlog
 from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
+from dynapose4d.stages.cape import stage as cape
+from dynapose4d.stages.dynamic import stage as dynamic
+from dynapose4d.stages.static import stage as static
 
 #: The pipeline, in order. Explicit functions, no registry; tests pass their own tuple.
 DEFAULT_STAGES: tuple[StageSpec, ...] = (

@@ -1,0 +1,60 @@
+"""The dynamic stage's settings (`dynamic:` in a run config): a plain dataclass, no Lightning, so the run config
+(`dynapose4d.pipeline.config`) composes it without loading the stage. Each field is documented on the line where
+it is defined (`dynapose4d config show` prints these docs); measured effects are in experiments/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dynapose4d.core.errors import ConfigError
+from dynapose4d.deform import DEFORM_KINDS, ControlConfig, HexPlaneConfig
+from dynapose4d.priors.sds import SDSConfig
+from dynapose4d.priors.svd import SVDConfig
+
+
+@dataclass
+class DynamicConfig:
+    """Settings of the dynamic stage."""
+
+    steps: int = 500  # optimisation steps (DynaPose4D: 500)
+    batch_frames: int = 4  # driving frames per step (DynaPose4D: 16, DreamGaussian4D: all 14)
+    deform: str = "hexplane"  # deformation φ: "hexplane" (DreamGaussian4D) or "control" (SC4D sparse controls)
+    hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)  # used when deform = "hexplane"
+    control: ControlConfig = field(default_factory=ControlConfig)  # used when deform = "control"
+    train_canonical: bool = False  # also train the canonical Gaussians (at the low rates below); False = frozen
+    canonical_lr: float = 0.0001  # Adam rate of canonical means, log-scales and rotations (train_canonical)
+    canonical_color_lr: float = 0.001  # Adam rate of canonical colours and opacities (train_canonical)
+    lambda_rgb: float = 1.0  # L_ref: weight of the RGB MSE at the reference camera
+    lambda_alpha: float = 0.1  # L_ref: weight of the alpha MSE at the reference camera
+    lambda_kml: float = 1.0  # KML weight (0 = off: no CAPE forward); KML is in image-size-normalised units
+    lambda_scl: float = 1.0  # SCL weight (0 = off); SCL is in world units squared
+    lambda_rigid: float = 0.0  # local isometry of deformed centres vs canonical (not in the paper; 0 = off)
+    rigid_neighbours: int = 8  # neighbours per Gaussian for the rigidity loss
+    lambda_track: float = 0.0  # track loss (not in the paper; 0 = off): the 3D keypoint tracks (support keypoints
+    # lifted and attached to the canonical Gaussians, carried by φ) projected at the reference camera against
+    # CAPE's driving keypoints p_τ, in KML's units. KML compares images, so any Gaussians that draw the right
+    # picture satisfy it; this ties the Gaussians at each keypoint to that keypoint's motion.
+    lambda_bone: float = 0.0  # bone-length loss (not in the paper; 0 = off): the 3D keypoint tracks keep the
+    # lengths of the support skeleton's bones at every frame (relative squared change, `losses.bone_length_loss`).
+    # One view fixes how much a bone shortens on screen; a constant length turns that into motion in depth.
+    lambda_sds: float = 0.0  # novel-view SDS weight, top-level `zero123` prior (DreamGaussian4D: 4e-4 x λ_rgb)
+    sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
+    sds: SDSConfig = field(default_factory=SDSConfig)  # SDS timesteps / guidance (t annealed 0.98 -> 0.02)
+    background: float = 1.0  # background grey level of renders and targets (1 = white, as DreamGaussian4D)
+    svd: SVDConfig = field(default_factory=SVDConfig)  # driving-video generation when the scene has no video
+    track_neighbours: int = 8  # Gaussians each 3D keypoint is attached to
+    evaluate: bool = True  # metrics against the scene's gt/ (when present) into RUN/dynamic/metrics.json
+    video_fps: int = 8  # frame rate of the written videos
+    orbit_frames: int = 36  # frames of the orbit video (one turn; the motion loops meanwhile)
+
+    def validate(self) -> None:
+        if self.deform not in DEFORM_KINDS:
+            raise ConfigError(f"config key 'dynamic.deform': {self.deform!r} is not one of {list(DEFORM_KINDS)}")
+        for k in ("steps", "batch_frames"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
+        for k in ("lambda_rgb", "lambda_alpha", "lambda_kml", "lambda_scl", "lambda_rigid", "lambda_track",
+                  "lambda_bone", "lambda_sds"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"config key 'dynamic.{k}': must be >= 0, got {getattr(self, k)}")

@@ -1,0 +1,145 @@
+"""The static stage's wiring: the scene in, `StaticGaussianModule` trained, RUN/static/ out.
+
+Inputs: the scene's image (RGBA) and reference camera; with the "views" prior its views/; with "zero123" the
+top-level `zero123` weights (checked before any training). Outputs: RUN/static/gaussians.ply, orbit.mp4 /
+orbit.gif, grid.png and metrics.json (with gt/: PSNR / SSIM per gt camera at frame 0, over a white background);
+on CUDA the stage's peak memory goes to its summary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from dynapose4d.core.cameras import load_cameras
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import over_background
+from dynapose4d.core.io import read_image, write_image, write_json, write_video
+from dynapose4d.core.memory import free_memory, peak_memory_summary, reset_peak_memory
+from dynapose4d.core.seeding import torch_generator
+from dynapose4d.data.scene import Scene
+from dynapose4d.evaluation.metrics import psnr as metrics_psnr
+from dynapose4d.evaluation.metrics import ssim as metrics_ssim
+from dynapose4d.gaussians.init import image_init, sphere_init
+from dynapose4d.gaussians.model import GaussianModel
+from dynapose4d.gaussians.ply import save_ply
+from dynapose4d.priors.zero123 import Zero123Config, resolve_zero123
+from dynapose4d.render.views import image_grid, orbit_cameras, render_cameras, write_orbit_video
+from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.logger import log_images, log_summary, log_videos
+from dynapose4d.stages.static.config import StaticConfig, check_config
+from dynapose4d.stages.static.module import STAGE, StaticGaussianModule, Steps, resolve_prior
+
+
+def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = None) -> dict[str, str]:
+    """Fit the static Gaussians for `ctx.scene` and write RUN/static/ (see the module docstring). `zero123`:
+    the Zero-1-to-3 setting (default: the run config's top-level `zero123` section)."""
+    check_config(cfg)
+    zero123 = zero123 or ctx.zero123
+    prior, why = resolve_prior(cfg, ctx.scene, zero123)
+    if cfg.prior == "auto":
+        print(f"[{STAGE}] prior: {prior} ({why})", flush=True)
+        cfg = replace(cfg, prior=prior)
+    if prior == "zero123":  # fail before any training when the weights are missing
+        resolve_zero123(zero123.source)
+    t0 = time.perf_counter()
+    module = StaticGaussianModule(cfg, ctx.scene, initial_gaussians(ctx.scene, cfg, ctx.seed), seed=ctx.seed,
+                                  zero123=zero123)
+    device = reset_peak_memory(ctx.trainer)
+    trainer = fit(module, ctx, cfg.steps, ckpt_path=resume_checkpoint(ctx, STAGE))
+    module.prior = None  # (on_fit_end did it too) the prior never outlives training
+    free_memory()
+    arts = write_outputs(module.gaussians, ctx, cfg, trainer.logger, time.perf_counter() - t0)
+    log_summary(trainer.logger, {f"{STAGE}/prior": prior, **peak_memory_summary(STAGE, device)})
+    return arts
+
+
+def check_weights(cfg: StaticConfig, scene: Scene, zero123: Zero123Config) -> None:
+    """Raise MissingWeightsError now (before a run folder exists) when the prior this stage will use needs
+    weights that this machine does not have."""
+    if resolve_prior(cfg, scene, zero123)[0] == "zero123":
+        resolve_zero123(zero123.source)
+
+
+def fit(module: StaticGaussianModule, ctx: StageContext, max_steps: int, ckpt_path: str | None = None) -> Any:
+    """Train `module` up to `max_steps` with the stage's Trainer (resuming from `ckpt_path`); returns the Trainer."""
+    trainer = build_trainer(ctx, STAGE, max_steps=max_steps, multi_device=False, max_epochs=-1)
+    with quiet_fit():
+        trainer.fit(module, train_dataloaders=DataLoader(Steps(), batch_size=None), ckpt_path=ckpt_path)
+    return trainer
+
+
+def initial_gaussians(scene: Scene, cfg: StaticConfig, seed: int) -> GaussianModel:
+    """The configured initialisation ("image" lift of the mask, or "sphere")."""
+    g = torch_generator(seed)
+    if cfg.init == "sphere":
+        return sphere_init(cfg.num_points, cfg.init_radius, cfg.init_opacity, generator=g)
+    try:
+        return image_init(scene.image, scene.camera, cfg.num_points, cfg.inflate, cfg.init_opacity, generator=g)
+    except ValueError as e:
+        raise InputError(f"{scene.image_path or scene.root / 'image.png'}: {e}") from None
+
+
+def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float], list[tuple[str, torch.Tensor,
+                                                                                               torch.Tensor]]]:
+    """PSNR / SSIM per gt camera at frame 0 (RGB over white, whole image). Returns (metrics, [(name, render
+    [H,W,3], gt [H,W,3])]). Empty when the scene has no gt/."""
+    if scene.gt_dir is None or not (scene.gt_dir / "cameras.json").is_file():
+        return {}, []
+    cams = load_cameras(scene.gt_dir / "cameras.json")
+    metrics: dict[str, float] = {}
+    pairs = []
+    for cam in cams:
+        path = scene.gt_dir / cam.name / "000.png"
+        if not path.is_file():
+            continue
+        gt = read_image(path)
+        gt_rgb = over_background(gt, 1.0) if gt.shape[-1] == 4 else gt
+        pred, _ = render_cameras(gaussians, [cam], gt.shape[1], gt.shape[0], background=1.0)
+        psnr, ssim = metrics_psnr(pred, gt_rgb[None]), metrics_ssim(pred, gt_rgb[None])
+        metrics[f"{STAGE}/psnr/{cam.name}"] = psnr
+        metrics[f"{STAGE}/ssim/{cam.name}"] = ssim
+        pairs.append((cam.name, pred[0], gt_rgb))
+    return metrics, pairs
+
+
+def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig, logger: Any,
+                  seconds: float) -> dict[str, str]:
+    """PLY, orbit video (mp4 + gif), render grid, metrics.json; logged through `logger`. Returns artifacts."""
+    scene = ctx.scene
+    out = ctx.stage_dir(STAGE)
+    gaussians = gaussians.cpu()
+    save_ply(gaussians, out / "gaussians.ply")
+    size = cfg.render_size or scene.height
+    ref = scene.camera
+    frames = write_orbit_video(gaussians, out / "orbit.mp4", size, cfg.orbit_frames, cfg.orbit_elevation,
+                               ref.radius, ref.fov_y, fps=cfg.video_fps)
+    write_video(out / "orbit.gif", frames, fps=cfg.video_fps)
+    metrics, pairs = evaluate_gt(gaussians, scene)
+    if pairs:  # top row ground truth, bottom row renders
+        h, w = pairs[0][1].shape[:2]
+        same = [p for p in pairs if p[1].shape[:2] == (h, w)]
+        grid = image_grid(torch.stack([p[2] for p in same] + [p[1] for p in same]), cols=len(same))
+    else:
+        cams = orbit_cameras(8, cfg.orbit_elevation, ref.radius, ref.fov_y, start_azimuth=ref.azimuth)
+        grid = image_grid(render_cameras(gaussians, cams, size, size)[0], cols=4)
+    write_image(out / "grid.png", grid)
+    novel = [v for k, v in metrics.items() if k.startswith(f"{STAGE}/psnr/")]
+    summary = dict(metrics)
+    if novel:
+        summary[f"{STAGE}/psnr_mean"] = sum(novel) / len(novel)
+    summary[f"{STAGE}/num_gaussians"] = len(gaussians)
+    summary[f"{STAGE}/seconds"] = round(seconds, 2)
+    write_json(out / "metrics.json", summary)
+    if logger is not None:
+        if metrics:
+            logger.log_metrics(metrics)
+        log_summary(logger, summary)
+        log_images(logger, f"{STAGE}/grid", [grid])
+        log_videos(logger, f"{STAGE}/orbit", [out / "orbit.mp4"])
+    return {"gaussians": f"{STAGE}/gaussians.ply", "orbit": f"{STAGE}/orbit.mp4", "orbit_gif": f"{STAGE}/orbit.gif",
+            "grid": f"{STAGE}/grid.png", "metrics": f"{STAGE}/metrics.json"}
