@@ -56,12 +56,38 @@ def scene_from_folder(root: Path) -> Scene:
     )
 
 
-def perfect_static(obj, run_dir: Path) -> Path:
-    """RUN/static/gaussians.ply = the synthetic object's own Gaussians at frame 0 (a perfect static stage)."""
+def perfect_static(obj, run_dir: Path, scene: Scene | None = None) -> Path:
+    """RUN/static/gaussians.ply = the synthetic object's own Gaussians at frame 0 (a perfect static stage); with
+    `scene`, also RUN/static/keypoints_3d.json, its support keypoints lifted onto them as the static stage does."""
+    from dynapose4d.gaussians import load_ply
+    from dynapose4d.stages.keypoints import lift_support_keypoints, write_keypoints_3d
+
     g = obj.gaussians(0)
     model = GaussianModel(means=g["means"], scales=torch.log(g["scales"]), quats=g["quats"],
                           opacities=torch.logit(g["opacities"].clamp(1e-4, 1 - 1e-4)),
                           sh0=rgb_to_sh(g["colors"]).unsqueeze(1))
     path = run_dir / "static" / "gaussians.ply"
     save_ply(model, path)
+    if scene is not None:
+        write_keypoints_3d(run_dir / "static" / "keypoints_3d.json", list(scene.names),
+                           lift_support_keypoints(load_ply(path), scene))
     return path
+
+
+#: The static artifacts `perfect_static(..., scene)` writes.
+STATIC_ARTIFACTS = {"gaussians": "static/gaussians.ply", "keypoints_3d": "static/keypoints_3d.json"}
+
+
+def detected_driving_keypoints(ctx, detector, background: float = 1.0) -> None:
+    """RUN/cape/driving_keypoints.json from a stand-in detector on the scene's video (over `background`), written
+    as the cape stage writes it, and recorded in `ctx.artifacts` (a cape stage with another detector)."""
+    from dynapose4d.core.images import over_background
+    from dynapose4d.stages.keypoints import DRIVING_KEYPOINTS, write_driving_keypoints
+
+    imgs = over_background(ctx.scene.video, background).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        found = [detector(imgs[i:i + 8]) for i in range(0, imgs.shape[0], 8)]
+    pts, conf = torch.cat([p.cpu() for p, _ in found]).float(), torch.cat([c.cpu() for _, c in found]).float()
+    (ctx.run_dir / "cape").mkdir(parents=True, exist_ok=True)
+    write_driving_keypoints(ctx, pts, conf, generated=False)
+    ctx.artifacts["cape"] = {"driving_keypoints": DRIVING_KEYPOINTS}

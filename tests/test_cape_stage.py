@@ -40,12 +40,18 @@ def _ctx(scene_dir, run_dir):
     import shutil
 
     from dynapose4d.data.scene import load_scene
+    from dynapose4d.gaussians.ply import load_ply
+    from dynapose4d.stages.keypoints import lift_support_keypoints, write_keypoints_3d
 
     scene, ply = scene_dir
     (run_dir / "static").mkdir(parents=True)
     shutil.copy(ply, run_dir / "static" / "gaussians.ply")
-    return StageContext(scene=load_scene(scene), run_dir=run_dir,
-                        artifacts={"static": {"gaussians": "static/gaussians.ply"}},
+    loaded = load_scene(scene)  # the static stage's keypoints_3d.json, as it writes it
+    write_keypoints_3d(run_dir / "static" / "keypoints_3d.json", list(loaded.names),
+                       lift_support_keypoints(load_ply(ply), loaded))
+    return StageContext(scene=loaded, run_dir=run_dir,
+                        artifacts={"static": {"gaussians": "static/gaussians.ply",
+                                              "keypoints_3d": "static/keypoints_3d.json"}},
                         trainer=TrainerConfig(accelerator="cpu", progress_bar=False, log_every_n_steps=1),
                         wandb=WandbConfig(enabled=False), seed=0)
 
@@ -109,7 +115,7 @@ def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir,
 
     from dynapose4d.data.recentring import Recentring
     from dynapose4d.stages.cape import stage as cape
-    from dynapose4d.stages.dynamic.stage import _driving_keypoints
+    from dynapose4d.stages.keypoints import read_driving_keypoints
 
     ckpt = save_cape(tmp_path / "tiny.ckpt", CAPEModel(CAPEModelConfig(**TINY)))
     ctx = _ctx(scene_dir, tmp_path / "run")
@@ -122,7 +128,7 @@ def test_cape_stage_writes_keypoints_in_the_pixels_of_the_scene_files(scene_dir,
     pipeline, _ = cape.predict_frames(load_cape(tmp_path / "run" / "cape" / "model.ckpt"), ctx.scene, ctx.scene.video)
     torch.testing.assert_close(saved, rec.to_scene(pipeline), atol=1e-3, rtol=0)
     assert (saved - pipeline).abs().max() > 5.0  # not the identity
-    read_back, _ = _driving_keypoints(ctx, ctx.scene.video, None, 1.0)
+    read_back, _ = read_driving_keypoints(ctx, ctx.scene.video.shape[0])
     torch.testing.assert_close(read_back, pipeline, atol=1e-3, rtol=0)
 
 

@@ -10,7 +10,13 @@ from argparse import Namespace
 
 import pytest
 import torch
-from dynamic_helpers import ColourKeypoints, perfect_static, scene_from_folder
+from dynamic_helpers import (
+    STATIC_ARTIFACTS,
+    ColourKeypoints,
+    detected_driving_keypoints,
+    perfect_static,
+    scene_from_folder,
+)
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.data.recentring import Recentring
@@ -27,7 +33,7 @@ T, SIZE = 6, 48
 
 
 def _ctx(scene, run_dir):
-    return StageContext(scene=scene, run_dir=run_dir, artifacts={"static": {"gaussians": "static/gaussians.ply"}},
+    return StageContext(scene=scene, run_dir=run_dir, artifacts={"static": dict(STATIC_ARTIFACTS)},
                         trainer=TrainerConfig(accelerator="cpu", progress_bar=False, log_every_n_steps=5,
                                               checkpoint_every_n_steps=1000),
                         wandb=WandbConfig(enabled=False))
@@ -49,9 +55,11 @@ def fitted(tmp_path_factory):
     # as if the files had been recentred: 2D outputs must come back in the files' pixels (scene.recentring)
     scene = dataclasses.replace(scene, recentring=Recentring(scale=1.25, centre=(30.0, 26.0), size=(SIZE, SIZE)))
     run_dir = root / "run"
-    perfect_static(make_object("humanoid", 0, T), run_dir)
+    perfect_static(make_object("humanoid", 0, T), run_dir, scene)
     detector = ColourKeypoints.from_support(scene.image, scene.keypoints)
-    artifacts = run(_ctx(scene, run_dir), _cfg(), keypoints_fn=detector)
+    ctx = _ctx(scene, run_dir)
+    detected_driving_keypoints(ctx, detector)  # the cape stage's file, made by the stand-in detector
+    artifacts = run(ctx, _cfg(), keypoints_fn=detector)
     return run_dir, scene, artifacts, detector
 
 
@@ -113,7 +121,7 @@ def test_lambda_kml_zero_never_runs_cape(tmp_path):
     """λ_kml = 0: no detector call and no cape artifact needed; λ_kml > 0 without the cape stage: a clear error."""
     write_scene("lamp", tmp_path / "scene", seed=1, num_frames=3, size=24)
     scene = scene_from_folder(tmp_path / "scene")
-    perfect_static(make_object("lamp", 1, 3), tmp_path / "run")
+    perfect_static(make_object("lamp", 1, 3), tmp_path / "run", scene)
     detector = ColourKeypoints.from_support(scene.image, scene.keypoints)
     cfg = DynamicConfig(steps=2, lambda_kml=0.0, lambda_scl=1.0, orbit_frames=2, evaluate=False)
     cfg.deform = "control"
@@ -160,7 +168,7 @@ def test_track_loss_starts_at_its_analytic_value_and_pulls_the_tracks_onto_the_d
     normalised squared shift of the targets; a few steps move the attached Gaussians after the targets."""
     from dynapose4d.core.errors import ConfigError
     from dynapose4d.deform import build_deformation
-    from dynapose4d.deform.tracks import keypoint_tracks, project_tracks
+    from dynapose4d.deform.tracks import keypoint_tracks, lift_keypoints, project_tracks
     from dynapose4d.stages.dynamic.module import DynamicGaussianModule
 
     S, F = 32, 3
@@ -175,7 +183,8 @@ def test_track_loss_starts_at_its_analytic_value_and_pulls_the_tracks_onto_the_d
     torch.manual_seed(0)
     phi = build_deformation("hexplane", canonical.means, F, cfg.hexplane)
     module = DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera, targets, torch.ones(F, N),
-                                   support_keypoints=scene.keypoints.float())
+                                   keypoints_3d=lift_keypoints(canonical.activated(), scene.keypoints.float(),
+                                                               scene.camera, S, S))
     module.log_dict = lambda *a, **k: None
     frames = torch.tensor([1, 2])
     expected = ((shift[1:] / S) ** 2).sum(-1).mean()  # identical for every keypoint
@@ -202,7 +211,7 @@ def test_bone_loss_turns_shrinking_keypoints_into_depth_motion(tmp_path):
     λ_track: alone, the tracks follow by shortening the bones; with λ_bone they follow as well and the bones keep
     their lengths, which for a projection 15% smaller takes turning them in depth (foreshortening)."""
     from dynapose4d.deform import build_deformation
-    from dynapose4d.deform.tracks import keypoint_tracks, project_tracks
+    from dynapose4d.deform.tracks import keypoint_tracks, lift_keypoints, project_tracks
     from dynapose4d.stages.dynamic.module import DynamicGaussianModule
 
     S, F = 32, 2
@@ -220,7 +229,9 @@ def test_bone_loss_turns_shrinking_keypoints_into_depth_motion(tmp_path):
         torch.manual_seed(0)
         phi = build_deformation("hexplane", canonical.means, F, cfg.hexplane)
         module = DynamicGaussianModule(cfg, canonical, phi, scene.video, scene.camera, targets, torch.ones(F, len(kp)),
-                                       support_keypoints=kp, skeleton=list(scene.skeleton))
+                                       keypoints_3d=lift_keypoints(canonical.activated(), kp, scene.camera, S, S,
+                                                                   skeleton=list(scene.skeleton)),
+                                       skeleton=list(scene.skeleton))
         module.log_dict = lambda *a, **k: None
         opt = torch.optim.Adam(phi.parameters(), lr=0.01)
         for _ in range(150):

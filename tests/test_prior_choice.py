@@ -124,16 +124,16 @@ def test_dynamic_sds_weight_is_dreamgaussian4d_ratio():
 def test_dynamic_stage_frees_its_prior(tiny_zero123, tmp_path, monkeypatch):
     """λ_sds > 0 with a tiny Zero-1-to-3: the prior the stage loaded is gone (weakref dead) when `run` returns.
     Before the fix the module kept it in `_frozen` (inside Lightning's reference cycles)."""
-    from dynamic_helpers import perfect_static
+    from dynamic_helpers import STATIC_ARTIFACTS, perfect_static
 
     from dynapose4d.stages.dynamic import stage as dynamic
 
     refs = _fakes.spy_zero123_loads(monkeypatch)
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=2, size=24)
-    perfect_static(make_object("lamp", 1, 2), tmp_path / "run")
+    perfect_static(make_object("lamp", 1, 2), tmp_path / "run", load_scene(root))
     run_cfg = load_config("configs/cpu.yaml", [f"zero123.path={tiny_zero123}", "zero123.size=32"])
     ctx = _ctx(load_scene(root), tmp_path / "run", run_cfg)
-    ctx.artifacts = {"static": {"gaussians": "static/gaussians.ply"}}
+    ctx.artifacts = {"static": dict(STATIC_ARTIFACTS)}
     cfg = dynamic.DynamicConfig(steps=1, batch_frames=1, lambda_kml=0.0, lambda_scl=0.0, lambda_sds=1.0,
                                 orbit_frames=2, evaluate=False)
     dynamic.run(ctx, cfg)

@@ -168,7 +168,7 @@ def test_generated_video_is_regenerated_when_its_inputs_change(tmp_path, monkeyp
 def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     """A scene without a video: the dynamic stage returns the generated frames as the `driving_video` artifact
     (so the manifest lists it) and writes their hash to its summary (the manifest's metrics)."""
-    from dynamic_helpers import perfect_static
+    from dynamic_helpers import STATIC_ARTIFACTS, perfect_static
 
     from dynapose4d.data.scene import load_scene
     from dynapose4d.data.synthetic import make_object, write_scene
@@ -183,9 +183,8 @@ def test_the_dynamic_stage_records_the_generated_video(tmp_path, monkeypatch):
     shutil.rmtree(root / "video")
     scene = load_scene(root)
     assert scene.video is None
-    perfect_static(make_object("lamp", 1, 1), tmp_path / "run")
-    ctx = StageContext(scene=scene, run_dir=tmp_path / "run",
-                       artifacts={"static": {"gaussians": "static/gaussians.ply"}},
+    perfect_static(make_object("lamp", 1, 1), tmp_path / "run", scene)
+    ctx = StageContext(scene=scene, run_dir=tmp_path / "run", artifacts={"static": dict(STATIC_ARTIFACTS)},
                        trainer=TrainerConfig(accelerator="cpu", progress_bar=False), wandb=WandbConfig(enabled=False))
     cfg = dynamic.DynamicConfig(steps=1, lambda_kml=0.0, lambda_scl=0.0, orbit_frames=2, evaluate=False)
     cfg.svd.num_frames, cfg.svd.width, cfg.svd.height = 3, 32, 32

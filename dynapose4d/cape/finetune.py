@@ -120,15 +120,17 @@ def visibility(points3d: torch.Tensor, cameras: list[Camera], ed: torch.Tensor, 
 def object_render_set(g: dict[str, torch.Tensor], camera: Camera, support_rgb: torch.Tensor,
                       support_alpha: torch.Tensor, keypoints: torch.Tensor, skeleton: list[tuple[int, int]],
                       size: int, num_views: int, elevation: tuple[float, float], reference_views: int = 4,
-                      tolerance: float = 0.1, seed: int = 0, pose_angle: float = 0.0, posed_fraction: float = 0.0
-                      ) -> tuple[RenderSet, torch.Tensor]:
+                      tolerance: float = 0.1, seed: int = 0, pose_angle: float = 0.0, posed_fraction: float = 0.0,
+                      keypoints_3d: torch.Tensor | None = None) -> tuple[RenderSet, torch.Tensor]:
     """The fine-tuning set of one object: (RenderSet with 1 object, 1 + views images at `size`, the lifted
     keypoints [N, 3]). support_rgb [H, W, 3] over white, support_alpha [H, W], keypoints [N, 2] px. A share
     `posed_fraction` of the query views shows a random articulation (`articulate`, up to `pose_angle` degrees
-    per joint), one per view; the rest show the rest pose."""
+    per joint), one per view; the rest show the rest pose. `keypoints_3d` [N, 3]: the keypoints already lifted
+    (the static stage's keypoints_3d.json); None lifts them here (`lift_keypoints`, with the skeleton)."""
     H, W = support_rgb.shape[:2]
     N = keypoints.shape[0]
-    kp3 = lift_keypoints(g, keypoints.float(), camera, W, H, skeleton=skeleton)
+    kp3 = keypoints_3d if keypoints_3d is not None else lift_keypoints(g, keypoints.float(), camera, W, H,
+                                                                       skeleton=skeleton)
     cams = random_cameras(camera, num_views, elevation, seed, reference_views)
     rng = seeding.rng(seed + seeding.CAPE_POSES)
     posed = rng.random(len(cams)) < posed_fraction if pose_angle > 0 else np.zeros(len(cams), dtype=bool)

@@ -342,10 +342,27 @@ def keypoint_tracks(
     skeleton: list[tuple[int, int]] | list | None = None,
 ) -> torch.Tensor:
     """World tracks [T, K, 3] of the support keypoints: lifted on the canonical Gaussians (`lift_keypoints`
-    mode `lift`, with the skeleton when given), carried by φ."""
+    mode `lift`, with the skeleton when given), carried by φ (`carry_tracks`)."""
     with torch.no_grad():
         g0 = canonical.activated()
-        world0, att = attach_keypoints(g0, keypoints, camera, width, height, k, lift, skeleton)
+        world0 = lift_keypoints(g0, keypoints.to(g0["means"].device), camera, width, height, mode=lift,
+                                skeleton=skeleton)
+    return carry_tracks(canonical, phi, world0, num_frames, k)
+
+
+def carry_tracks(
+    canonical: Any,  # GaussianModel
+    phi: Any,  # Deformation or None
+    world0: torch.Tensor,  # [K, 3] points in the canonical frame (e.g. the lifted support keypoints)
+    num_frames: int,
+    k: int = 8,
+) -> torch.Tensor:
+    """World tracks [T, K, 3] of points `world0` attached to the canonical Gaussians (`attach_points`, k
+    nearest) and carried by φ (`carry_points`) at the frames' τ = t / (T - 1)."""
+    with torch.no_grad():
+        g0 = canonical.activated()
+        world0 = world0.to(g0["means"].device)
+        att = attach_points(world0, g0["means"], k)
         if phi is None:
             return world0.unsqueeze(0).expand(num_frames, -1, -1).clone()
         taus = torch.arange(num_frames, dtype=torch.float32, device=g0["means"].device) / max(num_frames - 1, 1)

@@ -1,16 +1,17 @@
 """The cape stage's wiring: fine-tune the CAPE keypoint model on the scene's object, then find the keypoints on
 every driving frame.
 
-1. Render RUN/static/gaussians.ply from random views (and a few at the reference camera); lift the support
-   keypoints to 3D with the expected depth rendered at the reference camera; project them into each view
-   (visibility by a depth test). Pairs: support = the scene image with its keypoints, query = a render.
+1. Render RUN/static/gaussians.ply from random views (and a few at the reference camera); project the support
+   keypoints the static stage lifted to 3D (RUN/static/keypoints_3d.json) into each view (visibility by a depth
+   test). Pairs: support = the scene image with its keypoints, query = a render.
 2. Fine-tune the shipped checkpoint (or `cape.checkpoint`) on those pairs for `steps` steps (`CAPEModule`).
 3. Predict the keypoints on every driving frame (the scene's video, else the SVD video of RUN/inputs/video/).
 Outputs: RUN/cape/model.ckpt (a CAPE checkpoint, `dynapose4d.cape.load_cape`), driving_keypoints.json
 ({"points": [T][N][2] px, "confidence": [T][N]}; pixels of the driving frames' own files: the scene's video
-with its recentring undone, or RUN/inputs/video/ for SVD), overlay.mp4 / overlay.gif (keypoints and skeleton on
-the driving frames) and, when the scene has gt/, metrics.json: PCK@0.1/0.2 on the gt cameras over all frames for
-the trivial baseline (support keypoints copied), the starting checkpoint and the fine-tuned model.
+with its recentring undone, or RUN/inputs/video/ for SVD; `dynapose4d.stages.keypoints`), overlay.mp4 /
+overlay.gif (keypoints and skeleton on the driving frames) and, when the scene has gt/, metrics.json:
+PCK@0.1/0.2 on the gt cameras over all frames for the trivial baseline (support keypoints copied), the starting
+checkpoint and the fine-tuned model.
 
 With `cape.arch=poseanything` the official PoseAnything model (`cape.checkpoint`, 1-shot Tiny or Small,
 `dynapose4d.cape.poseanything`) runs frozen instead: no renders, no fine-tuning (`cape.steps` is ignored); it
@@ -46,10 +47,11 @@ from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.core.images import over_background
 from dynapose4d.core.io import write_json, write_text, write_video
 from dynapose4d.gaussians.ply import load_ply
-from dynapose4d.priors.svd import driving_video, generated_video_folder, keypoint_file_recentring, read_source
+from dynapose4d.priors.svd import driving_video
 from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint
 from dynapose4d.stages.cape.config import CapeStageConfig
 from dynapose4d.stages.cape.module import STAGE, CAPEModule, fit, pair_loader
+from dynapose4d.stages.keypoints import read_keypoints_3d, write_driving_keypoints
 from dynapose4d.stages.logger import log_images, log_summary, log_videos, make_logger
 
 
@@ -69,7 +71,7 @@ def run(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
     rs, _ = object_render_set(g, scene.camera, support_rgb, scene.image[..., 3], scene.keypoints, scene.skeleton,
                               base.cfg.input_size, cfg.num_views, tuple(cfg.elevation), cfg.reference_views,
                               cfg.depth_tolerance, seed=ctx.seed, pose_angle=cfg.pose_angle,
-                              posed_fraction=cfg.posed_fraction)
+                              posed_fraction=cfg.posed_fraction, keypoints_3d=read_keypoints_3d(ctx))
     del g
     model = base.train()
     module = CAPEModule(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.lambda_heat, cfg.heat_sigma,
@@ -199,12 +201,7 @@ def write_outputs(ctx: StageContext, cfg: CapeStageConfig, model: Any, start: CA
     scene = ctx.scene
     frames, source = _driving_frames(ctx)
     pts, conf = predict_frames(model, scene, frames, cfg.predict_batch)  # [T, N, 2] px of the pipeline's frame
-    rec = keypoint_file_recentring(scene, generated=scene.video is None and source == "video")
-    saved = rec.to_scene(pts) if rec is not None else pts
-    made = read_source(generated_video_folder(ctx.run_dir)) if scene.video is None and source == "video" else None
-    hashed = {"video_hash": made.get("hash")} if made else {}  # which generated video (the dynamic stage checks)
-    write_json(out / "driving_keypoints.json", {"points": saved.tolist(), "confidence": conf.tolist(), **hashed},
-               indent=None)
+    write_driving_keypoints(ctx, pts, conf, generated=scene.video is None and source == "video")
     rgb = over_background(frames, 1.0)
     drawn = np.stack([draw_keypoints(rgb[t], pts[t], scene.skeleton, conf[t]) for t in range(rgb.shape[0])])
     write_video(out / "overlay.mp4", drawn, fps=cfg.overlay_fps)

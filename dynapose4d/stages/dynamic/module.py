@@ -37,7 +37,7 @@ from dynapose4d.deform.losses import (
     rigidity_loss,
     scl_pairs,
 )
-from dynapose4d.deform.tracks import Attachment, attach_keypoints, carry_points
+from dynapose4d.deform.tracks import Attachment, attach_points, carry_points
 from dynapose4d.gaussians import GaussianModel
 from dynapose4d.priors.framing import square_fov_y
 from dynapose4d.render import rasterize
@@ -65,8 +65,8 @@ class DynamicGaussianModule(L.LightningModule):
         kp_confidence: torch.Tensor | None = None,  # [T, N]
         keypoints_fn: KeypointFn | None = None,
         sds_fn: Any = None,  # callable(images [B,3,h,w], frames [B], Δelev [B], Δazim [B], progress) -> loss
-        support_keypoints: torch.Tensor | None = None,  # [N, 2] pixels at the reference camera (track loss)
-        skeleton: list[tuple[int, int]] | None = None,  # the support's bones, to lift the track loss's keypoints
+        keypoints_3d: torch.Tensor | None = None,  # [N, 3] support keypoints lifted onto `canonical` (track, bone)
+        skeleton: list[tuple[int, int]] | None = None,  # the support's bones (bone loss)
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -89,15 +89,16 @@ class DynamicGaussianModule(L.LightningModule):
         self.canonical.requires_grad_(cfg.train_canonical)
         nb = knn_indices(canonical.means, cfg.rigid_neighbours) if cfg.lambda_rigid > 0 else None
         self.register_buffer("neighbours", nb, persistent=False)
-        att, rest = None, None  # the track and bone losses' keypoints, lifted and attached to the canonical Gaussians
+        att, rest = None, None  # the track and bone losses' keypoints, attached to the canonical Gaussians
         if cfg.lambda_track > 0 and kp_targets is None:
             raise ConfigError("dynamic.lambda_track > 0 needs the driving keypoints (cape stage)")
         if cfg.lambda_track > 0 or cfg.lambda_bone > 0:
-            if support_keypoints is None:
-                raise ConfigError("dynamic.lambda_track > 0 and dynamic.lambda_bone > 0 need the support keypoints")
-            with torch.no_grad():  # as the written tracks (`keypoint_tracks`)
-                rest, att = attach_keypoints(canonical.activated(), support_keypoints, camera, self.width,
-                                             self.height, cfg.track_neighbours, skeleton=skeleton)
+            if keypoints_3d is None:
+                raise ConfigError("dynamic.lambda_track > 0 and dynamic.lambda_bone > 0 need the lifted support "
+                                  "keypoints (static stage)")
+            with torch.no_grad():  # as the written tracks (`carry_tracks`)
+                rest = keypoints_3d.to(canonical.means.device)
+                att = attach_points(rest, canonical.activated()["means"], cfg.track_neighbours)
         for name in ("idx", "weights", "offsets"):  # [N, k], [N, k], [N, k, 3]
             self.register_buffer(f"track_{name}", getattr(att, name) if att else None, persistent=False)
         self.register_buffer("track_rest", rest, persistent=False)  # [N, 3] lifted keypoints (canonical)

@@ -1,7 +1,8 @@
 """The static stage's wiring: the scene in, `StaticGaussianModule` trained, RUN/static/ out.
 
-Inputs: the scene's image (RGBA) and reference camera; with the "views" prior its views/; with "zero123" the
-top-level `zero123` weights (checked before any training). Outputs: RUN/static/gaussians.ply, orbit.mp4 /
+Inputs: the scene's image (RGBA), keypoints and reference camera; with the "views" prior its views/; with
+"zero123" the top-level `zero123` weights (checked before any training). Outputs: RUN/static/gaussians.ply,
+keypoints_3d.json (the support keypoints lifted onto those Gaussians, read by the later stages), orbit.mp4 /
 orbit.gif, grid.png and metrics.json (with gt/: PSNR / SSIM per gt camera at frame 0, over a white background);
 on CUDA the stage's peak memory goes to its summary.
 """
@@ -26,10 +27,11 @@ from dynapose4d.evaluation.metrics import psnr as metrics_psnr
 from dynapose4d.evaluation.metrics import ssim as metrics_ssim
 from dynapose4d.gaussians.init import image_init, sphere_init
 from dynapose4d.gaussians.model import GaussianModel
-from dynapose4d.gaussians.ply import save_ply
+from dynapose4d.gaussians.ply import load_ply, save_ply
 from dynapose4d.priors.zero123 import Zero123Config, resolve_zero123
 from dynapose4d.render.views import image_grid, orbit_cameras, render_cameras, write_orbit_video
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
+from dynapose4d.stages.keypoints import lift_support_keypoints, write_keypoints_3d
 from dynapose4d.stages.logger import log_images, log_summary, log_videos
 from dynapose4d.stages.static.config import StaticConfig, check_config
 from dynapose4d.stages.static.module import STAGE, StaticGaussianModule, Steps, resolve_prior
@@ -109,11 +111,14 @@ def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float
 
 def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig, logger: Any,
                   seconds: float) -> dict[str, str]:
-    """PLY, orbit video (mp4 + gif), render grid, metrics.json; logged through `logger`. Returns artifacts."""
+    """PLY, the lifted support keypoints (keypoints_3d.json, `dynapose4d.stages.keypoints`), orbit video (mp4 +
+    gif), render grid, metrics.json; logged through `logger`. Returns artifacts."""
     scene = ctx.scene
     out = ctx.stage_dir(STAGE)
     gaussians = gaussians.cpu()
     save_ply(gaussians, out / "gaussians.ply")
+    world = lift_support_keypoints(load_ply(out / "gaussians.ply"), scene)  # [N, 3] from the file later stages read
+    write_keypoints_3d(out / "keypoints_3d.json", list(scene.names), world)
     size = cfg.render_size or scene.height
     ref = scene.camera
     frames = write_orbit_video(gaussians, out / "orbit.mp4", size, cfg.orbit_frames, cfg.orbit_elevation,
@@ -141,5 +146,6 @@ def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig
         log_summary(logger, summary)
         log_images(logger, f"{STAGE}/grid", [grid])
         log_videos(logger, f"{STAGE}/orbit", [out / "orbit.mp4"])
-    return {"gaussians": f"{STAGE}/gaussians.ply", "orbit": f"{STAGE}/orbit.mp4", "orbit_gif": f"{STAGE}/orbit.gif",
-            "grid": f"{STAGE}/grid.png", "metrics": f"{STAGE}/metrics.json"}
+    return {"gaussians": f"{STAGE}/gaussians.ply", "keypoints_3d": f"{STAGE}/keypoints_3d.json",
+            "orbit": f"{STAGE}/orbit.mp4", "orbit_gif": f"{STAGE}/orbit.gif", "grid": f"{STAGE}/grid.png",
+            "metrics": f"{STAGE}/metrics.json"}
