@@ -49,8 +49,8 @@ def read_dynamic(path: str | Path) -> dict[str, Any]:
 def load_dynamic(run_dir: str | Path) -> tuple[GaussianModel, Deformation]:
     """(canonical GaussianModel, deformation φ in eval mode) from RUN/dynamic/deform.ckpt, on the CPU.
 
-    `phi.num_frames` is T; frame f is at τ = f / (T − 1). Extra settings (reference camera, image size,
-    background) are in `read_dynamic(path)["extra"]`."""
+    `phi.num_frames` is T; frame f is at τ = f / (T − 1). The reference camera and image size are the run's
+    (the scene's camera.json or the default camera; the manifest's image_size), not stored here."""
     data = read_dynamic(Path(run_dir) / "dynamic" / "deform.ckpt")
     canonical = GaussianModel(**data["canonical"])
     phi = deformation_from_state(data["deformation"]).eval()

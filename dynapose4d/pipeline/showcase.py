@@ -19,7 +19,7 @@ from dynapose4d.core.errors import InputError
 from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import read_image, write_video
 from dynapose4d.data.scene import load_scene
-from dynapose4d.deform import load_dynamic, read_dynamic, render_4d
+from dynapose4d.deform import load_dynamic, render_4d
 from dynapose4d.pipeline.run_folder import read_manifest
 
 CAPTIONS = ("input image", "driving video", "4D result, orbit")
@@ -91,15 +91,13 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
         raise InputError(f"{run_dir}: no driving video found (the scene has none and {generated} is missing)")
     driving = fit_square(over_background(video, 1.0), size)  # [T, S, S, 3]
     canonical, phi = load_dynamic(run_dir)
-    extra = read_dynamic(run_dir / "dynamic" / "deform.ckpt")["extra"]
-    cam = Camera(**extra["camera"]) if "camera" in extra else scene.camera
+    cam = scene.camera  # the run's reference camera: the scene's camera.json, else the default one
     T = phi.num_frames
     K = max(24, loops * T)
     frames = []
     for i in range(K):
         c = Camera("orbit", cam.elevation, cam.azimuth + 360.0 * i / K, cam.radius, cam.fov_y)
-        frames.append(render_4d(canonical, phi, [c], [(i % T) / max(T - 1, 1)], size, size,
-                                float(extra.get("background", 1.0)))[0][0, 0])
+        frames.append(render_4d(canonical, phi, [c], [(i % T) / max(T - 1, 1)], size, size, 1.0)[0][0, 0])
     return write_video(out, compose(fit_square(image, size), driving, torch.stack(frames)), fps=fps)
 
 

@@ -159,11 +159,9 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
 
 
 def save_module(path: str | Path, module: DynamicGaussianModule) -> None:
-    """deform.ckpt of a trained module (canonical Gaussians + φ + the reference camera and image size)."""
-    save_dynamic(path, module.canonical, module.phi, extra={
-        "camera": module.camera.to_dict(), "width": module.width, "height": module.height,
-        "background": float(module.cfg.background), "num_frames": module.num_frames,
-    })
+    """deform.ckpt of a trained module: the canonical Gaussians and φ (φ.num_frames is T). The reference camera
+    and image size are not repeated there: every reader takes them from the run (the scene, the manifest)."""
+    save_dynamic(path, module.canonical, module.phi)
 
 
 # --- the frozen models the module uses: CAPE (KML) and Zero-1-to-3 (SDS) ------------------------------------
