@@ -112,3 +112,35 @@ def test_the_dynamic_stage_never_reruns_cape_on_a_stale_file(tmp_path, lamp):
                     keypoints_fn=detector)
     assert "\n" not in str(e.value) and detector.calls == 0
     assert not (run_dir / "dynamic" / "deform.ckpt").exists()
+
+
+def test_a_generated_video_hands_its_keypoints_on_by_hash(tmp_path, monkeypatch, capsys):
+    """A scene without a video (SVD stood in for by a fake pipeline): the cape stage writes the driving keypoints
+    of the generated frames with their hash, the dynamic stage (λ_kml > 0) reads them; frames generated anew with
+    other settings make the dynamic stage stop on that file instead of running CAPE again."""
+    import shutil
+
+    from test_svd import FakeSVDPipe
+
+    from dynapose4d.cli import main
+    from dynapose4d.priors import svd
+    from dynapose4d.stages.dynamic import stage as dynamic_stage
+
+    monkeypatch.setattr(svd, "load_svd_pipeline", lambda *a, **k: FakeSVDPipe(fade=0.05))
+    monkeypatch.setattr(dynamic_stage, "check_svd_weights", lambda *a, **k: None)  # the fake needs no weights
+    root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=1, size=24)
+    shutil.rmtree(root / "video")
+    run = tmp_path / "run"
+    smoke = ["--config", "configs/smoke.yaml", "--set", "static.prior=none", "dynamic.svd.num_frames=3",
+             "dynamic.svd.width=32", "dynamic.svd.height=32"]
+    assert main(["run", str(root), "--out", str(run), *smoke]) == 0
+    d = json.loads((run / DRIVING_KEYPOINTS).read_text())
+    assert d["video_hash"] == json.loads((run / "inputs" / "video" / "source.json").read_text())["hash"]
+    assert torch.tensor(d["points"]).shape[0] == 3
+    assert (run / "dynamic" / "deform.ckpt").is_file()
+    # the dynamic stage alone with another generated video (another seed of SVD's): the file no longer matches
+    capsys.readouterr()
+    assert main(["run", str(root), "--out", str(run), *smoke, "dynamic.svd.motion_bucket_id=60", "--resume",
+                 "--stages", "dynamic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "driving_keypoints.json: made on another generated driving video" in err[-1], err
