@@ -326,8 +326,7 @@ def test_online_runs_print_their_url(mode, tmp_path, monkeypatch, capsys):
 
     from dynapose4d.stages import logger as dlog
     monkeypatch.setattr(lightning.pytorch.loggers, "WandbLogger", _FakeWandbLogger)
-    ctx = SimpleNamespace(run_dir=tmp_path / "run", is_last=True, config=None)
-    wl = dlog._make_wandb_logger(ctx, "static", WandbConfig(mode=mode))
+    wl = dlog._make_wandb_logger(tmp_path / "run", "static", WandbConfig(mode=mode), {}, True)
     assert wl.kwargs["mode"] == mode
     out = capsys.readouterr().out
     if mode == "online":

@@ -16,6 +16,7 @@ import pytest
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.plan import OUTPUTS_VERSION, plan_stages
 from dynapose4d.pipeline.run_folder import read_manifest
 from dynapose4d.pipeline.runner import StageRunner
 
@@ -270,3 +271,48 @@ def test_smoke_user_scene_rgb_non_square_mp4_recentred(tmp_path):
                                atol=0.05, rtol=0)
     assert torch.tensor(json.loads((run / "cape" / "driving_keypoints.json").read_text())["points"]).shape == \
         (3, len(kp["keypoints"]), 2)
+
+
+def test_a_done_stage_whose_files_are_gone_runs_again(scene, tmp_path):
+    """Nothing stale, nothing missing: a finished stage whose recorded file was deleted is not skipped on --resume
+    (it and the stages after it run again, and the line says which file is gone)."""
+    run = tmp_path / "run"
+    m, _ = _run(scene, run)
+    rel = next(iter(m["stages"]["cape"]["artifacts"].values()))
+    (run / rel).unlink()
+    _fakes.CALLS.clear()
+    _, lines = _run(scene, run, resume=True)
+    assert [s for s, _ in _fakes.CALLS] == ["cape", "dynamic"]
+    assert any(f"its file {rel} is gone" in line for line in lines), lines
+    assert (run / rel).is_file()
+
+
+def test_an_older_static_stage_without_the_current_outputs_runs_again(scene, tmp_path):
+    """A run folder made before the static stage wrote keypoints_3d.json (outputs version 1: no key in its hashed
+    section) reruns the static stage on --resume, and says why."""
+    run = tmp_path / "run"
+    _run(scene, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    rec = manifest["stages"]["static"]
+    assert rec["config"]["outputs_version"] == OUTPUTS_VERSION["static"]
+    del rec["config"]["outputs_version"]
+    rec["config_hash"] = "0123456789abcdef"  # the hash an older version computed without that key
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    _fakes.CALLS.clear()
+    _, lines = _run(scene, run, resume=True)
+    assert [s for s, _ in _fakes.CALLS] == ["static", "cape", "dynamic"]
+    assert any(f"static.outputs_version: None -> {OUTPUTS_VERSION['static']}" in line for line in lines), lines
+
+
+def test_the_svd_settings_are_the_cape_stages_input_only_for_a_generated_video(tmp_path):
+    """The cape stage runs CAPE on the driving video; when SVD makes it, `dynamic.svd` changes what the cape stage
+    reads, so it joins the cape stage's hash; with the scene's own video it does not."""
+    def cape_hash(generated: bool, extra: list[str]) -> str:
+        cfg = load_config(None, _fakes.fake_overrides() + extra)
+        plan = plan_stages(_fakes.FAKE_STAGES, ["static", "cape", "dynamic"], cfg, {"stages": {}}, "fp", tmp_path,
+                           False, None, generated)
+        return next(rec["config_hash"] for name, _, rec, _ in plan if name == "cape")
+
+    other = ["dynamic.svd.num_inference_steps=7"]
+    assert cape_hash(True, []) != cape_hash(True, other)
+    assert cape_hash(False, []) == cape_hash(False, other)

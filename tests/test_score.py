@@ -22,7 +22,6 @@ from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, save_cameras
 from dynapose4d.core.images import straight_rgba
 from dynapose4d.core.io import read_image, write_image, write_json
 from dynapose4d.deform import build_deformation, render_4d, save_dynamic
-from dynapose4d.evaluation.report import evaluate_4d
 from dynapose4d.evaluation.score import ScoreOptions, score_4d, time_index
 from dynapose4d.gaussians import GaussianModel, rgb_to_sh, save_ply
 from dynapose4d.gaussians.init import sphere_init
@@ -159,15 +158,6 @@ def test_the_two_callers_agree(tiny):
     assert canon_straight.metrics["mean"]["pck"] == res["mean"]["pck"]
     assert abs(canon_straight.metrics["mean"]["psnr_held"] - res["mean"]["psnr_held"]) > 0.1
     assert load_run(run).num_frames == 4
-
-
-def test_stage_compatibility_call(tiny):
-    """`evaluation.report.evaluate_4d` (kept until the dynamic stage calls score_4d itself; delete this test with it)
-    is score_4d with held = canonical and the rasteriser's compositing."""
-    _, canonical, phi, kp, _, gt = tiny
-    want = score_4d(canonical, phi, gt, kp, REFERENCE_CAMERA,
-                    options=ScoreOptions(held="canonical", composite="rasteriser")).metrics
-    assert evaluate_4d(canonical, phi, gt, kp, REFERENCE_CAMERA, 1.0) == want
 
 
 def test_analytic_model_reproduces_gt(tiny):

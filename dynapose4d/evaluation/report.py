@@ -2,8 +2,7 @@
 
 Owns `write_videos` (reference: render | driving frame, orbit while moving, keypoints: the projected 3D tracks
 over the render) and `draw_points`. Plain torch (no Lightning). Scoring against gt/ is
-`dynapose4d.evaluation.score.score_4d` (the one scorer); `evaluate_4d` and `flat_metrics` are kept here only so
-that the dynamic stage's current import keeps working until it calls `score_4d` and `evaluation.table` itself.
+`dynapose4d.evaluation.score.score_4d` (the one scorer).
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from dynapose4d.core.cameras import Camera, project
 from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import write_video
 from dynapose4d.deform import render_4d
-from dynapose4d.evaluation.score import ScoreOptions, score_4d
-from dynapose4d.evaluation.table import flat_metrics  # noqa: F401  (re-exported for the dynamic stage's import)
 
 # ------------------------------------------------------------------------------------------------
 # videos
@@ -69,16 +66,3 @@ def write_videos(out_dir: Path, canonical: Any, phi: Any, camera: Camera, video:
             draw_points(overlay[f, :, W:], kp_targets[f].cpu().numpy(), (30, 200, 30), r)
     paths["keypoints"] = write_video(out_dir / "keypoints.mp4", overlay, fps=fps)
     return paths
-
-
-# ------------------------------------------------------------------------------------------------
-# compatibility (the dynamic stage's import; to be removed when it calls score_4d directly)
-# ------------------------------------------------------------------------------------------------
-
-
-def evaluate_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor | None,
-                reference: Camera, background: float = 1.0, pck_threshold: float = 0.2) -> dict[str, Any]:
-    """`score_4d(...).metrics` with the dynamic stage's options (held = the canonical Gaussians, the rasteriser's
-    own background): {"mean", "novel", "per_view"}."""
-    return score_4d(canonical, phi, gt_dir, tracks, reference, options=ScoreOptions(
-        held="canonical", composite="rasteriser", background=background, pck_threshold=pck_threshold)).metrics

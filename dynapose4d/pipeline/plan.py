@@ -27,6 +27,10 @@ PlanStep = tuple[str, str, dict[str, Any], str]
 #: Stages that read the top-level `zero123` section (hashed with their own section: a change reruns them).
 ZERO123_STAGES = ("static", "dynamic")
 
+#: The form of each stage's outputs, hashed with its section: raised when a stage starts writing files that later
+#: stages need (static 2: RUN/static/keypoints_3d.json), so a finished stage of an older run reruns on --resume.
+OUTPUTS_VERSION: dict[str, int] = {"static": 2}
+
 
 def scene_fingerprint(scene: Scene) -> str:
     """Hash of what the stages read from a scene (image, keypoints, skeleton, camera, video, views)."""
@@ -66,10 +70,13 @@ def _changed_keys(old: dict[str, Any] | None, new: dict[str, Any], prefix: str) 
 
 
 def plan_stages(specs: Sequence[StageSpec], selected: Sequence[str], cfg: RunConfig, manifest: dict[str, Any],
-                fp: str, run_dir: Path, resume: bool, auto_prior: str | None) -> list[PlanStep]:
+                fp: str, run_dir: Path, resume: bool, auto_prior: str | None, generated_video: bool = False
+                ) -> list[PlanStep]:
     """[(stage, "skip"|"resume"|"fresh", new manifest record, reason)] for the `selected` stages of `specs` (in
     pipeline order) on the scene with fingerprint `fp`; also marks unselected done stages whose upstream reruns as
-    "stale" in `manifest`. `auto_prior` is what static.prior=auto resolves to (hashed with the static stage)."""
+    "stale" in `manifest`. `auto_prior` is what static.prior=auto resolves to (hashed with the static stage);
+    `generated_video`: the scene has no video, so the cape stage runs CAPE on the one SVD makes from
+    `dynamic.svd` (hashed with the cape stage too). A done stage whose recorded files are gone runs again."""
     effective: dict[str, str | None] = {}
     plan = []
     upstream_runs: list[str] = []
@@ -79,6 +86,10 @@ def plan_stages(specs: Sequence[StageSpec], selected: Sequence[str], cfg: RunCon
             section["zero123"] = _section_dict(cfg.zero123)
         if name == "static" and auto_prior:
             section["auto_prior"] = auto_prior
+        if name == "cape" and generated_video:
+            section["svd"] = _section_dict(cfg.dynamic.svd)
+        if name in OUTPUTS_VERSION:
+            section["outputs_version"] = OUTPUTS_VERSION[name]
         upstream = {k: effective[k] for k in effective}
         h = _stage_hash(config_hash(section), cfg.seed, fp, upstream)
         old = manifest["stages"].get(name)
@@ -90,7 +101,9 @@ def plan_stages(specs: Sequence[StageSpec], selected: Sequence[str], cfg: RunCon
             continue
         same = bool(old) and old.get("config_hash") == h and not upstream_runs
         ckpt = run_dir / name / "checkpoints" / "last.ckpt"
-        if resume and same and old["status"] == "done":
+        missing = [rel for rel in (old or {}).get("artifacts", {}).values()
+                   if isinstance(rel, str) and not (run_dir / rel).exists()]
+        if resume and same and old["status"] == "done" and not missing:
             action, reason = "skip", ""
         elif resume and same and old["status"] in ("running", "failed", "pending") and ckpt.is_file():
             action, reason = "resume", f"previous attempt {old['status']}"
@@ -100,6 +113,8 @@ def plan_stages(specs: Sequence[StageSpec], selected: Sequence[str], cfg: RunCon
                 reason = ""
             elif upstream_runs:
                 reason = f"upstream {', '.join(upstream_runs)} reran"
+            elif same and old.get("status") == "done":
+                reason = f"its file {missing[0]} is gone"
             elif old.get("config_hash") != h:
                 changes = _changed_keys(old.get("config"), section, name)
                 reason = "config changed: " + ("; ".join(changes[:4]) if changes else "seed, scene or upstream")

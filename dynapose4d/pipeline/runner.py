@@ -100,6 +100,7 @@ class StageRunner:
             raise InputError(f"config key 'stages': unknown stage(s) {unknown}; this pipeline has {names}")
         self.selected = [n for n in names if n in config.stages]
         self._auto_prior: str | None = None  # what static.prior=auto resolves to for this scene (set by run)
+        self._generated_video = False  # the scene has no video: SVD makes the driving video (set by run)
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -127,6 +128,7 @@ class StageRunner:
         # static.prior=auto is hashed as what it resolves to here, so weights that appear later rerun the stage
         self._auto_prior = (static.resolve_prior(self.cfg.static, scene, self.cfg.zero123)[0]
                             if self.cfg.static.prior == "auto" else None)
+        self._generated_video = scene.video is None
         plan = self._plan(manifest, fp)
         self._check_weights(scene, [name for name, action, _, _ in plan if action != "skip"])
 
@@ -201,7 +203,7 @@ class StageRunner:
     def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
         """The plan of this run against `manifest` (`plan.plan_stages`; marks stale stages in it)."""
         return plan_stages(self.specs, self.selected, self.cfg, manifest, fp, self.run_dir, self.resume,
-                           self._auto_prior)
+                           self._auto_prior, self._generated_video)
 
     def _execute(self, name: str, scene: Scene, manifest: dict[str, Any], resume: bool, is_last: bool,
                  write: bool = True) -> None:

@@ -17,7 +17,7 @@ from dynapose4d.core.precision import resolve_precision
 from dynapose4d.data.scene import Scene
 from dynapose4d.priors.svd import SVDConfig
 from dynapose4d.priors.zero123 import Zero123Config
-from dynapose4d.stages.logger import make_logger
+from dynapose4d.stages.logger import RunLogger, make_logger
 from dynapose4d.stages.settings import TrainerConfig, WandbConfig
 
 
@@ -61,6 +61,11 @@ class StageContext:
         return d
 
 
+def stage_logger(ctx: StageContext, stage: str) -> RunLogger:
+    """The stage's logger (`make_logger`) with this run's W&B settings and resolved config."""
+    return make_logger(ctx.run_dir, stage, ctx.wandb, ctx.config, ctx.is_last)
+
+
 def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: bool = True, **kwargs: Any):
     """A Lightning Trainer for one stage: step-based, checkpoints to RUN/<stage>/checkpoints/last.ckpt,
     the stage's W&B logger (if any), CPU/GPU per `ctx.trainer`. `multi_device=False` pins one device
@@ -85,7 +90,7 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         devices=devices,
         strategy=tc.strategy if devices != 1 else "auto",
         precision=tc.precision,  # resolved below ("auto": bf16 only where native)
-        logger=make_logger(ctx, stage),
+        logger=stage_logger(ctx, stage),
         callbacks=callbacks,
         log_every_n_steps=tc.log_every_n_steps,
         enable_progress_bar=show_bar,

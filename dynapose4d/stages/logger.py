@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from dynapose4d.core.images import to_uint8
 from dynapose4d.core.io import write_image, write_json
+from dynapose4d.stages.settings import WandbConfig
 
 _ACTIVE: dict[tuple[str, str], RunLogger] = {}  # (run_dir, stage) -> the stage's logger in this process
 _SWEEP_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
@@ -107,28 +108,28 @@ class RunLogger(Logger):
             self.wandb.after_save_checkpoint(checkpoint_callback)
 
 
-def make_logger(ctx: Any, stage: str) -> RunLogger:
+def make_logger(run_dir: Path, stage: str, wandb: WandbConfig | None = None, config: dict[str, Any] | None = None,
+                is_last: bool = True) -> RunLogger:
     """The stage's logger (one per stage and process; the same object for every Trainer of the stage).
 
     With `wandb.enabled` and a mode other than "disabled" it carries a WandbLogger (group = run name,
-    job_type = stage) whose run starts here on rank zero with the resolved config (`ctx.config`)."""
-    run_dir = Path(ctx.run_dir)
+    job_type = stage) whose run starts here on rank zero with the resolved run `config`; `is_last`: the last
+    stage of this invocation (under `wandb agent` only it reports into the sweep's run)."""
+    run_dir = Path(run_dir)
     key = (str(run_dir.resolve()), stage)
     if key in _ACTIVE:
         return _ACTIVE[key]
-    wc = getattr(ctx, "wandb", None)
     wl = None
-    if wc is not None and wc.enabled and wc.mode != "disabled":
-        wl = _make_wandb_logger(ctx, stage, wc)
+    if wandb is not None and wandb.enabled and wandb.mode != "disabled":
+        wl = _make_wandb_logger(run_dir, stage, wandb, config or {}, is_last)
     logger = RunLogger(run_dir, stage, wl)
     _ACTIVE[key] = logger
     return logger
 
 
-def _make_wandb_logger(ctx: Any, stage: str, wc: Any) -> Any:
+def _make_wandb_logger(run_dir: Path, stage: str, wc: WandbConfig, cfg: dict[str, Any], is_last: bool) -> Any:
     from lightning.pytorch.loggers import WandbLogger
 
-    run_dir = Path(ctx.run_dir)
     wl = WandbLogger(
         project=wc.project, entity=wc.entity, group=wc.group or run_dir.name, job_type=stage,
         name=f"{run_dir.name}-{stage}", save_dir=str(run_dir), mode=wc.mode, tags=list(wc.tags),
@@ -137,12 +138,11 @@ def _make_wandb_logger(ctx: Any, stage: str, wc: Any) -> Any:
     getattr(wl, "_wandb_init", {}).pop("anonymous", None)
     if rank_zero_only.rank == 0:
         # Under `wandb agent` only the last stage reports into the sweep's run; the others get runs of their own.
-        with _sweep_env(keep=getattr(ctx, "is_last", True)):
+        with _sweep_env(keep=is_last):
             exp = wl.experiment  # start the run now, with the resolved config
         url = getattr(exp, "url", None) if wc.mode == "online" else None
         if url:  # the CLI keeps wandb itself quiet (WANDB_SILENT), so say where the live run is
             print(f"[{stage}] W&B run: {url}", flush=True)
-        cfg = getattr(ctx, "config", None)
         if cfg and exp is not None:
             exp.config.update({**cfg, "stage": stage, "run_dir": str(run_dir)}, allow_val_change=True)
     return wl

@@ -48,11 +48,11 @@ from dynapose4d.core.images import over_background
 from dynapose4d.core.io import write_json, write_text, write_video
 from dynapose4d.gaussians.ply import load_ply
 from dynapose4d.priors.svd import driving_video
-from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint
+from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint, stage_logger
 from dynapose4d.stages.cape.config import CapeStageConfig
 from dynapose4d.stages.cape.module import STAGE, CAPEModule, fit, pair_loader
 from dynapose4d.stages.keypoints import read_keypoints_3d, write_driving_keypoints
-from dynapose4d.stages.logger import log_images, log_summary, log_videos, make_logger
+from dynapose4d.stages.logger import log_images, log_summary, log_videos
 
 
 def run(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
@@ -87,7 +87,7 @@ def run(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]:
         if not trainer.is_global_zero:
             return _artifacts(scene)
     else:
-        logger = make_logger(ctx, STAGE)
+        logger = stage_logger(ctx, STAGE)
     model = module.model.eval()  # on the device it trained on
     start = CAPEModel(model.cfg)
     start.load_state_dict(base_state)
@@ -101,7 +101,7 @@ def _run_poseanything(ctx: StageContext, cfg: CapeStageConfig) -> dict[str, str]
     check_weights(cfg)
     model = load_poseanything(cfg.checkpoint).to(_render_device(ctx)).requires_grad_(False)
     ctx.stage_dir(STAGE)
-    write_outputs(ctx, cfg, model, None, make_logger(ctx, STAGE), time.perf_counter() - t0)
+    write_outputs(ctx, cfg, model, None, stage_logger(ctx, STAGE), time.perf_counter() - t0)
     return _artifacts(ctx.scene)
 
 
@@ -129,8 +129,8 @@ def warn_coincident(scene: Any) -> None:
     of the longer image side (one image cannot tell them apart)."""
     for group in coincident_keypoints(scene.keypoints, COINCIDENT_FRACTION * max(scene.width, scene.height)):
         names = ", ".join(scene.names[i] for i in group)
-        source = getattr(scene, "keypoints_path", None) or ("the automatic keypoints (RUN/inputs/keypoints.json)"
-                                                            if getattr(scene, "auto_keypoints", None) is not None
+        source = scene.keypoints_path or ("the automatic keypoints (RUN/inputs/keypoints.json)"
+                                                            if scene.auto_keypoints is not None
                                                             else scene.root / "keypoints.json")
         warnings.warn(f"{source}: keypoints {names} are within "
                       f"{COINCIDENT_FRACTION:.0%} of the image size of each other; one image cannot tell them "
@@ -159,7 +159,7 @@ def coincident_keypoints(keypoints: torch.Tensor, radius: float) -> list[list[in
 def _artifacts(scene: Any) -> dict[str, str]:
     arts = {"model": "cape/model.ckpt", "driving_keypoints": "cape/driving_keypoints.json",
             "overlay": "cape/overlay.mp4"}
-    if scene.gt_dir is not None and getattr(scene, "auto_keypoints", None) is None:  # auto: not the gt's keypoints
+    if scene.gt_dir is not None and scene.auto_keypoints is None:  # auto: not the gt's keypoints
         arts["metrics"] = "cape/metrics.json"
     return arts
 
@@ -209,7 +209,7 @@ def write_outputs(ctx: StageContext, cfg: CapeStageConfig, model: Any, start: CA
     summary: dict[str, Any] = {"cape/seconds": round(seconds, 1), "cape/driving_frames": int(frames.shape[0]),
                                "cape/mean_confidence": float(conf.mean())}
     metrics: dict[str, Any] = {}
-    if scene.gt_dir is not None and getattr(scene, "auto_keypoints", None) is None:  # auto: not the gt's keypoints
+    if scene.gt_dir is not None and scene.auto_keypoints is None:  # auto: not the gt's keypoints
         metrics = evaluate_scene_gt(scene, {"start": start, "finetuned": model} if start is not None
                                     else {"poseanything": model})
         write_json(out / "metrics.json", metrics)

@@ -25,7 +25,9 @@ from dynapose4d.core.memory import free_memory, peak_memory_summary, reset_peak_
 from dynapose4d.deform import build_deformation, render_4d, save_dynamic
 from dynapose4d.deform.losses import KeypointFn
 from dynapose4d.deform.tracks import carry_tracks, keypoint_tracks, project_tracks
-from dynapose4d.evaluation.report import evaluate_4d, flat_metrics, write_videos
+from dynapose4d.evaluation.report import write_videos
+from dynapose4d.evaluation.score import ScoreOptions, score_4d
+from dynapose4d.evaluation.table import flat_metrics
 from dynapose4d.gaussians import load_ply
 from dynapose4d.priors.svd import check_svd_weights, driving_video, generated_video_folder, read_source
 from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, resolve_zero123
@@ -148,11 +150,13 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
     log_images(logger, "dynamic/reference_first_last", [torch.cat([r, d], 1) for r, d in zip(rgb, drive)],
                captions=["frame 0: render | driving", f"frame {T - 1}: render | driving"][: len(last)])
     metrics: dict[str, Any] = {}
-    gt_dir = getattr(scene, "gt_dir", None)
-    if cfg.evaluate and gt_dir is not None and Path(gt_dir).is_dir():
+    if cfg.evaluate and scene.gt_dir is not None and scene.gt_dir.is_dir():
+        # held = the canonical Gaussians without motion; the rasteriser composites over the stage's background
+        options = ScoreOptions(held="canonical", composite="rasteriser", background=cfg.background)
         with torch.no_grad():
-            gt_tracks = tracks if getattr(scene, "auto_keypoints", None) is None else None  # auto: not the gt's
-            metrics = evaluate_4d(module.canonical, module.phi, gt_dir, gt_tracks, scene.camera, cfg.background)
+            gt_tracks = tracks if scene.auto_keypoints is None else None  # auto: not the gt's
+            metrics = score_4d(module.canonical, module.phi, scene.gt_dir, gt_tracks, scene.camera,
+                               options=options).metrics
         write_json(out / "metrics.json", metrics)
         log_summary(logger, {f"dynamic/{k}": v for k, v in flat_metrics(metrics).items()})
     return metrics
