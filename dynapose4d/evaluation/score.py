@@ -26,6 +26,9 @@ Two compositing paths exist and differ by up to ~4e-3 per pixel where a render's
 straight RGBA that `dynapose4d render` writes (colour clamped to [0, 1]) and composites that over the background
 (`dynapose4d eval`); `composite="rasteriser"` lets the rasteriser composite over the background itself (the dynamic
 stage). Each caller keeps its own, so every number it reported before stays the same.
+
+`score_static` scores the static stage's Gaussians at gt frame 0 alone (PSNR and SSIM per gt camera over white,
+whole image, the rasteriser compositing): the static stage's own report, before anything moves.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from typing import Any, Literal
 
 import torch
 
-from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, Camera
+from dynapose4d.core.cameras import CONSISTENT4D_CAMERAS, Camera, load_cameras
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.images import over_background, resize, straight_rgba
+from dynapose4d.core.io import read_image
 from dynapose4d.deform import render_4d
 from dynapose4d.evaluation import metrics as M
 from dynapose4d.evaluation.gt import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
+from dynapose4d.gaussians.model import GaussianModel
+from dynapose4d.render.views import render_cameras
 
 C4D_SIZE = 512  # the Consistent4D protocol compares images resized to C4D_SIZE x C4D_SIZE
 
@@ -152,3 +158,25 @@ def score_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor 
     return Score(metrics=metrics, cameras=cams, frames=int(T_gt or 0),
                  image_size=(C4D_SIZE, C4D_SIZE) if options.protocol == "consistent4d" else None,
                  keypoints=aligned is not None)
+
+
+def score_static(gaussians: GaussianModel, gt_dir: str | Path | None
+                 ) -> tuple[dict[str, dict[str, float]], list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """PSNR and SSIM of static Gaussians against gt frame 0 of each gt camera (RGB over white, whole image).
+    Returns ({camera: {"psnr", "ssim"}}, [(camera, render [H, W, 3], gt [H, W, 3])]); both empty without a gt
+    folder (no gt_dir/cameras.json); a camera without 000.png is left out."""
+    if gt_dir is None or not (Path(gt_dir) / "cameras.json").is_file():
+        return {}, []
+    gt_dir = Path(gt_dir)
+    per_view: dict[str, dict[str, float]] = {}
+    pairs = []
+    for cam in load_cameras(gt_dir / "cameras.json"):
+        path = gt_dir / cam.name / "000.png"
+        if not path.is_file():
+            continue
+        gt = read_image(path)  # [H, W, 3 or 4]
+        gt_rgb = over_background(gt, 1.0) if gt.shape[-1] == 4 else gt
+        pred, _ = render_cameras(gaussians, [cam], gt.shape[1], gt.shape[0], background=1.0)  # [1, H, W, 3]
+        per_view[cam.name] = {"psnr": M.psnr(pred, gt_rgb[None]), "ssim": M.ssim(pred, gt_rgb[None])}
+        pairs.append((cam.name, pred[0], gt_rgb))
+    return per_view, pairs

@@ -16,15 +16,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dynapose4d.core.cameras import load_cameras
 from dynapose4d.core.errors import InputError
-from dynapose4d.core.images import over_background
-from dynapose4d.core.io import read_image, write_image, write_json, write_video
+from dynapose4d.core.io import write_image, write_json, write_video
 from dynapose4d.core.memory import free_memory, peak_memory_summary, reset_peak_memory
 from dynapose4d.core.seeding import torch_generator
 from dynapose4d.data.scene import Scene
-from dynapose4d.evaluation.metrics import psnr as metrics_psnr
-from dynapose4d.evaluation.metrics import ssim as metrics_ssim
+from dynapose4d.evaluation.score import score_static
 from dynapose4d.gaussians.init import image_init, sphere_init
 from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.gaussians.ply import load_ply, save_ply
@@ -86,29 +83,6 @@ def initial_gaussians(scene: Scene, cfg: StaticConfig, seed: int) -> GaussianMod
         raise InputError(f"{scene.image_path or scene.root / 'image.png'}: {e}") from None
 
 
-def evaluate_gt(gaussians: GaussianModel, scene: Scene) -> tuple[dict[str, float], list[tuple[str, torch.Tensor,
-                                                                                               torch.Tensor]]]:
-    """PSNR / SSIM per gt camera at frame 0 (RGB over white, whole image). Returns (metrics, [(name, render
-    [H,W,3], gt [H,W,3])]). Empty when the scene has no gt/."""
-    if scene.gt_dir is None or not (scene.gt_dir / "cameras.json").is_file():
-        return {}, []
-    cams = load_cameras(scene.gt_dir / "cameras.json")
-    metrics: dict[str, float] = {}
-    pairs = []
-    for cam in cams:
-        path = scene.gt_dir / cam.name / "000.png"
-        if not path.is_file():
-            continue
-        gt = read_image(path)
-        gt_rgb = over_background(gt, 1.0) if gt.shape[-1] == 4 else gt
-        pred, _ = render_cameras(gaussians, [cam], gt.shape[1], gt.shape[0], background=1.0)
-        psnr, ssim = metrics_psnr(pred, gt_rgb[None]), metrics_ssim(pred, gt_rgb[None])
-        metrics[f"{STAGE}/psnr/{cam.name}"] = psnr
-        metrics[f"{STAGE}/ssim/{cam.name}"] = ssim
-        pairs.append((cam.name, pred[0], gt_rgb))
-    return metrics, pairs
-
-
 def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig, logger: Any,
                   seconds: float) -> dict[str, str]:
     """PLY, the lifted support keypoints (keypoints_3d.json, `dynapose4d.stages.keypoints`), orbit video (mp4 +
@@ -124,7 +98,8 @@ def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig
     frames = write_orbit_video(gaussians, out / "orbit.mp4", size, cfg.orbit_frames, cfg.orbit_elevation,
                                ref.radius, ref.fov_y, fps=cfg.video_fps)
     write_video(out / "orbit.gif", frames, fps=cfg.video_fps)
-    metrics, pairs = evaluate_gt(gaussians, scene)
+    per_view, pairs = score_static(gaussians, scene.gt_dir)
+    metrics = {f"{STAGE}/{k}/{cam}": v for cam, d in per_view.items() for k, v in d.items()}
     if pairs:  # top row ground truth, bottom row renders
         h, w = pairs[0][1].shape[:2]
         same = [p for p in pairs if p[1].shape[:2] == (h, w)]
