@@ -20,6 +20,9 @@ image.png and video/; gt/ = az000 (the reference view itself), az090, az180, az2
 el30_az045 (elevation 30, azimuth 45); views/ = az120, az240 (elevation 0), el30_az180, el30_az300.
 No gt camera is a views/ camera, so az090, az180, az270 and el30_az045 are novel views for a static stage
 trained on image.png + views/ (`NOVEL_GT_CAMERAS`); az000 is the reference view.
+
+It stays one module (~400 lines): the object, its renders and the scene folder they make are one job, and the
+rig and its surface already live in their own modules.
 """
 
 from __future__ import annotations
