@@ -9,7 +9,7 @@ tracks: the gt keypoints of a scene with gt/ (they correspond to the scene's han
   by a run's learned deformation, whatever keypoints the run used: the hand keypoints at frame 0 are lifted onto
   the run's canonical Gaussians and moved with φ exactly as the dynamic stage computes its own tracks
   (`dynapose4d.deform.tracks.keypoint_tracks`, same neighbours and skeleton); then the dynamic stage's track metrics
-  (`gt_metrics.track_view_metrics` / `summarise`: PCK@0.2 per gt camera, 3D error) beside the no-motion
+  (`evaluation.gt.track_view_metrics` / `summarise`: PCK@0.2 per gt camera, 3D error) beside the no-motion
   baseline, with the run's own image metrics (RUN/dynamic/metrics.json: moving-pixel PSNR on the novel gt
   cameras). A run made with automatic keypoints is thus scored on the same gt tracks as one made with the hand
   keypoints: what changes is only the deformation each learned.
