@@ -260,3 +260,21 @@ def test_the_real_package_fails_on_the_circles_it_once_had(tmp_path):
     assert "upward (stages -> pipeline): dynapose4d.stages.logger -> dynapose4d.pipeline.config" in text, text
     assert "upward (components -> stages): dynapose4d.cape.finetune -> dynapose4d.stages.train_cape" in text, text
     assert any(p.startswith("circle:") and "dynapose4d.deform.model4d" in p for p in problems), text
+
+
+def test_the_run_config_and_the_components_load_without_lightning():
+    """Lightning lives in the stages layer only: every component module, the stages' config files and the run
+    config (pipeline/config.py) import without loading it (checked in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    pkg = PACKAGE.name
+    mods = [m for m in package_modules(PACKAGE) if layer_of(m, pkg, LAYER_MAP) == "components"
+            or m.endswith(".config") and m.startswith((f"{pkg}.stages.", f"{pkg}.pipeline."))]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert len(mods) > 60 and f"{pkg}.pipeline.config" in mods and f"{pkg}.stages.dynamic.config" in mods
+    assert out.stdout.strip() == "[]", f"Lightning loaded by a component or a config: {out.stdout[:300]}"
