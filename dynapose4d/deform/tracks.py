@@ -312,23 +312,6 @@ def project_tracks(world: torch.Tensor, camera: Camera, width: int, height: int)
     return px
 
 
-def attach_keypoints(
-    g0: dict[str, torch.Tensor],  # activated canonical Gaussians (GaussianModel.activated())
-    keypoints: torch.Tensor,  # [K, 2] pixels at the reference camera
-    camera: Camera,
-    width: int,
-    height: int,
-    k: int = 8,
-    lift: str = "ray",
-    skeleton: list[tuple[int, int]] | list | None = None,
-) -> tuple[torch.Tensor, Attachment]:
-    """The support keypoints lifted on the canonical Gaussians (`lift_keypoints` mode `lift`, with the
-    skeleton when given): world points [K, 3], and their attachment to the k nearest Gaussians (`attach_points`)."""
-    world0 = lift_keypoints(g0, keypoints.to(g0["means"].device), camera, width, height, mode=lift,
-                            skeleton=skeleton)
-    return world0, attach_points(world0, g0["means"], k)
-
-
 def keypoint_tracks(
     canonical: Any,  # GaussianModel
     phi: Any,  # Deformation or None

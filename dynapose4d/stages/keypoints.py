@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import write_json
+from dynapose4d.data.scene import Scene
 from dynapose4d.deform.tracks import lift_keypoints
 from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.priors.svd import generated_video_folder, keypoint_file_recentring, read_source
@@ -33,7 +33,7 @@ KEYPOINTS_3D = "static/keypoints_3d.json"
 DRIVING_KEYPOINTS = "cape/driving_keypoints.json"
 
 
-def lift_support_keypoints(gaussians: GaussianModel, scene: Any) -> torch.Tensor:
+def lift_support_keypoints(gaussians: GaussianModel, scene: Scene) -> torch.Tensor:
     """The scene's support keypoints [N, 2] (pixels at the reference camera) lifted onto `gaussians`: world
     points [N, 3] (`lift_keypoints`, mode "ray", with the support's skeleton)."""
     H, W = scene.image.shape[:2]
@@ -79,7 +79,7 @@ def read_driving_keypoints(ctx: StageContext, num_frames: int) -> tuple[torch.Te
     it is missing or was made on other frames."""
     path = ctx.run_dir / ctx.artifacts.get("cape", {}).get("driving_keypoints", DRIVING_KEYPOINTS)
     if "cape" not in ctx.artifacts or not path.is_file():
-        raise InputError(f"{path}: missing (dynamic.lambda_kml > 0 and dynamic.lambda_track > 0 read the cape "
+        raise InputError(f"{path}: missing (dynamic.lambda_kml > 0 or dynamic.lambda_track > 0 reads the cape "
                          f"stage's driving keypoints: run it, or set them to 0)")
     d = json.loads(path.read_text())
     pts, conf = torch.tensor(d["points"], dtype=torch.float32), torch.tensor(d["confidence"], dtype=torch.float32)

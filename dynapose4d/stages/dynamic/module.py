@@ -94,7 +94,7 @@ class DynamicGaussianModule(L.LightningModule):
             raise ConfigError("dynamic.lambda_track > 0 needs the driving keypoints (cape stage)")
         if cfg.lambda_track > 0 or cfg.lambda_bone > 0:
             if keypoints_3d is None:
-                raise ConfigError("dynamic.lambda_track > 0 and dynamic.lambda_bone > 0 need the lifted support "
+                raise ConfigError("dynamic.lambda_track > 0 or dynamic.lambda_bone > 0 needs the lifted support "
                                   "keypoints (static stage)")
             with torch.no_grad():  # as the written tracks (`carry_tracks`)
                 rest = keypoints_3d.to(canonical.means.device)
