@@ -5,7 +5,9 @@
 #      (Zero-1-to-3 SDS, the SVD driving video at its default size and steps, PoseAnything-S frozen,
 #      dynamic SDS + KML), with STATIC_STEPS / DYNAMIC_STEPS steps (default 100 / 25; the preset's own 500 / 500
 #      for the per-asset time; 100 dynamic steps took 52 s on one H100) and PRESET (default; low_vram for the chunked decode),
-#   3. the gpu-marked tests (GPU_TESTS=0 leaves them out).
+#   3. the dynamic stage's Zero-1-to-3 SDS alone by dynamic.sds_chunk (experiments/sds_chunk_cost.py; SDS_COST=0
+#      leaves it out): seconds per step's SDS and peak GPU memory for 1, 2, 4, 7 and all 14 frames per call,
+#   4. the gpu-marked tests (GPU_TESTS=0 leaves them out).
 # Packages the machine's image lacks travel in .devpkgs/ (pure-Python files of this project's venv, and the
 # ffmpeg binary of imageio-ffmpeg, xz-compressed), made by experiments/make_devpkgs.sh. W&B is off (not in that
 # image). Example: `STATIC_STEPS=500 DYNAMIC_STEPS=500 GPU_TESTS=0 bash experiments/gpu_check.sh`.
@@ -49,4 +51,5 @@ for k, v in rep.items():
     print(k, v["status"], v["seconds"], "s", {a: b for a, b in summ.items() if "time" in a or "cuda" in a or "seconds" in a})
 PY
 grep -E "Maximum resident|Elapsed" "$OUT/time.txt"
+[ "${SDS_COST:-1}" = 0 ] || timeout 200 python3 experiments/sds_chunk_cost.py cuda 1 2 4 7 0 2>&1 | grep sds_chunk
 [ "${GPU_TESTS:-1}" = 0 ] || timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests 2>&1 | tail -15

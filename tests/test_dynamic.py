@@ -18,7 +18,7 @@ from dynamic_helpers import (
     scene_from_folder,
 )
 
-from dynapose4d.core.errors import InputError
+from dynapose4d.core.errors import ConfigError, InputError
 from dynapose4d.data.recentring import Recentring
 from dynapose4d.data.synthetic import make_object, write_scene
 from dynapose4d.deform import gaussians_at, load_dynamic, read_dynamic
@@ -160,6 +160,43 @@ def test_novel_view_sds_reaches_the_deformation(tmp_path):
     assert phi.d_position[-1].weight.grad.abs().sum() > 0
     assert sorted(module._frozen["sds_fn"].refs) == [0, 2]  # one conditioning per driving frame
     assert not any("prior" in k or "unet" in k for k in module.state_dict())  # never in a checkpoint
+
+
+def test_sds_chunks_score_each_frame_as_one_at_a_time(tmp_path, monkeypatch):
+    """`dynamic.sds_chunk` batches frames into one Zero-1-to-3 call, each with its own driving frame's conditioning:
+    with the randomness pinned (posterior mode; the same noise for every frame), chunks of 1, 2 and all 3 frames
+    give the same loss and image gradient, and a chunk that gave every frame one conditioning would not."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from test_zero123 import write_tiny_zero123
+
+    from dynapose4d.priors.zero123 import Zero123Config
+    from dynapose4d.stages.dynamic.stage import Zero123PerFrame
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    monkeypatch.setattr(torch, "randn_like", lambda x, **k: torch.sin(
+        torch.arange(x[0].numel(), dtype=x.dtype) * 0.37).view(x.shape[1:]).expand_as(x).contiguous())
+    g = torch.Generator().manual_seed(0)
+    video = torch.cat([torch.rand(3, 24, 24, 3, generator=g), torch.ones(3, 24, 24, 1)], -1)  # [T, H, W, 4]
+    images = torch.rand(3, 3, 32, 32, generator=g)  # [B, 3, S, S]
+    frames, d_elev, d_azim = torch.tensor([2, 0, 1]), torch.tensor([10.0, -5.0, 20.0]), torch.tensor([90.0, -40.0, 150.0])
+    z123 = Zero123Config(path=str(write_tiny_zero123(tmp_path / "z123")), size=32)
+
+    def score(chunk: int, fr: torch.Tensor = frames) -> tuple[torch.Tensor, torch.Tensor]:
+        fn = Zero123PerFrame(DynamicConfig(sds_chunk=chunk), video, z123)
+        x = images.clone().requires_grad_(True)
+        loss = fn(x, fr, d_elev, d_azim, 0.5)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    loss1, grad1 = score(1)
+    for chunk in (2, 0):
+        loss, grad = score(chunk)
+        assert torch.allclose(loss, loss1, rtol=1e-4), (chunk, loss, loss1)
+        assert torch.allclose(grad, grad1, rtol=1e-3, atol=1e-6 * grad1.abs().max()), chunk
+    other, _ = score(0, torch.tensor([0, 0, 0]))  # same renders, every frame conditioned on frame 0
+    assert not torch.allclose(other, loss1, rtol=1e-3)
+    with pytest.raises(ConfigError, match="sds_chunk"):
+        DynamicConfig(sds_chunk=-1).validate()
 
 
 def test_track_loss_starts_at_its_analytic_value_and_pulls_the_tracks_onto_the_driving_keypoints(tmp_path):

@@ -210,9 +210,10 @@ def test_default_config_runs_at_full_size(tmp_path: Path) -> None:
 
 
 def test_dynamic_sds_gives_the_stacked_losses_value_and_gradient(tmp_path: Path) -> None:
-    """The dynamic stage's per-frame SDS (`Zero123PerFrame`) takes each frame's image gradient at once, so one
-    frame's VAE-encoder graph is alive at a time (at full size, stacking the 14 frames' losses peaked at 19.4 GB).
-    Reference: the stacked form, mean of the per-frame `prior.sds` losses and one backward, with the same noise."""
+    """The dynamic stage's per-frame SDS (`Zero123PerFrame`) with `sds_chunk=1` takes each frame's image gradient
+    at once, so one frame's VAE-encoder graph is alive at a time (at full size, stacking the 14 frames' losses
+    peaked at 19.4 GB). Reference: the stacked form, mean of the per-frame `prior.sds` losses and one backward,
+    with the same noise. (Chunks of several frames against one at a time: tests/test_dynamic.py.)"""
     import torch
     from test_zero123 import TINY_SIZE, write_tiny_zero123
 
@@ -221,7 +222,7 @@ def test_dynamic_sds_gives_the_stacked_losses_value_and_gradient(tmp_path: Path)
     from dynapose4d.stages.dynamic.stage import Zero123PerFrame
 
     z = Zero123Config(path=str(write_tiny_zero123(tmp_path / "z123")), kind="zero123", size=TINY_SIZE)
-    cfg = DynamicConfig()
+    cfg = DynamicConfig(sds_chunk=1)
     video = torch.rand(3, TINY_SIZE, TINY_SIZE, 4)  # [T, H, W, 4]
     frames = torch.tensor([2, 0, 2])  # a frame twice: its conditioning is cached
     d_elev, d_azim = torch.tensor([10.0, -20.0, 5.0]), torch.tensor([30.0, 90.0, -60.0])

@@ -172,8 +172,9 @@ class Zero123Prior:
         self.std = torch.tensor(image_std, device=self.device).view(1, 3, 1, 1)
         self.size = int(size)  # Zero-1-to-3's image size (256: latents 32 x 32)
         self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
-        self.clip_embedding: torch.Tensor | None = None  # [1, 1, D]
-        self.ref_latent: torch.Tensor | None = None  # [1, 4, h, w] (unscaled posterior mode)
+        # the conditioning: one reference ([1, ...], shared by a batch) or one per batch element ([B, ...])
+        self.clip_embedding: torch.Tensor | None = None  # [1 or B, 1, D]
+        self.ref_latent: torch.Tensor | None = None  # [1 or B, 4, h, w] (unscaled posterior mode)
         self.ref_elevation: float = 0.0  # elevation (degrees) of the reference view (Stable-Zero123's embedding)
 
     @classmethod
@@ -250,7 +251,8 @@ class Zero123Prior:
     @torch.no_grad()
     def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,
                       guidance_scale: float) -> torch.Tensor:
-        """Guided noise prediction [B, 4, h, w] for noisy latents [B, 4, h, w], timesteps [B], cameras [B, 1, 4]."""
+        """Guided noise prediction [B, 4, h, w] for noisy latents [B, 4, h, w], timesteps [B], cameras [B, 1, 4]
+        (the conditioning shared, or one per element: the batch is one UNet call of 2B either way)."""
         if self.clip_embedding is None or self.ref_latent is None:
             raise RuntimeError("Zero123Prior: call set_reference(image) first")
         b = noisy.shape[0]

@@ -30,7 +30,7 @@ from dynapose4d.cape.evaluation import evaluate, format_table
 from dynapose4d.cape.model import CAPEModel, CAPEModelConfig
 from dynapose4d.cape.mp100 import MixedPairs, MP100Pairs, load_split
 from dynapose4d.core.errors import ConfigError
-from dynapose4d.core.precision import resolve_precision, uses_cuda
+from dynapose4d.core.precision import float32_matmul_precision, resolve_precision, uses_cuda
 from dynapose4d.core.structured import merge_structured
 from dynapose4d.stages.cape.module import CAPEModule, fit, pair_loader
 from dynapose4d.stages.settings import TrainerConfig
@@ -122,11 +122,15 @@ def _initial_model(cfg: CapeTrainConfig) -> Any:
 
 
 def train_cape(cfg: CapeTrainConfig, out: str | Path, log: Any = print) -> dict[str, Any] | None:
-    """Train, evaluate and write the checkpoint at `out` (rank zero). Returns the metrics (None on other ranks)."""
+    """Train, evaluate and write the checkpoint at `out` (rank zero). Returns the metrics (None on other ranks).
+    On CUDA the float32 matmuls run as TF32 for this call only (the process's setting is restored after it)."""
+    with float32_matmul_precision("high" if _on_cuda(cfg) else None):
+        return _train(cfg, out, log)
+
+
+def _train(cfg: CapeTrainConfig, out: str | Path, log: Any) -> dict[str, Any] | None:
     t_start = time.perf_counter()
     cuda = _on_cuda(cfg)
-    if cuda:
-        torch.set_float32_matmul_precision("high")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     devices = max(1, int(cfg.trainer.devices))
     model = _initial_model(cfg)  # before the data: a bad init fails first, and the init does not depend on the cache

@@ -41,6 +41,9 @@ class DynamicConfig:
     lambda_sds: float = 0.0  # novel-view SDS weight, top-level `zero123` prior (DreamGaussian4D: 4e-4 x λ_rgb)
     sds_elevation_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])  # SDS Δelevation range (deg)
     sds: SDSConfig = field(default_factory=SDSConfig)  # SDS timesteps / guidance (t annealed 0.98 -> 0.02)
+    sds_chunk: int = 4  # frames scored per Zero-1-to-3 call (their VAE encode and guided UNet run as one batch;
+    # 0 = the whole frame batch in one call). Fewer, larger calls run faster; each frame of a chunk holds its
+    # VAE-encoder graph until the chunk's gradient is taken, so the SDS term's memory grows with the chunk.
     background: float = 1.0  # background grey level of renders and targets (1 = white, as DreamGaussian4D)
     svd: SVDConfig = field(default_factory=SVDConfig)  # driving-video generation when the scene has no video
     track_neighbours: int = 8  # Gaussians each 3D keypoint is attached to
@@ -51,6 +54,8 @@ class DynamicConfig:
     def validate(self) -> None:
         if self.deform not in DEFORM_KINDS:
             raise ConfigError(f"config key 'dynamic.deform': {self.deform!r} is not one of {list(DEFORM_KINDS)}")
+        if self.sds_chunk < 0:
+            raise ConfigError(f"config key 'dynamic.sds_chunk': must be >= 0 (0 = the whole batch), got {self.sds_chunk}")
         for k in ("steps", "batch_frames"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
