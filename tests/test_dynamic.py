@@ -178,7 +178,8 @@ def test_sds_chunks_score_each_frame_as_one_at_a_time(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(0)
     video = torch.cat([torch.rand(3, 24, 24, 3, generator=g), torch.ones(3, 24, 24, 1)], -1)  # [T, H, W, 4]
     images = torch.rand(3, 3, 32, 32, generator=g)  # [B, 3, S, S]
-    frames, d_elev, d_azim = torch.tensor([2, 0, 1]), torch.tensor([10.0, -5.0, 20.0]), torch.tensor([90.0, -40.0, 150.0])
+    frames, d_elev = torch.tensor([2, 0, 1]), torch.tensor([10.0, -5.0, 20.0])
+    d_azim = torch.tensor([90.0, -40.0, 150.0])
     z123 = Zero123Config(path=str(write_tiny_zero123(tmp_path / "z123")), size=32)
 
     def score(chunk: int, fr: torch.Tensor = frames) -> tuple[torch.Tensor, torch.Tensor]:

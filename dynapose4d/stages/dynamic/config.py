@@ -55,7 +55,8 @@ class DynamicConfig:
         if self.deform not in DEFORM_KINDS:
             raise ConfigError(f"config key 'dynamic.deform': {self.deform!r} is not one of {list(DEFORM_KINDS)}")
         if self.sds_chunk < 0:
-            raise ConfigError(f"config key 'dynamic.sds_chunk': must be >= 0 (0 = the whole batch), got {self.sds_chunk}")
+            raise ConfigError(f"config key 'dynamic.sds_chunk': must be >= 0 (0 = the whole batch), "
+                              f"got {self.sds_chunk}")
         for k in ("steps", "batch_frames"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
