@@ -16,6 +16,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.images import to_uint8
@@ -56,25 +57,54 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what `read_image` reads
+
+
 def read_image(path: str | Path) -> torch.Tensor:
-    """Read a PNG/JPEG as float32 [H, W, C] in [0, 1] (C = 3 or 4; grey becomes RGB, grey + alpha RGBA)."""
+    """Read an image file (PNG, JPEG, WebP, BMP, TIFF) as float32 [H, W, C] in [0, 1], C = 3 or 4, the way an image
+    viewer shows it: the camera's EXIF orientation applied; grey becomes RGB and grey + alpha RGBA; a palette
+    image RGBA when it has a transparent colour, else RGB; CMYK and other colour spaces RGB. 16-bit grey keeps
+    its 16 bits."""
     path = Path(path)
     try:
-        arr = iio.imread(path)
+        with Image.open(path) as im:
+            arr = _pixels(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
-    except Exception as e:  # imageio raises many types for corrupt files
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except Exception as e:  # Pillow raises many types for corrupt or unknown files
         raise InputError(f"{path}: unreadable image ({type(e).__name__})") from None
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
-    elif arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha
+    elif arr.shape[-1] == 2:  # grey + alpha
         arr = np.concatenate([arr[..., :1].repeat(3, axis=-1), arr[..., 1:]], axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise InputError(f"{path}: expected an RGB or RGBA image, got array of shape {arr.shape}")
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"{path}: expected 8- or 16-bit samples, got {arr.dtype}")
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
     return torch.from_numpy(arr.astype(np.float32) / scale)
+
+
+def _pixels(im: Image.Image) -> np.ndarray:
+    """uint8 or uint16 samples [H, W] (grey), [H, W, 2] (grey + alpha), [H, W, 3] or [H, W, 4] of a Pillow image."""
+    mode = im.mode
+    if mode in ("RGB", "RGBA", "L", "LA"):
+        return np.asarray(im)
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    if mode == "I":  # 16-bit grey from some decoders, held in 32-bit integers
+        arr = np.asarray(im)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise InputError("32-bit integer samples beyond 16 bits: save it with 8 or 16 bits per sample")
+        return arr.astype(np.uint16)
+    if mode in ("F", "I;32", "I;32B"):
+        raise InputError(f"{mode!r} samples (32-bit): save it with 8 or 16 bits per sample")
+    if mode == "1":
+        return np.asarray(im.convert("L"))
+    if mode in ("P", "PA"):
+        rgba = mode == "PA" or "transparency" in im.info
+        return np.asarray(im.convert("RGBA" if rgba else "RGB"))
+    if mode in ("RGBa", "La"):  # premultiplied alpha
+        return np.asarray(im.convert("RGBA"))
+    return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX
 
 
 def write_image(path: str | Path, img: torch.Tensor | np.ndarray) -> None:

@@ -11,8 +11,9 @@ Files:
                   accepted, v = 0 (invisible) is an error, since the support keypoints must all be visible.
                   Optional: without it the keypoints and a tree skeleton are made from the mask's medial axis
                   (`dynapose4d.data.auto_keypoints`, kept in `Scene.auto_keypoints` so the run can write them).
-  video/000.png … driving frames, sorted by the number in their names (png/jpg). Preferred over video.mp4 when
-  video.mp4       both exist. RGB frames (and every mp4 frame) get the same background removal as image.png.
+  video/000.png … driving frames, sorted by the number in their names (png, jpg, webp, bmp, tif). Preferred
+  video.mp4       over video.mp4 when both exist. RGB frames (and every mp4 frame) get the same background removal
+                  as image.png.
   camera.json     reference camera. Without it the default reference camera is used and the scene is recentred.
   views/          cameras.json + <name>.png (RGBA, or RGB with background removal), same size as image.png.
   gt/             checked here (cameras.json, a folder of 000.png … per camera, equal frame counts, and
@@ -20,8 +21,8 @@ Files:
                   gt/ stops the run before training and not when a stage evaluates; its path is kept
                   (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none.
 
-A picture alone (png/jpg, `load_scene(picture, video=...)`) is a scene with only image.png: no camera.json,
-views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
+A picture alone (png, jpg, webp, bmp or tif; `load_scene(picture, video=...)`) is a scene with only image.png: no
+camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
 `keypoints`: a keypoints.json file, also accepted for a folder, where they replace the folder's own files).
 
 Recentring (no camera.json, the DreamGaussian convention): image, keypoints and every video frame go through one
@@ -48,7 +49,7 @@ import torch
 
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
-from dynapose4d.core.io import read_image, read_video
+from dynapose4d.core.io import IMAGE_SUFFIXES, read_image, read_video
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
 from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
@@ -56,7 +57,6 @@ from dynapose4d.evaluation.gt import gt_frame_files, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -96,9 +96,9 @@ class Scene:
 
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None) -> Scene:
-    """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png/jpg) given alone. Raises
-    `InputError` (one line, naming the file) on any bad input; see the module docstring for the files and
-    recentring, and `dynapose4d.data.background` for the background removal.
+    """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif)
+    given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for the
+    files and recentring, and `dynapose4d.data.background` for the background removal.
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -108,11 +108,12 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         raise InputError(f"{root}: scene folder or picture not found")
     picture = root.is_file()
     if picture:
-        if root.suffix.lower() not in _IMAGE_SUFFIXES:
-            raise InputError(f"{root}: not a picture (png/jpg) nor a scene folder (a folder with image.png)")
+        if root.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{root}: not a picture (png, jpg, webp, bmp, tif) nor a scene folder "
+                             "(a folder with image.png)")
         image_path, root = root, root.parent
     elif not root.is_dir():
-        raise InputError(f"{root}: a scene must be a folder (with image.png) or a picture (png/jpg)")
+        raise InputError(f"{root}: a scene must be a folder (with image.png) or a picture (png, jpg, webp, bmp, tif)")
     else:
         image_path = root / "image.png"
         if not image_path.is_file():
@@ -269,7 +270,7 @@ def _read_keypoints(path: Path, W: int, H: int, image_name: str = "image.png"
 
 def _frame_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES]
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
     numbered: dict[int, Path] = {}
     for p in files:
         m = re.fullmatch(r"\D*?(\d+)", p.stem)

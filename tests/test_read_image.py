@@ -1,0 +1,100 @@
+"""`core.io.read_image` reads a picture as a viewer shows it: the camera's EXIF orientation, palette transparency,
+CMYK JPEGs, 16-bit grey, WebP/BMP/TIFF; what it cannot read is a one-line error naming the file. References:
+the array written (lossless formats), numpy's own rotations, Pillow's conversion of the same pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dynapose4d.core.errors import InputError
+from dynapose4d.core.io import read_image
+from dynapose4d.data.scene import load_scene
+
+H, W = 24, 40  # not square, so a turned image has the other shape
+
+
+def _rgba() -> np.ndarray:
+    """uint8 [H, W, 4]: an asymmetric object (a bar and a dot) on a transparent background."""
+    a = np.zeros((H, W, 4), np.uint8)
+    a[4:10, 3:30] = (220, 120, 30, 255)
+    a[15:20, 30:36] = (40, 90, 200, 255)
+    return a
+
+
+# EXIF orientation -> the numpy operation that shows the stored pixels upright (the TIFF/EXIF definition)
+ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: np.rot90(a, 2),
+    4: lambda a: a[::-1],
+    5: lambda a: np.transpose(a, (1, 0, 2)),  # flipped over the main diagonal
+    6: lambda a: np.rot90(a, -1),  # the stored image is shown turned 90° clockwise
+    7: lambda a: np.rot90(np.transpose(a, (1, 0, 2)), 2),  # flipped over the anti-diagonal
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
+    a = _rgba()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"
+    Image.fromarray(a).save(path, exif=exif)
+    got = read_image(path)
+    want = np.ascontiguousarray(ORIENTATIONS[orientation](a)).astype(np.float32) / 255
+    assert got.shape == want.shape and torch.equal(got, torch.from_numpy(want)), orientation
+
+
+def test_cmyk_jpeg_is_rgb_not_rgba(tmp_path: Path) -> None:
+    """A CMYK JPEG has four channels; they are ink, not RGB + alpha (read as RGBA, the object vanished)."""
+    rgb = np.where(_rgba()[..., 3:] > 0, _rgba()[..., :3], 255).astype(np.uint8)
+    path = tmp_path / "print.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(path, quality=95)
+    got = read_image(path)
+    with Image.open(path) as im:
+        want = np.asarray(im.convert("RGB")).astype(np.float32) / 255
+    assert got.shape == (H, W, 3) and torch.allclose(got, torch.from_numpy(want))
+    assert (got - torch.from_numpy(rgb / 255.0).float()).abs().mean() < 0.05  # close to the picture it came from
+    scene = load_scene(path)  # on its white background: the object is found
+    assert int((scene.image[..., 3] > 0.5).sum()) > 100
+
+
+def test_palette_transparency_16_bit_grey_and_other_formats(tmp_path: Path) -> None:
+    a = _rgba()
+    pal = Image.fromarray(a[..., :3]).quantize(8)
+    clear = pal.getpixel((0, 0))  # the background's palette index
+    pal.save(tmp_path / "pal.png", transparency=clear)
+    got = read_image(tmp_path / "pal.png")
+    assert got.shape == (H, W, 4)
+    assert torch.equal(got[..., 3] > 0.5, torch.from_numpy(a[..., 3] > 0))
+    pal.save(tmp_path / "opaque.png")  # no transparent colour: RGB
+    assert read_image(tmp_path / "opaque.png").shape == (H, W, 3)
+
+    g16 = (np.arange(H * W, dtype=np.uint32).reshape(H, W) * 61 % 65536).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    got = read_image(tmp_path / "g16.png")
+    assert got.shape == (H, W, 3) and torch.equal(got[..., 1], torch.from_numpy(g16.astype(np.float32) / 65535))
+
+    for name in ("pic.webp", "pic.bmp", "pic.tif"):
+        kw = {"lossless": True} if name.endswith("webp") else {}
+        Image.fromarray(a if not name.endswith("bmp") else a[..., :3]).save(tmp_path / name, **kw)
+        got = read_image(tmp_path / name)
+        want = a if not name.endswith("bmp") else a[..., :3]
+        assert torch.equal(got, torch.from_numpy(want.astype(np.float32) / 255)), name
+    assert load_scene(tmp_path / "pic.webp").image.shape == (H, W, 4)  # a picture given alone
+
+
+def test_unreadable_images_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "text.png").write_text("not an image")
+    Image.fromarray(np.random.rand(H, W).astype(np.float32)).save(tmp_path / "float.tif")
+    for name, words in (("text.png", "unreadable image"), ("float.tif", "8 or 16 bits"), ("gone.png", "not found")):
+        with pytest.raises(InputError) as e:
+            read_image(tmp_path / name)
+        msg = str(e.value)
+        assert name in msg and words in msg and "\n" not in msg, msg
