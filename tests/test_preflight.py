@@ -64,3 +64,28 @@ def test_auto_prior_is_hashed_as_what_it_resolves_to(scene, tmp_path, monkeypatc
     lines.clear()
     StageRunner(scene, run, cfg, resume=True, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
     assert any(s.startswith("[static] starting") and "auto_prior" in s and "none -> zero123" in s for s in lines), lines
+
+
+def test_nothing_is_downloaded_even_where_downloads_are_allowed(scene, tmp_path, capsys, monkeypatch):
+    """HF_HUB_OFFLINE unset and the models in no local cache: a scene without a video still stops before the run
+    folder exists, and no network connection is tried. (The SVD check used to pass where downloads were allowed;
+    the static and cape stages then ran and the run failed in the cape stage, loading SVD.)"""
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was tried")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    shutil.rmtree(scene / "video")
+    run = tmp_path / "r"
+    _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), "--config", "smoke"],
+                   "Stable Video Diffusion", "not in the local Hugging Face cache", "--video")
+    _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), "--config", "smoke", "--set",
+                                 "static.prior=zero123"], "zero123", "not in the local Hugging Face cache")

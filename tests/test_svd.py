@@ -295,3 +295,19 @@ def test_svd_pipeline_is_freed_after_generation(tmp_path, monkeypatch):
     driving_video(SimpleNamespace(video=None, image=_disc(16, 16, 8, 8, 5)), tmp_path,
                   SVDConfig(num_frames=2, width=16, height=16))
     assert len(refs) == 1 and refs[0]() is None
+
+
+def test_a_folder_without_a_parts_weights_is_missing_before_loading(tiny_svd, tmp_path):
+    """`check_svd_weights` (the check before a run) looks at each part's config and weight file, so a partial
+    copy stops the run up front instead of failing in the middle of it."""
+    import shutil
+
+    from dynapose4d.priors.svd import check_svd_weights
+
+    check_svd_weights(str(tiny_svd))  # complete
+    part = shutil.copytree(tiny_svd, tmp_path / "partial")
+    for f in (part / "vae").iterdir():
+        if f.suffix in (".safetensors", ".bin"):
+            f.unlink()
+    with pytest.raises(MissingWeightsError, match="lacks the weights of vae/"):
+        check_svd_weights(str(part))

@@ -7,20 +7,15 @@
 - `dynapose4d.priors.svd`: Stable Video Diffusion driving videos (dynamic stage), a hashed artifact of the run.
 - `dynapose4d.priors.framing`: non-square images padded with white to the models' aspect, and mapped back.
 
+Nothing is downloaded at run time: a model is read from a local folder or the local Hugging Face cache, and a
+missing one is a one-line `MissingWeightsError` with the command that fetches it (on a machine with a network).
 Import the submodule you need; this package imports nothing heavy.
 """
-
-import os
-
-
-def hub_offline() -> bool:
-    """Whether Hugging Face downloads are off (HF_HUB_OFFLINE set to anything but 0/false/no/empty)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
 def load_failure(e: BaseException, limit: int = 160) -> str:
     """A loader's exception as a short clause for a one-line missing-weights message."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     if "cached snapshot" in msg or "offline" in msg.lower() or type(e).__name__ == "LocalEntryNotFoundError":
-        return "not in the local Hugging Face cache, and downloads are off or failed"
+        return "not in the local Hugging Face cache (nothing is downloaded at run time)"
     return msg if len(msg) <= limit else msg[: limit - 1].rsplit(" ", 1)[0] + "…"

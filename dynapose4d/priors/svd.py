@@ -38,7 +38,7 @@ from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import atomic_folder, read_image, write_image, write_json
 from dynapose4d.core.memory import free_memory
-from dynapose4d.priors import hub_offline, load_failure
+from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
 
 DEFAULT_SVD_MODEL = "stabilityai/stable-video-diffusion-img2vid"
@@ -52,7 +52,7 @@ SOURCE = "source.json"  # beside generated frames: the hash and settings they we
 class SVDConfig:
     """Settings of the Stable Video Diffusion driving-video generator (used only when the scene has no video)."""
 
-    model: str = DEFAULT_SVD_MODEL  # Hugging Face id (from the local cache, offline) or a local pipeline folder
+    model: str = DEFAULT_SVD_MODEL  # Hugging Face id (read from the local cache) or a local pipeline folder
     num_frames: int = 14  # T frames to generate (SVD img2vid: 14)
     width: int = 512  # generation width (multiples of 64); the image is padded with white to this aspect
     height: int = 512  # generation height (multiples of 64)
@@ -70,27 +70,46 @@ class SVDConfig:
 def _missing(model: str, why: str) -> MissingWeightsError:
     include = " ".join(f"--include '{p}'" for p in SVD_FILES)
     return MissingWeightsError(
-        f"Stable Video Diffusion weights '{model}' are not available locally ({why}). Either give the scene a "
-        f"driving video (SCENE/video/000.png… or SCENE/video.mp4), or download the pipeline's fp16 files once "
+        f"Stable Video Diffusion weights '{model}' are not available locally ({why}). Either give a driving "
+        f"video (`--video clip.mp4` or a folder of frames; in a scene folder video/ or video.mp4), or download "
+        f"the pipeline's fp16 files once "
         f"(accept its licence on the Hub first): `hf download {DEFAULT_SVD_MODEL} {include} --local-dir DIR` "
         f"and set dynamic.svd.model=DIR"
     )
 
 
-def check_svd_weights(model: str) -> None:
-    """Raise MissingWeightsError when `model` (a folder or a Hugging Face id) cannot be loaded from this machine:
-    a folder without model_index.json, or, with downloads off (HF_HUB_OFFLINE=1), an id not in the local cache.
-    Reads no weights (a check before a run starts)."""
+SVD_PARTS = ("unet", "vae", "image_encoder")  # the pipeline's parts with weights
+
+
+def svd_folder(model: str) -> Path:
+    """The local folder of the SVD pipeline `model` (a folder, or a Hugging Face id in the local cache), checked to
+    hold model_index.json and each part's config and weights. Reads no weights; downloads nothing. Raises
+    MissingWeightsError."""
     local = Path(model).expanduser()
-    if local.exists() or model.startswith(("/", ".", "~")) or model.count("/") != 1:
-        if not (local / "model_index.json").is_file():
-            raise _missing(model, f"{local} has no model_index.json" if local.exists() else f"no folder {local}")
-        return
-    if hub_offline():
+    if local.exists() or model.startswith(("/", ".", "~")) or model.count("/") != 1:  # a path, not an id
+        if not local.exists():
+            raise _missing(model, f"no folder {local}")
+        root = local
+    else:
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
-            raise _missing(model, "not in the local Hugging Face cache, and downloads are off (HF_HUB_OFFLINE=1)")
+        index = try_to_load_from_cache(model, "model_index.json")
+        if not isinstance(index, str):
+            raise _missing(model, "not in the local Hugging Face cache (nothing is downloaded at run time)")
+        root = Path(index).parent
+    if not (root / "model_index.json").is_file():
+        raise _missing(model, f"{root} has no model_index.json")
+    absent = [p for p in SVD_PARTS if not (root / p / "config.json").is_file()
+              or not any(f.suffix in (".safetensors", ".bin") for f in (root / p).iterdir())]
+    if absent:
+        raise _missing(model, f"{root} lacks the weights of {', '.join(p + '/' for p in absent)}")
+    return root
+
+
+def check_svd_weights(model: str) -> None:
+    """Raise MissingWeightsError when `model` (a folder or a Hugging Face id) cannot be loaded from this machine
+    (`svd_folder`): a check before a run starts."""
+    svd_folder(model)
 
 
 def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
@@ -100,19 +119,14 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
 
     device = torch.device(device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    local = Path(model).expanduser()
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise _missing(model, f"{local} has no model_index.json")
-    if not local.exists() and (model.startswith(("/", ".", "~")) or model.count("/") != 1):  # a path, not an id
-        raise _missing(model, f"no folder {local}")
-    src = str(local) if local.exists() else model
-    kwargs = dict(torch_dtype=dtype, local_files_only=local.exists() or hub_offline())
+    src = str(svd_folder(model))
+    kwargs = dict(torch_dtype=dtype, local_files_only=True)
     try:
         try:
             pipe = StableVideoDiffusionPipeline.from_pretrained(src, variant="fp16", **kwargs)
         except (OSError, ValueError):  # no fp16 files: the full-precision ones
             pipe = StableVideoDiffusionPipeline.from_pretrained(src, **kwargs)
-    except (OSError, ValueError) as e:  # not in cache / offline / gated / partial
+    except (OSError, ValueError) as e:  # unreadable or partial files
         raise _missing(model, load_failure(e)) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -24,9 +24,9 @@ looks from above); Δazimuth has this project's sign (towards +x).
 Non-square references are padded with white to a centred square (never squeezed): renders scored by the prior
 must then see that square, i.e. a square image with the vertical field of view `framing.square_fov_y`.
 
-Weights are never downloaded implicitly when offline: a missing model raises `MissingWeightsError` that says
-how to provide it. Models are frozen, fp16 on CUDA (fp32 on CPU), and the prior is a plain object, never a child
-module of a LightningModule (never in a checkpoint).
+Weights are never downloaded: a model missing from its folder or the local Hugging Face cache raises
+`MissingWeightsError`, which says how to provide it. Models are frozen, fp16 on CUDA (fp32 on CPU), and the prior
+is a plain object, never a child module of a LightningModule (never in a checkpoint).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynapose4d.core.errors import ConfigError, MissingWeightsError
-from dynapose4d.priors import hub_offline, load_failure
+from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import pad_to_aspect
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight
 
@@ -92,10 +92,9 @@ def _missing(model: str, why: str) -> MissingWeightsError:
     )
 
 
-def resolve_zero123(model: str, local_only: bool = False) -> Path:
-    """The local folder of a Zero-1-to-3 model: `model` itself when it is a folder, else its snapshot in the
-    Hugging Face cache (downloaded only when online and not `local_only`). Raises MissingWeightsError when
-    unavailable or incomplete."""
+def resolve_zero123(model: str) -> Path:
+    """The local folder of a Zero-1-to-3 model: `model` itself when it is a folder, else its snapshot in the local
+    Hugging Face cache (nothing is downloaded). Raises MissingWeightsError when unavailable or incomplete."""
     local = Path(model).expanduser()
     if local.exists():
         root = local
@@ -106,10 +105,10 @@ def resolve_zero123(model: str, local_only: bool = False) -> Path:
             from huggingface_hub import snapshot_download
 
             root = Path(snapshot_download(
-                model, local_files_only=local_only or hub_offline(),
+                model, local_files_only=True,
                 allow_patterns=list(ZERO123_FILES),
             ))
-        except Exception as e:  # not cached / offline / unknown repo / network
+        except Exception as e:  # not in the cache
             raise _missing(model, load_failure(e)) from None
     if not root.is_dir():
         raise _missing(model, f"{root} is not a folder")
@@ -123,7 +122,7 @@ def find_local_zero123(cfg: Zero123Config) -> Path | None:
     """The model's folder when its weights are on this machine (the configured path, or the local Hugging Face
     cache), never downloading; None otherwise."""
     try:
-        return resolve_zero123(cfg.source, local_only=True)
+        return resolve_zero123(cfg.source)
     except MissingWeightsError:
         return None
 
