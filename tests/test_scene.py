@@ -237,6 +237,35 @@ def test_recentring_keeps_moving_video_object_inside(tmp_path):
     assert torch.allclose(s.video[0], s.image)
 
 
+def test_a_large_picture_is_scaled_down_in_the_recentring_resample(tmp_path):
+    """max_size: a 480 x 360 scene without camera.json comes out 128 x 96 (same aspect), recentred as at full size
+    (the same fractions of the frame), the marker keypoint still on the marker, the video through the same
+    resample, and the kept similarity maps pipeline pixels back to the file's."""
+    big_h, big_w = 360, 480
+    marker = (140, 170)
+    img = _object(big_h, big_w, cy=150.0, cx=180.0, ry=60.0, rx=70.0, marker=None)
+    img[marker[0] - 6:marker[0] + 7, marker[1] - 6:marker[1] + 7, :3] = RED  # a 13 x 13 red block
+    kp = [[marker[1] + 0.5, marker[0] + 0.5], [150.0, 120.0]]
+    root = write_scene(tmp_path / "s", img, keypoints=kp, skeleton=[[0, 1]], camera=False, video=[img, img])
+    full, small = load_scene(root), load_scene(root, max_size=128)
+    assert full.image.shape == (big_h, big_w, 4) and small.image.shape == (96, 128, 4)
+    assert small.video.shape[1:3] == (96, 128)
+    assert load_scene(root, max_size=1000).image.shape == (big_h, big_w, 4)  # never scaled up
+    fb = torch.tensor(_bbox(full.image[..., 3] > 0.5), dtype=torch.float64) / torch.tensor([big_w, big_h] * 2)
+    sb = torch.tensor(_bbox(small.image[..., 3] > 0.5), dtype=torch.float64) / torch.tensor([128, 96] * 2)
+    assert (fb - sb).abs().max() < 1.5 / 96, (fb, sb)  # the same place and fill, within a pixel of the small frame
+    torch.testing.assert_close(small.keypoints / torch.tensor([128 / big_w, 96 / big_h]), full.keypoints,
+                               atol=1e-3, rtol=1e-4)
+    red = (small.image[..., 0] > 0.5) & (small.image[..., 1] < 0.4) & (small.image[..., 3] > 0.5)
+    ys, xs = torch.nonzero(red, as_tuple=True)
+    centroid = torch.stack([xs.float().mean() + 0.5, ys.float().mean() + 0.5])
+    assert (small.keypoints[0] - centroid).abs().max() < 0.5, (small.keypoints[0], centroid)
+    assert torch.allclose(small.video[0], small.image)
+    rec = small.recentring
+    assert rec.size == (big_w, big_h) and rec.output_size == (128, 96)
+    torch.testing.assert_close(rec.to_scene(small.keypoints.double()), torch.tensor(kp, dtype=torch.float64))
+
+
 def test_connected_components_match_flood_fill():
     rng = np.random.default_rng(1)
     for diagonal in (True, False):

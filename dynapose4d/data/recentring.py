@@ -1,6 +1,7 @@
 """Recentring a scene without camera.json (the DreamGaussian convention; `dynapose4d.data.scene` describes when and
 why): the 2D similarity that centres the object's mask box and scales it to fill 80% of the frame, and applying it
-to the image, keypoints and video in one resample.
+to the image, keypoints and video in one resample. A frame larger than the run's `max_image_size` comes out
+smaller (same aspect, longer side `max_image_size`) in that same resample.
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ FILL = 0.8  # recentring: the mask bounding box fills this fraction of the frame
 @dataclass(frozen=True)
 class Recentring:
     """The 2D similarity of recentring (`recentring_of`, `apply_recentring`): a scene-file pixel q maps to the
-    pipeline pixel p = (q - centre) * scale + size / 2 (pixel centres at +0.5 in both)."""
+    pipeline pixel p = (q - centre) * scale + out_size / 2 (pixel centres at +0.5 in both)."""
 
     scale: float
     centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
-    size: tuple[int, int]  # (W, H) of the frame (equal before and after)
+    size: tuple[int, int]  # (W, H) of the scene's frames
+    out_size: tuple[int, int] | None = None  # (W, H) of the pipeline's frames; None: `size`
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(W, H) of the frames the pipeline sees."""
+        return self.size if self.out_size is None else self.out_size
 
     def _centre_and_half(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = torch.tensor(self.centre, dtype=x.dtype, device=x.device)
-        return c, torch.tensor(self.size, dtype=x.dtype, device=x.device) / 2.0
+        return c, torch.tensor(self.output_size, dtype=x.dtype, device=x.device) / 2.0
 
     def from_scene(self, q: torch.Tensor) -> torch.Tensor:
         """Scene-file pixels [..., 2] -> pipeline pixels [..., 2]."""
@@ -37,12 +44,22 @@ class Recentring:
         return (p - half) / self.scale + c
 
 
+def output_size_of(W: int, H: int, max_size: int) -> tuple[int, int]:
+    """(W, H) of a frame W x H brought within `max_size` pixels on its longer side (same aspect; 0 = as it is)."""
+    if max_size <= 0 or max(W, H) <= max_size:
+        return W, H
+    f = max_size / max(W, H)
+    return max(1, round(W * f)), max(1, round(H * f))
+
+
 def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
-                  fill: float = FILL) -> Recentring | None:
+                  fill: float = FILL, max_size: int = 0) -> Recentring | None:
     """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
     `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
-    [T, H, W, 4] inside the frame. None when it is the identity."""
+    [T, H, W, 4] inside the frame; the frame itself brought within `max_size` pixels on its longer side
+    (`output_size_of`). None when it is the identity."""
     H, W = image.shape[:2]
+    Wo, Ho = output_size_of(W, H, max_size)
     box = _bbox(image[..., 3] > 0.5)
     if box is None:
         raise ValueError("recentring_of: the image mask is empty")
@@ -62,20 +79,23 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
         s = min(s, 0.98 * (W / 2.0) / ex)
     if ey > 0:
         s = min(s, 0.98 * (H / 2.0) / ey)
-    if abs(s - 1.0) < 1e-9 and cx == W / 2.0 and cy == H / 2.0:
+    if abs(s - 1.0) < 1e-9 and cx == W / 2.0 and cy == H / 2.0 and (Wo, Ho) == (W, H):
         return None
-    return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)))
+    s *= min(Wo / W, Ho / H)  # the same fill of the smaller frame
+    return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)),
+                      out_size=None if (Wo, Ho) == (W, H) else (int(Wo), int(Ho)))
 
 
 def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
                      video: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] moved by `rec` (returned as given when None):
-    one bilinear resample, antialiased when shrinking."""
+    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] moved by `rec` into frames of its output
+    size [Ho, Wo] (returned as given when None): one bilinear resample, antialiased when shrinking."""
     if rec is None:
         return image, keypoints, video
     H, W = image.shape[:2]
+    Wo, Ho = rec.output_size
     s, (cx, cy) = rec.scale, rec.centre
-    # output pixel x' shows source x = (x' - W / 2) / s + cx (likewise y): one exact similarity for everything
+    # output pixel x' shows source x = (x' - Wo / 2) / s + cx (likewise y): one exact similarity for everything
     kp = rec.from_scene(keypoints.double())
 
     frames = image[None] if video is None else torch.cat([image[None], video])  # [B = 1 + T, H, W, 4]
@@ -84,10 +104,10 @@ def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: tor
     if s < 1.0:  # shrinking: low-pass first (antialiased resize); grid_sample's normalised coords are unchanged
         x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
                           align_corners=False, antialias=True)
-    xs = ((torch.arange(W, dtype=torch.float64) + 0.5 - W / 2.0) / s + cx) * (2.0 / W) - 1.0  # [W]
-    ys = ((torch.arange(H, dtype=torch.float64) + 0.5 - H / 2.0) / s + cy) * (2.0 / H) - 1.0  # [H]
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).float()  # [H, W, 2] (x, y) in [-1, 1]
-    x = F.grid_sample(x, grid.expand(x.shape[0], H, W, 2), mode="bilinear", padding_mode="zeros",
+    xs = ((torch.arange(Wo, dtype=torch.float64) + 0.5 - Wo / 2.0) / s + cx) * (2.0 / W) - 1.0  # [Wo]
+    ys = ((torch.arange(Ho, dtype=torch.float64) + 0.5 - Ho / 2.0) / s + cy) * (2.0 / H) - 1.0  # [Ho]
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).float()  # [Ho, Wo, 2] (x, y) in [-1, 1]
+    x = F.grid_sample(x, grid.expand(x.shape[0], Ho, Wo, 2), mode="bilinear", padding_mode="zeros",
                       align_corners=False)  # zeros outside = transparent
     a = x[:, 3:].clamp(0.0, 1.0)
     rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)

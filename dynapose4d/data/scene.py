@@ -26,9 +26,11 @@ camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`v
 `keypoints`: a keypoints.json file, also accepted for a folder, where they replace the folder's own files).
 
 Recentring (no camera.json, the DreamGaussian convention): image, keypoints and every video frame go through one
-2D similarity (one bilinear resample, antialiased when shrinking; output size = input size) that puts the centre
-of image.png's mask bounding box at the image centre and scales the box to fill 80% of the frame (of the tighter
-of width and height). The scale is reduced when needed so that every keypoint and the mask boxes of all video
+2D similarity (one bilinear resample, antialiased when shrinking) that puts the centre of image.png's mask
+bounding box at the image centre and scales the box to fill 80% of the frame (of the tighter of width and
+height). The frame keeps the files' size, or, when their longer side is over the run's `max_image_size`, the
+same aspect at that longer side (a 4000 x 3000 photo becomes 512 x 384 with the default), so that a large photo
+costs what a small one does. The scale is reduced when needed so that every keypoint and the mask boxes of all video
 frames stay inside the frame. Parts of the frame that come from outside the input are transparent. A scene with
 camera.json is used exactly as given (so views/ and gt/ stay aligned with it); views/ or gt/ without camera.json
 is an error, because recentring would misalign them. The similarity is kept (`Scene.recentring`) so that 2D
@@ -95,10 +97,12 @@ class Scene:
 # ------------------------------------------------------------------------------------------------ public
 
 
-def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None) -> Scene:
+def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
+               max_size: int = 0) -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif)
     given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for the
-    files and recentring, and `dynapose4d.data.background` for the background removal.
+    files and recentring, and `dynapose4d.data.background` for the background removal. A recentred scene's frames
+    are brought within `max_size` pixels on their longer side (0: kept at the files' size).
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -151,7 +155,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
 
     recentring = None
     if not has_camera:
-        recentring = recentring_of(image, kps, vid, fill=FILL)
+        recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size)
         image, kps, vid = apply_recentring(recentring, image, kps, vid)
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,

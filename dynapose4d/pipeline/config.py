@@ -38,6 +38,9 @@ class RunConfig:
 
     seed: int = 0  # global seed (lightning.seed_everything)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages to run, in pipeline order
+    max_image_size: int = 512  # longer side (pixels) of the frames the stages see for a picture or a scene folder
+    # without camera.json: larger ones are scaled down in the recentring resample (0 = the files' own size). A
+    # scene with camera.json is used at its own size.
     zero123: Zero123Config = field(default_factory=Zero123Config)  # Zero-1-to-3 of static.prior, dynamic.lambda_sds
     static: StaticConfig = field(default_factory=StaticConfig)
     cape: CapeStageConfig = field(default_factory=CapeStageConfig)

@@ -198,7 +198,8 @@ class StageRunner:
         return manifest
 
     def _load_scene(self) -> Scene:
-        return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints)
+        return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints,
+                                   max_size=self.cfg.max_image_size)
 
     def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
         """The plan of this run against `manifest` (`plan.plan_stages`; marks stale stages in it)."""
