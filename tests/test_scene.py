@@ -404,3 +404,60 @@ def test_cli_run_on_bad_scene_exits_2_and_leaves_no_run_folder(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and BAD[case][1].split("/")[0] in err, err
     assert not run.exists()
+
+
+def test_video_resample_in_chunks_from_8_bits_equals_the_whole_float_video():
+    """apply_recentring on a uint8 video, a few frames at a time, gives exactly what the whole float video gives."""
+    from dynapose4d.data.recentring import apply_recentring, recentring_of
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.from_numpy(_object(cy=14.0, cx=15.0, ry=6.0, rx=7.0)).float()
+    video = (torch.rand(7, H, W, 4, generator=g) * 255).round().to(torch.uint8)
+    video[..., 3] = torch.where(img[..., 3] > 0.5, 255, 0).to(torch.uint8)
+    kp = torch.tensor([[15.0, 14.0]])
+    rec = recentring_of(img, kp, video, max_size=40)
+    assert rec is not None and rec.output_size == (40, 30)
+    _, _, whole = apply_recentring(rec, img, kp, video.float() / 255.0, chunk=100)
+    _, _, chunked = apply_recentring(rec, img, kp, video, chunk=3)
+    assert chunked.dtype == torch.float32 and chunked.shape == (7, 30, 40, 4) and torch.equal(chunked, whole)
+    _, _, as_given = apply_recentring(None, img, kp, video)  # no recentring: the video in float, unchanged
+    assert torch.equal(as_given, video.float() / 255.0)
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from dynapose4d.data.scene import load_scene
+s = load_scene(sys.argv[1], video=sys.argv[2], max_size=128)
+assert s.video.shape == (40, 72, 128, 4), s.video.shape
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+
+
+def test_a_long_hd_video_is_never_whole_in_float(tmp_path):
+    """A 40-frame 1280 x 720 mp4 with a picture: loaded at max_size 128 in under 1.5 GB of peak memory (measured
+    0.72 GB). Held in float at full size, as before, it took 3.9 GB (a 10 s 1080p phone clip: over 24 GB)."""
+    import subprocess
+    import sys
+
+    import imageio_ffmpeg
+
+    h, w = 720, 1280
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def frame(dx: int) -> np.ndarray:
+        f = np.full((h, w, 3), (235, 238, 240), np.uint8)
+        f[((yy - 360) / 200.0) ** 2 + ((xx - 600 - dx) / 150.0) ** 2 <= 1.0] = (30, 60, 200)
+        return f
+
+    iio.imwrite(tmp_path / "pic.png", frame(0))
+    writer = imageio_ffmpeg.write_frames(str(tmp_path / "clip.mp4"), (w, h), fps=10, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for t in range(40):
+        writer.send(frame(3 * t))
+    writer.close()
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "pic.png"), str(tmp_path / "clip.mp4")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak_gb = float(out.stdout.strip().splitlines()[-1])
+    assert peak_gb < 1.5, peak_gb

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -142,28 +143,43 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 
 
 def read_video(path: str | Path) -> torch.Tensor:
     """Read an mp4 (or gif) as float32 [T, H, W, 3] in [0, 1]."""
+    frames = [torch.from_numpy(f) for f in iter_video(path)]
+    if not frames:
+        raise InputError(f"{path}: the video has 0 frames")
+    return torch.stack(frames).float() / 255.0
+
+
+def iter_video(path: str | Path) -> Iterator[np.ndarray]:
+    """The frames of an mp4 (or gif) one at a time, uint8 [H, W, 3], so that a long video is never held whole
+    in float; InputError when unreadable."""
     path = Path(path)
+    gen = _ffmpeg_frames(path)
     try:
-        arr = _read_ffmpeg(path)
+        w, h = next(gen)["size"]
+        for f in gen:
+            yield np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3).copy()  # writable
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
-    if arr.shape[0] == 0:
-        raise InputError(f"{path}: the video has 0 frames")
-    return torch.from_numpy(arr[..., :3].astype(np.float32) / 255.0)
+    finally:
+        gen.close()
 
 
-def _read_ffmpeg(path: Path) -> np.ndarray:
+def _ffmpeg_frames(path: Path) -> Iterator[Any]:
+    """imageio-ffmpeg's reader: first its metadata, then raw RGB frames; InputError when missing or unreadable."""
     import imageio_ffmpeg
 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = meta["size"]
-    frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
-    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+    try:
+        meta = next(gen)
+    except Exception as e:
+        gen.close()
+        raise InputError(f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+    yield meta
+    yield from gen
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -56,8 +56,8 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
                   fill: float = FILL, max_size: int = 0) -> Recentring | None:
     """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
     `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
-    [T, H, W, 4] inside the frame; the frame itself brought within `max_size` pixels on its longer side
-    (`output_size_of`). None when it is the identity."""
+    [T, H, W, 4] (float in [0, 1] or uint8) inside the frame; the frame itself brought within `max_size` pixels
+    on its longer side (`output_size_of`). None when it is the identity."""
     H, W = image.shape[:2]
     Wo, Ho = output_size_of(W, H, max_size)
     box = _bbox(image[..., 3] > 0.5)
@@ -69,8 +69,9 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
     # points that must stay in the frame: keypoints and the corners of every video frame's mask box
     pts = [keypoints.double()]
     if video is not None:
+        half = 127.5 if video.dtype == torch.uint8 else 0.5  # alpha > 0.5
         for t in range(video.shape[0]):
-            vb = _bbox(video[t, ..., 3] > 0.5)
+            vb = _bbox(video[t, ..., 3] > half)
             if vb is not None:
                 pts.append(torch.tensor([[vb[0], vb[1]], [vb[2], vb[3]]], dtype=torch.float64))
     allp = torch.cat(pts)
@@ -87,18 +88,32 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
 
 
 def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
-                     video: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] moved by `rec` into frames of its output
-    size [Ho, Wo] (returned as given when None): one bilinear resample, antialiased when shrinking."""
+                     video: torch.Tensor | None = None, chunk: int = 4
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`image` [H, W, 4], `keypoints` [N, 2] and `video` [T, H, W, 4] (float in [0, 1] or uint8) moved by `rec`
+    into frames of its output size [Ho, Wo] (as given when None; the video then in float): one bilinear resample,
+    antialiased when shrinking, `chunk` video frames at a time (a long video is never whole in float at the
+    files' size)."""
     if rec is None:
-        return image, keypoints, video
-    H, W = image.shape[:2]
+        return image, keypoints, (None if video is None else _as_float(video))
+    kp = rec.from_scene(keypoints.double())
+    out = _resample(rec, image[None])[0]
+    if video is None:
+        return out, kp.to(keypoints.dtype), None
+    frames = [_resample(rec, _as_float(video[i:i + chunk])) for i in range(0, video.shape[0], chunk)]
+    return out, kp.to(keypoints.dtype), torch.cat(frames)
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
+def _resample(rec: Recentring, frames: torch.Tensor) -> torch.Tensor:
+    """RGBA frames [B, H, W, 4] in [0, 1] through `rec` -> [B, Ho, Wo, 4]."""
+    H, W = frames.shape[1:3]
     Wo, Ho = rec.output_size
     s, (cx, cy) = rec.scale, rec.centre
     # output pixel x' shows source x = (x' - Wo / 2) / s + cx (likewise y): one exact similarity for everything
-    kp = rec.from_scene(keypoints.double())
-
-    frames = image[None] if video is None else torch.cat([image[None], video])  # [B = 1 + T, H, W, 4]
     x = frames.permute(0, 3, 1, 2).float()  # [B, 4, H, W]
     x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)  # premultiplied, so edges do not blend with black
     if s < 1.0:  # shrinking: low-pass first (antialiased resize); grid_sample's normalised coords are unchanged
@@ -111,8 +126,7 @@ def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: tor
                       align_corners=False)  # zeros outside = transparent
     a = x[:, 3:].clamp(0.0, 1.0)
     rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
-    out = torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, H, W, 4]
-    return out[0], kp.to(keypoints.dtype), (None if video is None else out[1:])
+    return torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, Ho, Wo, 4]
 
 
 def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:

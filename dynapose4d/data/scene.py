@@ -51,7 +51,7 @@ import torch
 
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
-from dynapose4d.core.io import IMAGE_SUFFIXES, read_image, read_video
+from dynapose4d.core.io import IMAGE_SUFFIXES, iter_video, read_image
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
 from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
@@ -153,10 +153,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     if has_gt:  # automatic keypoints are not the gt's: their tracks are not compared with gt/keypoints3d.json
         gt_keypoints = _check_gt(gt_dir, int(kps.shape[0]), check_keypoints=auto is None)  # False for auto
 
-    recentring = None
-    if not has_camera:
-        recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size)
-        image, kps, vid = apply_recentring(recentring, image, kps, vid)
+    recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size) if not has_camera else None
+    image, kps, vid = apply_recentring(recentring, image, kps, vid)  # None: as given (the video in float)
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
@@ -298,14 +296,16 @@ def _read_video(root: Path, H: int, W: int) -> torch.Tensor | None:
 
 
 def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") -> torch.Tensor:
-    """Frames RGBA [T, H, W, 4] of a folder of numbered frames or of an mp4 file, each the image's size."""
+    """Frames RGBA uint8 [T, H, W, 4] of a folder of numbered frames or of an mp4 file, each the image's size.
+    Each frame gets its alpha (`_to_rgba`) as it is read and is kept in 8 bits (a long video in float does not
+    fit in memory; the recentring resample turns the frames into float at the pipeline's size)."""
     if not path.exists():
         raise InputError(f"{path}: video not found (an mp4 file or a folder of frames 000.png, 001.png, ...)")
+    frames = []
     if path.is_dir():
         files = _frame_files(path)
         if not files:
             raise InputError(f"{path}: the video has 0 frames (no 000.png, 001.png, ...)")
-        frames = []
         first: tuple[int, int] | None = None
         for f in files:
             img = read_image(f)
@@ -317,14 +317,22 @@ def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") 
                                  f"but {files[0].name} is {first[1]}x{first[0]}")
             if size != (H, W):
                 raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but {image_name} is {W}x{H}")
-            frames.append(_to_rgba(img, f))
+            frames.append(_quantise(_to_rgba(img, f)))
         return torch.stack(frames)  # [T, H, W, 4]
     if path.name == "video" and not path.suffix:
         raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
-    vid = read_video(path)  # [T, H, W, 3]; InputError when unreadable or 0 frames
-    if tuple(vid.shape[1:3]) != (H, W):
-        raise InputError(f"{path}: video frames are {vid.shape[2]}x{vid.shape[1]} but {image_name} is {W}x{H}")
-    return torch.stack([_to_rgba(vid[t], f"{path} (frame {t})") for t in range(vid.shape[0])])
+    for t, f in enumerate(iter_video(path)):  # [H, W, 3] uint8 each; InputError when unreadable
+        if f.shape[:2] != (H, W):
+            raise InputError(f"{path}: video frames are {f.shape[1]}x{f.shape[0]} but {image_name} is {W}x{H}")
+        frames.append(_quantise(_to_rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})")))
+    if not frames:
+        raise InputError(f"{path}: the video has 0 frames")
+    return torch.stack(frames)
+
+
+def _quantise(rgba: torch.Tensor) -> torch.Tensor:
+    """Float RGBA in [0, 1] -> uint8 (exact for frames read from 8-bit files with their own alpha)."""
+    return (rgba.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
 def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor]]:
