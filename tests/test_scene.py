@@ -167,6 +167,23 @@ def test_mp4_video_gets_background_removed(tmp_path):
         assert _iou(s.video[t, ..., 3] > 0.5, true) > 0.9  # H.264 blurs edges a little
 
 
+@pytest.mark.parametrize("counted", [0, 1, 3, 9])
+def test_mp4_frames_whatever_its_header_counts(tmp_path, monkeypatch, counted):
+    """The frame block is sized by the stream's frame count; a count that is off (or missing) still gives every
+    decoded frame, no more."""
+    from dynapose4d.core.images import over_background
+    from dynapose4d.core.io import write_video
+    from dynapose4d.data import scene as scene_module
+
+    root = write_scene(tmp_path / "s")
+    write_video(root / "video.mp4", torch.stack([over_background(torch.from_numpy(_object(cx=20.0 + 4 * t)).float(),
+                                                                 1.0) for t in range(5)]))
+    want = load_scene(root).video
+    monkeypatch.setattr(scene_module, "count_video_frames", lambda path: counted)
+    got = load_scene(root).video
+    assert got.shape == want.shape == (5, H, W, 4) and torch.equal(got, want)
+
+
 def test_rgb_on_white_background_mask_matches(tmp_path):
     rng = np.random.default_rng(0)
     hi = _object(h=320, w=384, cy=160, cx=176, ry=88, rx=120, marker=(160, 176))  # 4x supersampled

@@ -166,6 +166,16 @@ def iter_video(path: str | Path) -> Iterator[np.ndarray]:
         gen.close()
 
 
+def count_video_frames(path: str | Path) -> int:
+    """The number of frames of an mp4 from its stream (not decoded); 0 when it cannot be counted."""
+    import imageio_ffmpeg
+
+    try:
+        return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
+    except Exception:  # unreadable: `iter_video` says why
+        return 0
+
+
 def _ffmpeg_frames(path: Path) -> Iterator[Any]:
     """imageio-ffmpeg's reader: first its metadata, then raw RGB frames; InputError when missing or unreadable."""
     import imageio_ffmpeg

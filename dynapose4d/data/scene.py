@@ -51,7 +51,7 @@ import torch
 
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
-from dynapose4d.core.io import IMAGE_SUFFIXES, iter_video, read_image
+from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
 from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
@@ -297,15 +297,16 @@ def _read_video(root: Path, H: int, W: int) -> torch.Tensor | None:
 
 def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") -> torch.Tensor:
     """Frames RGBA uint8 [T, H, W, 4] of a folder of numbered frames or of an mp4 file, each the image's size.
-    Each frame gets its alpha (`_to_rgba`) as it is read and is kept in 8 bits (a long video in float does not
-    fit in memory; the recentring resample turns the frames into float at the pipeline's size)."""
+    Each frame gets its alpha (`_to_rgba`) as it is read and is kept in 8 bits, in one block allocated up front
+    (a long video in float does not fit in memory, and many frame-sized pieces fragment it; the recentring
+    resample turns the frames into float at the pipeline's size)."""
     if not path.exists():
         raise InputError(f"{path}: video not found (an mp4 file or a folder of frames 000.png, 001.png, ...)")
-    frames = []
     if path.is_dir():
         files = _frame_files(path)
         if not files:
             raise InputError(f"{path}: the video has 0 frames (no 000.png, 001.png, ...)")
+        out = _FrameBlock(len(files))
         first: tuple[int, int] | None = None
         for f in files:
             img = read_image(f)
@@ -317,17 +318,39 @@ def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") 
                                  f"but {files[0].name} is {first[1]}x{first[0]}")
             if size != (H, W):
                 raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but {image_name} is {W}x{H}")
-            frames.append(_quantise(_to_rgba(img, f)))
-        return torch.stack(frames)  # [T, H, W, 4]
+            out.add(_to_rgba(img, f))
+        return out.frames()  # [T, H, W, 4]
     if path.name == "video" and not path.suffix:
         raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
+    out = _FrameBlock(count_video_frames(path))
     for t, f in enumerate(iter_video(path)):  # [H, W, 3] uint8 each; InputError when unreadable
         if f.shape[:2] != (H, W):
             raise InputError(f"{path}: video frames are {f.shape[1]}x{f.shape[0]} but {image_name} is {W}x{H}")
-        frames.append(_quantise(_to_rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})")))
-    if not frames:
+        out.add(_to_rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})"))
+    if out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
-    return torch.stack(frames)
+    return out.frames()
+
+
+class _FrameBlock:
+    """RGBA frames in [0, 1] stored as uint8 in one [T, H, W, 4] block sized for `expected` frames (grown if more
+    come, trimmed if fewer)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected, self.count = max(1, expected), 0
+        self.block: torch.Tensor | None = None
+
+    def add(self, rgba: torch.Tensor) -> None:
+        if self.block is None:
+            self.block = torch.empty((self.expected, *rgba.shape), dtype=torch.uint8)
+        elif self.count == self.block.shape[0]:  # more frames than the header said
+            self.block = torch.cat([self.block, torch.empty_like(self.block[: max(1, self.count // 4)])])
+        self.block[self.count] = _quantise(rgba)
+        self.count += 1
+
+    def frames(self) -> torch.Tensor:
+        assert self.block is not None
+        return self.block[: self.count]
 
 
 def _quantise(rgba: torch.Tensor) -> torch.Tensor:
