@@ -8,9 +8,11 @@
 #   3. the dynamic stage's Zero-1-to-3 SDS alone by dynamic.sds_chunk (experiments/sds_chunk_cost.py; SDS_COST=0
 #      leaves it out): seconds per step's SDS and peak GPU memory for 1, 2, 4, 7 and all 14 frames per call,
 #   4. the gpu-marked tests (GPU_TESTS=0 leaves them out).
+# PIPELINE=0 leaves out 2 (one call of the preset's 500 + 500 steps, then another for 3 and 4, keeps each under 10 min).
 # Packages the machine's image lacks travel in .devpkgs/ (pure-Python files of this project's venv, and the
 # ffmpeg binary of imageio-ffmpeg, xz-compressed), made by experiments/make_devpkgs.sh. W&B is off (not in that
-# image). Example: `STATIC_STEPS=500 DYNAMIC_STEPS=500 GPU_TESTS=0 bash experiments/gpu_check.sh`.
+# image). Example: `STATIC_STEPS=500 DYNAMIC_STEPS=500 GPU_TESTS=0 SDS_COST=0 bash experiments/gpu_check.sh`,
+# then `PIPELINE=0 bash experiments/gpu_check.sh` (the models, once built, are cached in /tmp/fs on that machine).
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -27,6 +29,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 Z=$(python3 -c "import sys; sys.path.insert(0,'tests'); import full_size_models as f; print(f.folder_of('zero123-xl'))")
 V=$(python3 -c "import sys; sys.path.insert(0,'tests'); import full_size_models as f; print(f.folder_of('svd-img2vid'))")
 P=$(python3 -c "import sys; sys.path.insert(0,'tests'); import full_size_models as f; print(f.folder_of('poseanything-small') / f.POSEANYTHING_FILES['small'])")
+if [ "${PIPELINE:-1}" = 1 ]; then  # PIPELINE=0: only the SDS timing and the tests
 rm -rf /tmp/scene /tmp/run
 python3 -m dynapose4d make-scene humanoid --out /tmp/scene --seed 0 --size 256 > /dev/null
 rm -rf /tmp/scene/video /tmp/scene/views /tmp/scene/gt
@@ -51,5 +54,6 @@ for k, v in rep.items():
     print(k, v["status"], v["seconds"], "s", {a: b for a, b in summ.items() if "time" in a or "cuda" in a or "seconds" in a})
 PY
 grep -E "Maximum resident|Elapsed" "$OUT/time.txt"
+fi
 [ "${SDS_COST:-1}" = 0 ] || timeout 200 python3 experiments/sds_chunk_cost.py cuda 1 2 4 7 0 2>&1 | grep sds_chunk
 [ "${GPU_TESTS:-1}" = 0 ] || timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests 2>&1 | tail -15
