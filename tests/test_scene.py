@@ -441,12 +441,15 @@ def test_video_resample_in_chunks_from_8_bits_equals_the_whole_float_video():
     assert torch.equal(as_given, video.float() / 255.0)
 
 
+# peak resident memory of this process from /proc (VmHWM): getrusage's ru_maxrss survives exec, so a child of a
+# large pytest process would report the parent's size
 MEMORY_SCRIPT = """
-import resource, sys
+import re, sys
+from pathlib import Path
 from dynapose4d.data.scene import load_scene
 s = load_scene(sys.argv[1], video=sys.argv[2], max_size=128)
 assert s.video.shape == (40, 72, 128, 4), s.video.shape
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 2**20)
 """
 
 
