@@ -417,3 +417,17 @@ def test_torch_compositor_and_dense_reference_run_on_cuda():
             assert frac < 1e-3, (name, what, frac, err.max().item(), int((err > 1e-4).sum()), err.numel())
     for k in gg:
         assert (gt[k] - gg[k]).norm() / gg[k].norm() < 1e-3, k
+
+
+def test_each_kernel_source_builds_in_its_own_folder(tmp_path, monkeypatch):
+    """Checkouts with different kernel sources never share a build folder (one would rebuild the library the
+    other is loading); the same source always maps to the same folder."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    a, b = tmp_path / "a.cpp", tmp_path / "b.cpp"
+    a.write_text("// one\n")
+    b.write_text("// two\n")
+    monkeypatch.setattr(cpu_kernel, "_SOURCE", a)
+    first, again = cpu_kernel._build_dir(), cpu_kernel._build_dir()
+    monkeypatch.setattr(cpu_kernel, "_SOURCE", b)
+    assert first == again and cpu_kernel._build_dir() != first
+    assert first.parent == tmp_path / "dynapose4d"

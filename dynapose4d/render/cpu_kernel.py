@@ -1,14 +1,15 @@
 """The compiled CPU compositor (csrc/rasterize_cpu.cpp): build on first use, autograd wrapper.
 
 The extension is built with `torch.utils.cpp_extension.load` into `$TORCH_EXTENSIONS_DIR/dynapose4d` (or
-`~/.cache/dynapose4d/torch_extensions`), with -O3 and OpenMP (no -march=native, no fast-math: the numbers must
-follow gsplat's). If it cannot be built (no compiler, no ninja), `load_extension()` returns None after one
-warning and the renderer falls back to the pure-torch tile compositor. `DYNAPOSE4D_NO_CPP_RASTERIZER=1` forces
-the fallback.
+`~/.cache/dynapose4d/torch_extensions`; a folder per Python, torch and source version), with -O3 and OpenMP
+(no -march=native, no fast-math: the numbers must follow gsplat's). If it cannot be built (no compiler, no
+ninja), `load_extension()` returns None after one warning and the renderer falls back to the pure-torch tile
+compositor. `DYNAPOSE4D_NO_CPP_RASTERIZER=1` forces the fallback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -26,9 +27,12 @@ _state: dict[str, Any] = {"tried": False, "ext": None, "error": None}
 
 
 def _build_dir() -> Path:
+    """One build folder per Python, torch and source text: checkouts of different versions of the kernel never
+    rebuild each other's library (torch's own lock serialises builds of the same source)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     base = Path(root) / "dynapose4d" if root else Path.home() / ".cache" / "dynapose4d" / "torch_extensions"
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__.replace('+', '_')}"
+    source = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__.replace('+', '_')}_{source}"
     return base / tag
 
 
