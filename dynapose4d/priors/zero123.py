@@ -61,7 +61,7 @@ KINDS = ("zero123", "stable_zero123")
 class Zero123Config:
     """The Zero-1-to-3 prior, one setting for every stage that uses it (static SDS, the dynamic stage's SDS)."""
 
-    model: str = DEFAULT_ZERO123_MODEL  # Hugging Face id, read from the local cache (downloaded only when online)
+    model: str = DEFAULT_ZERO123_MODEL  # Hugging Face id, read from the local Hugging Face cache (never downloaded)
     path: str = ""  # local model folder in the diffusers layout (see the module docstring); overrides `model`
     kind: str = "auto"  # camera embedding: "zero123" (Zero-1-to-3 / XL), "stable_zero123", or "auto": by name
     size: int = 256  # the model's image size (Zero-1-to-3: 256, latents 32 x 32)
