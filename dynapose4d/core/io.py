@@ -141,14 +141,6 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 
     return path
 
 
-def read_video(path: str | Path) -> torch.Tensor:
-    """Read an mp4 (or gif) as float32 [T, H, W, 3] in [0, 1]."""
-    frames = [torch.from_numpy(f) for f in iter_video(path)]
-    if not frames:
-        raise InputError(f"{path}: the video has 0 frames")
-    return torch.stack(frames).float() / 255.0
-
-
 def iter_video(path: str | Path) -> Iterator[np.ndarray]:
     """The frames of an mp4 (or gif) one at a time, uint8 [H, W, 3], so that a long video is never held whole
     in float; InputError when unreadable."""

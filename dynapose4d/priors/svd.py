@@ -81,10 +81,10 @@ def _missing(model: str, why: str) -> MissingWeightsError:
 SVD_PARTS = ("unet", "vae", "image_encoder")  # the pipeline's parts with weights
 
 
-def svd_folder(model: str) -> Path:
+def check_svd_weights(model: str) -> Path:
     """The local folder of the SVD pipeline `model` (a folder, or a Hugging Face id in the local cache), checked to
-    hold model_index.json and each part's config and weights. Reads no weights; downloads nothing. Raises
-    MissingWeightsError."""
+    hold model_index.json and each part's config and weights: the check before a run starts, and the loader's.
+    Reads no weights; downloads nothing. Raises MissingWeightsError."""
     local = Path(model).expanduser()
     if local.exists() or model.startswith(("/", ".", "~")) or model.count("/") != 1:  # a path, not an id
         if not local.exists():
@@ -106,12 +106,6 @@ def svd_folder(model: str) -> Path:
     return root
 
 
-def check_svd_weights(model: str) -> None:
-    """Raise MissingWeightsError when `model` (a folder or a Hugging Face id) cannot be loaded from this machine
-    (`svd_folder`): a check before a run starts."""
-    svd_folder(model)
-
-
 def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
     """StableVideoDiffusionPipeline from a local folder or the local Hugging Face cache: the fp16 weight files
     (`variant="fp16"`, the `SVD_FILES`) when present, else the full-precision ones; fp16 on CUDA, fp32 on CPU."""
@@ -119,7 +113,7 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
 
     device = torch.device(device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    src = str(svd_folder(model))
+    src = str(check_svd_weights(model))
     kwargs = dict(torch_dtype=dtype, local_files_only=True)
     try:
         try:
