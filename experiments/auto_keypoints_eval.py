@@ -17,7 +17,8 @@ tracks: the gt keypoints of a scene with gt/ (they correspond to the scene's han
 make-rotation: a picture (a scene's image.png, or any RGBA png) and a video of it turned in-plane by 0 .. DEGREES
   (linearly over FRAMES frames) about the centre of its mask's bounding box; DIR/picture.png, DIR/frames/000.png
   ..., DIR/rotation.json {"centre": [x, y], "degrees": [...]}. --rgb: picture and frames composited over a plain
-  light grey background, without alpha (the loader removes the background).
+  light grey background, without alpha (the loader removes the background); --background NAME: over a textured
+  background (tests/cutout_backgrounds.py), without alpha (GrabCut cuts the object out).
 
 rotation: a run of `dynapose4d run DIR/picture.png --video DIR/frames`: its reference-view track
   (RUN/dynamic/keypoints.json's reference_2d, in the picture's pixels) against the run's automatic keypoints
@@ -69,7 +70,8 @@ def rotate_image(rgba: torch.Tensor, centre: tuple[float, float], degrees: float
     return torch.cat([rgb, a], -1)
 
 
-def make_rotation(source: Path, out: Path, degrees: float = 20.0, frames: int = 16, rgb: bool = False) -> Path:
+def make_rotation(source: Path, out: Path, degrees: float = 20.0, frames: int = 16, rgb: bool = False,
+                  background: str | None = None) -> Path:
     """Write DIR/picture.png, DIR/frames/NNN.png and DIR/rotation.json (module docstring). Returns DIR."""
     from dynapose4d.core.io import read_image, write_image, write_json
 
@@ -80,6 +82,11 @@ def make_rotation(source: Path, out: Path, degrees: float = 20.0, frames: int = 
     centre = (float(xs.min() + xs.max() + 1) / 2.0, float(ys.min() + ys.max() + 1) / 2.0)
     angles = [degrees * t / max(frames - 1, 1) for t in range(frames)]
     bg = torch.tensor(BACKGROUND)
+    if background is not None:  # a textured background (tests/cutout_backgrounds.py): a photograph's stand-in
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from cutout_backgrounds import make_background
+
+        bg, rgb = make_background(background, img.shape[0], img.shape[1], seed=0), True
 
     def flat(x: torch.Tensor) -> torch.Tensor:
         return x[..., :3] * x[..., 3:] + bg * (1 - x[..., 3:]) if rgb else x
@@ -88,7 +95,8 @@ def make_rotation(source: Path, out: Path, degrees: float = 20.0, frames: int = 
     write_image(out / "picture.png", flat(img))
     for t, a in enumerate(angles):
         write_image(out / "frames" / f"{t:03d}.png", flat(rotate_image(img, centre, a) if a else img))
-    write_json(out / "rotation.json", {"centre": list(centre), "degrees": angles, "rgb": rgb})
+    write_json(out / "rotation.json", {"centre": list(centre), "degrees": angles, "rgb": rgb,
+                                       "background": background})
     return out
 
 
@@ -163,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--degrees", type=float, default=20.0)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--rgb", action="store_true", help="over a plain background, without alpha")
+    p.add_argument("--background", choices=("noise", "stripes", "clutter", "grain"),
+                   help="over a textured background, without alpha (cut out by GrabCut in the run)")
     p = sub.add_parser("rotation", help="a run's reference-view track against the known rotation")
     p.add_argument("run", type=Path)
     p.add_argument("data", type=Path)
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [gt_keypoint_tracks(Path(r), Path(s)) for r, s in zip(a.pairs[::2], a.pairs[1::2])]
         print(json.dumps(rows, indent=1))
     elif a.cmd == "make-rotation":
-        print(make_rotation(a.source, a.out, a.degrees, a.frames, a.rgb))
+        print(make_rotation(a.source, a.out, a.degrees, a.frames, a.rgb, a.background))
     else:
         print(json.dumps(rotation_errors(a.run, a.data), indent=1))
     return 0

@@ -4,16 +4,15 @@
 message that names the offending file and the problem. It never leaves anything behind (it writes nothing).
 
 Files:
-  image.png       RGBA: alpha is the object mask. RGB (or RGBA whose alpha is fully opaque): the background is
-                  removed by border-colour estimation (`remove_background`, limits below).
+  image.png       RGBA: alpha is the object mask. RGB (or RGBA whose alpha is fully opaque): the object is cut
+                  out (border-colour estimation on a uniform background, else GrabCut; below).
   keypoints.json  {"keypoints": [[x, y] | [x, y, v], ...] pixels, "skeleton": [[i, j], ...], "names": [...]}.
                   "names" is optional (default kp00, kp01, ...). A third entry v is a visibility flag: v > 0 is
                   accepted, v = 0 (invisible) is an error, since the support keypoints must all be visible.
                   Optional: without it the keypoints and a tree skeleton are made from the mask's medial axis
                   (`dynapose4d.data.auto_keypoints`, kept in `Scene.auto_keypoints` so the run can write them).
   video/000.png … driving frames, sorted by the number in their names (png, jpg, webp, bmp, tif). Preferred
-  video.mp4       over video.mp4 when both exist. RGB frames (and every mp4 frame) get the same background removal
-                  as image.png.
+  video.mp4       over video.mp4 when both exist. RGB frames (and every mp4 frame) are cut out as image.png is.
   camera.json     reference camera. Without it the default reference camera is used and the scene is recentred.
   views/          cameras.json + <name>.png (RGBA, or RGB with background removal), same size as image.png.
   gt/             checked here (cameras.json, a folder of 000.png … per camera, equal frame counts, and
@@ -36,7 +35,10 @@ camera.json is used exactly as given (so views/ and gt/ stay aligned with it); v
 is an error, because recentring would misalign them. The similarity is kept (`Scene.recentring`) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
-Background removal for images without alpha, and its limits: `dynapose4d.data.background` (`remove_background`).
+Images without alpha (the run's `cutout` setting): "plain" removes a uniform background
+(`dynapose4d.data.background`, `remove_background`, and its limits) and refuses any other; "grabcut" cuts the
+object out of a real background (`dynapose4d.data.cutout`, OpenCV's GrabCut, and its limits); "auto" (default)
+uses the first where the border is one colour and the second elsewhere, image by image.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
+from dynapose4d.data.cutout import grabcut_alpha
 from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
 from dynapose4d.evaluation.gt import gt_frame_files, load_gt
 
@@ -80,6 +83,8 @@ class Scene:
     keypoints_path: Path | None = None  # the keypoints file read; None when the keypoints are automatic
     auto_keypoints: AutoKeypoints | None = None  # automatic keypoints in the image file's pixels (no keypoints file)
     gt_keypoints: bool = False  # gt/keypoints3d.json holds this scene's keypoints (False for automatic keypoints)
+    cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut cut it out (file pixels), else None
+    grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
 
     @property
     def height(self) -> int:
@@ -98,11 +103,13 @@ class Scene:
 
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
-               max_size: int = 0) -> Scene:
+               max_size: int = 0, cutout: str = "auto") -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif)
     given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for the
     files and recentring, and `dynapose4d.data.background` for the background removal. A recentred scene's frames
-    are brought within `max_size` pixels on their longer side (0: kept at the files' size).
+    are brought within `max_size` pixels on their longer side (0: kept at the files' size). `cutout` says how
+    images without alpha get it: "auto", "plain" or "grabcut" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
+    GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one).
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -122,7 +129,9 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         image_path = root / "image.png"
         if not image_path.is_file():
             raise InputError(f"{image_path}: file not found (a scene needs image.png)")
-    image = _read_rgba(image_path)  # [H, W, 4]
+    cutter = _Cutter(cutout)
+    image = _read_rgba(image_path, cutter)  # [H, W, 4]
+    cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
     H, W = image.shape[:2]
     if H < MIN_SIZE or W < MIN_SIZE:
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
@@ -135,9 +144,9 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         auto = _auto_keypoints(image, image_path, has_camera)
         kps, skeleton, names = torch.tensor(auto.keypoints, dtype=torch.float32), list(auto.skeleton), list(auto.names)
     if video is not None:
-        vid = _read_video_path(Path(video), H, W, image_path.name)
+        vid = _read_video_path(Path(video), H, W, cutter, image_path.name)
     else:
-        vid = None if picture else _read_video(root, H, W)
+        vid = None if picture else _read_video(root, H, W, cutter)
 
     camera = load_camera(root / "camera.json") if has_camera else REFERENCE_CAMERA
     views_dir, gt_dir = root / "views", root / "gt"
@@ -146,7 +155,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
             if d.exists():
                 raise InputError(f"{d}: {what} needs camera.json (the reference camera it is aligned with); "
                                  "without it the scene is recentred and would no longer match")
-    views = _read_views(views_dir, H, W) if not picture and views_dir.exists() else []
+    views = _read_views(views_dir, H, W, cutter) if not picture and views_dir.exists() else []
     # an empty gt/ counts as none
     has_gt = not picture and gt_dir.exists() and (not gt_dir.is_dir() or any(gt_dir.iterdir()))
     gt_keypoints = False
@@ -160,6 +169,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
+        cutout=cut_picture, grabcut_cuts=cutter.grabcut,
     )
 
 
@@ -178,27 +188,45 @@ def _auto_keypoints(image: torch.Tensor, image_path: Path, has_camera: bool) -> 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _to_rgba(img: torch.Tensor, path: Path | str) -> torch.Tensor:
-    """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is not fully opaque, else background removal."""
-    if img.shape[-1] == 4 and img[..., 3].min().item() < 1.0:
-        if img[..., 3].max().item() <= 0.0:
-            raise InputError(f"{path}: the alpha channel is empty (fully transparent): no object to use")
-        return img.float()
-    out = remove_background(img[..., :3])
-    if out is None:
+CUTOUTS = ("auto", "plain", "grabcut")  # how pictures and frames without alpha are cut out (RunConfig.cutout)
+
+
+class _Cutter:
+    """Gives images without alpha their alpha by the run's `cutout` rule, and counts the GrabCut cuts."""
+
+    def __init__(self, mode: str = "auto") -> None:
+        if mode not in CUTOUTS:
+            raise ValueError(f"cutout {mode!r}: expected one of {CUTOUTS}")
+        self.mode, self.grabcut = mode, 0
+
+    def rgba(self, img: torch.Tensor, path: Path | str) -> torch.Tensor:
+        """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is not fully opaque; else "plain" removes a uniform
+        background, "grabcut" cuts the object out of any background, "auto" does the first when the border is
+        one colour and the second otherwise."""
+        if img.shape[-1] == 4 and img[..., 3].min().item() < 1.0:
+            if img[..., 3].max().item() <= 0.0:
+                raise InputError(f"{path}: the alpha channel is empty (fully transparent): no object to use")
+            return img.float()
         kind = "alpha is fully opaque" if img.shape[-1] == 4 else "no alpha"
-        raise InputError(f"{path}: {kind} and the background is not a uniform colour: provide an RGBA image")
-    frac = (out[..., 3] > 0.5).float().mean().item()
-    if frac == 0.0:
-        raise InputError(f"{path}: no alpha and no object found on the uniform background: provide an RGBA image")
-    if frac > 0.95:
-        raise InputError(f"{path}: no alpha and the background colour covers almost nothing "
-                         f"({100 * (1 - frac):.1f}% of the image): provide an RGBA image")
-    return out
+        out = remove_background(img[..., :3]) if self.mode != "grabcut" else None
+        how = "on the uniform background"
+        if out is None and self.mode == "plain":
+            raise InputError(f"{path}: {kind} and the background is not a uniform colour: provide an RGBA image "
+                             "(or set cutout=auto to cut it out with GrabCut)")
+        if out is None:
+            out = torch.cat([img[..., :3].float(), grabcut_alpha(img[..., :3])[..., None]], -1)
+            how, self.grabcut = "by GrabCut", self.grabcut + 1
+        frac = (out[..., 3] > 0.5).float().mean().item()
+        if frac == 0.0:
+            raise InputError(f"{path}: {kind} and no object found {how}: provide an RGBA image")
+        if frac > 0.95:
+            raise InputError(f"{path}: {kind} and the object found {how} covers {100 * frac:.1f}% of the image: "
+                             "provide an RGBA image")
+        return out
 
 
-def _read_rgba(path: Path) -> torch.Tensor:
-    return _to_rgba(read_image(path), path)
+def _read_rgba(path: Path, cutter: _Cutter) -> torch.Tensor:
+    return cutter.rgba(read_image(path), path)
 
 
 def _read_json(path: Path):
@@ -285,19 +313,19 @@ def _frame_files(folder: Path) -> list[Path]:
     return [numbered[k] for k in sorted(numbered)]
 
 
-def _read_video(root: Path, H: int, W: int) -> torch.Tensor | None:
+def _read_video(root: Path, H: int, W: int, cutter: _Cutter) -> torch.Tensor | None:
     """A scene folder's video/ (preferred) or video.mp4, or None."""
     folder, mp4 = root / "video", root / "video.mp4"
     if folder.exists():
-        return _read_video_path(folder, H, W)
+        return _read_video_path(folder, H, W, cutter)
     if mp4.exists():
-        return _read_video_path(mp4, H, W)
+        return _read_video_path(mp4, H, W, cutter)
     return None
 
 
-def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") -> torch.Tensor:
+def _read_video_path(path: Path, H: int, W: int, cutter: _Cutter, image_name: str = "image.png") -> torch.Tensor:
     """Frames RGBA uint8 [T, H, W, 4] of a folder of numbered frames or of an mp4 file, each the image's size.
-    Each frame gets its alpha (`_to_rgba`) as it is read and is kept in 8 bits, in one block allocated up front
+    Each frame gets its alpha (`_Cutter.rgba`) as it is read and is kept in 8 bits, in one block allocated up front
     (a long video in float does not fit in memory, and many frame-sized pieces fragment it; the recentring
     resample turns the frames into float at the pipeline's size)."""
     if not path.exists():
@@ -318,7 +346,7 @@ def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") 
                                  f"but {files[0].name} is {first[1]}x{first[0]}")
             if size != (H, W):
                 raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but {image_name} is {W}x{H}")
-            out.add(_to_rgba(img, f))
+            out.add(cutter.rgba(img, f))
         return out.frames()  # [T, H, W, 4]
     if path.name == "video" and not path.suffix:
         raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
@@ -326,7 +354,7 @@ def _read_video_path(path: Path, H: int, W: int, image_name: str = "image.png") 
     for t, f in enumerate(iter_video(path)):  # [H, W, 3] uint8 each; InputError when unreadable
         if f.shape[:2] != (H, W):
             raise InputError(f"{path}: video frames are {f.shape[1]}x{f.shape[0]} but {image_name} is {W}x{H}")
-        out.add(_to_rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})"))
+        out.add(cutter.rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})"))
     if out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
     return out.frames()
@@ -358,7 +386,7 @@ def _quantise(rgba: torch.Tensor) -> torch.Tensor:
     return (rgba.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
-def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor]]:
+def _read_views(folder: Path, H: int, W: int, cutter: _Cutter) -> list[tuple[Camera, torch.Tensor]]:
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder with cameras.json and one <name>.png per camera")
     cams = load_cameras(folder / "cameras.json")
@@ -367,7 +395,7 @@ def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor
         p = folder / f"{cam.name}.png"
         if not p.is_file():
             raise InputError(f"{p}: file not found (views/cameras.json lists camera '{cam.name}')")
-        img = _read_rgba(p)
+        img = _read_rgba(p, cutter)
         if tuple(img.shape[:2]) != (H, W):
             raise InputError(f"{p}: view is {img.shape[1]}x{img.shape[0]} but image.png is {W}x{H}")
         views.append((cam, img))

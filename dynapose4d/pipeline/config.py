@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.io import write_text
 from dynapose4d.core.structured import merge_structured
+from dynapose4d.data.scene import CUTOUTS
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.cape.config import CapeStageConfig
 from dynapose4d.stages.dynamic.config import DynamicConfig
@@ -41,6 +42,9 @@ class RunConfig:
     max_image_size: int = 512  # longer side (pixels) of the frames the stages see for a picture or a scene folder
     # without camera.json: larger ones are scaled down in the recentring resample (0 = the files' own size). A
     # scene with camera.json is used at its own size.
+    cutout: str = "auto"  # pictures, frames and views without alpha: "plain" removes a uniform background and
+    # refuses any other; "grabcut" cuts the object out of any background (OpenCV GrabCut, no model; see
+    # dynapose4d/data/cutout.py for its limits); "auto" uses plain where the border is one colour, else grabcut
     zero123: Zero123Config = field(default_factory=Zero123Config)  # Zero-1-to-3 of static.prior, dynamic.lambda_sds
     static: StaticConfig = field(default_factory=StaticConfig)
     cape: CapeStageConfig = field(default_factory=CapeStageConfig)
@@ -56,6 +60,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     `key.sub=value` overrides, in that order (see `merge_structured`); also checks the stage names."""
     overrides = [*wandb_env_overrides(os.environ if environ is None else environ), *overrides]
     obj = merge_structured(RunConfig, path, overrides)
+    if obj.cutout not in CUTOUTS:
+        raise ConfigError(f"config key 'cutout': {obj.cutout!r}; choose from {list(CUTOUTS)}")
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")

@@ -139,6 +139,13 @@ class StageRunner:
             write_auto_keypoints(scene, self.run_dir / "inputs")
             self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
                       f"{self.run_dir / 'inputs' / 'keypoints.json'} (edit it and pass --keypoints FILE to use yours)")
+        if scene.grabcut_cuts:  # a real background: show the user what was cut out
+            if scene.cutout is not None:
+                write_image(self.run_dir / "inputs" / "cutout.png", scene.cutout)
+            self.echo(f"no alpha and a background that is not one colour: GrabCut cut the object out of "
+                      f"{scene.grabcut_cuts} image(s)" + (f"; check {self.run_dir / 'inputs' / 'cutout.png'}"
+                                                          if scene.cutout is not None else "")
+                      + " (where it is wrong, pass a picture with alpha)")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
@@ -199,7 +206,7 @@ class StageRunner:
 
     def _load_scene(self) -> Scene:
         return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints,
-                                   max_size=self.cfg.max_image_size)
+                                   max_size=self.cfg.max_image_size, cutout=self.cfg.cutout)
 
     def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
         """The plan of this run against `manifest` (`plan.plan_stages`; marks stale stages in it)."""

@@ -1,0 +1,83 @@
+"""Cutting an object out of a photograph on a real background: OpenCV's GrabCut (`grabcut_alpha`).
+
+For pictures and video frames without alpha whose border is not one uniform colour (`data.background` handles
+those). No model and no weights: GrabCut fits two colour mixtures (object, background) and a graph cut between
+them, starting from what is known to be background.
+
+The method and its limits:
+  the frame is cut at a working size (longer side `WORK_SIZE`), the mask brought back to the frame's size
+  (bilinear, threshold 1/2) and cleaned like the plain-background mask (`background.clean_mask`: specks dropped,
+  small holes filled); alpha is 0 or 1.
+  The cut starts from the border: a ring of ~`RING` of the shorter side is background for certain; inside it a
+  pixel starts as "probably object" when its colour is far (`FAR`) from all of the ring's colours, else as
+  "probably background". So the object must not touch the frame's edge (what lies in the ring is cut off), and
+  the background must be seen along the border: background colours that appear only around the object (a
+  cluttered room) are taken for object. Video frames are cut one by one the same way (starting from the
+  previous frame's mask was measured worse: experiments/cutout_eval.py).
+  Colours shared by object and background (a grey coat on a grey wall) go either way: GrabCut is a colour
+  model, not a recogniser. The run writes the cut-out picture to RUN/inputs/cutout.png to check; where it is
+  wrong, cut the object out with a better tool (a PNG with alpha) and pass that instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dynapose4d.data.background import clean_mask
+
+WORK_SIZE = 384  # GrabCut's working size: longer side in pixels (cost grows with its square)
+RING = 0.015  # border ring, fraction of the shorter side, taken as certain background (as the plain removal's)
+BLUR = 1.0  # Gaussian blur (sigma, working-size pixels) before the cut, against sensor grain
+BORDER_COLOURS = 8  # a picture's border colours are summarised by this many k-means centres
+FAR = 40.0  # a picture's pixel farther than this (RGB distance, 0-255) from every border centre starts as object
+ITERATIONS = 5  # GrabCut iterations (colour-model / graph-cut rounds)
+
+
+def grabcut_alpha(rgb: torch.Tensor) -> torch.Tensor:
+    """Alpha [H, W] (0 or 1) of the object in an RGB image [H, W, 3] in [0, 1] on a real background (see the
+    module docstring for the method and its limits). Deterministic: OpenCV's random generator is seeded."""
+    import cv2  # OpenCV is only needed here; keep it off the import path of everything else
+
+    cv2.setRNGSeed(0)  # k-means of the border colours and GrabCut's own mixture initialisation
+    H, W = rgb.shape[:2]
+    s = min(1.0, WORK_SIZE / max(H, W))
+    h, w = max(1, round(H * s)), max(1, round(W * s))
+    img = (rgb.detach().float().cpu()[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # [H, W, 3]
+    small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (H, W) else img
+    small = np.ascontiguousarray(small[..., ::-1])  # [h, w, 3] BGR, as OpenCV expects
+    small = cv2.GaussianBlur(small, (0, 0), BLUR)  # sensor grain would otherwise split the colour models
+    labels = _initial_labels(small, cv2)
+    if not (labels == cv2.GC_PR_FGD).any():  # every colour is one of the border's: nothing stands out
+        return torch.zeros(H, W)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(small, labels, None, bgd, fgd, ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    obj = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)  # [h, w]
+    if (h, w) != (H, W):
+        up = F.interpolate(torch.from_numpy(obj)[None, None], size=(H, W), mode="bilinear", align_corners=False)
+        obj = up[0, 0].numpy()
+    return torch.from_numpy(clean_mask(obj > 0.5).astype(np.float32))  # [H, W]
+
+
+def _initial_labels(img: np.ndarray, cv2) -> np.ndarray:
+    """GrabCut's starting labels [h, w] uint8 for an image [h, w, 3] uint8: the border ring certain background,
+    inside it "probably object" where the colour is far from every ring colour, else "probably background"."""
+    h, w = img.shape[:2]
+    b = max(1, round(RING * min(h, w)))
+    ring = np.ones((h, w), bool)
+    ring[b:h - b, b:w - b] = False
+    far = _far_from(img.reshape(-1, 3).astype(np.float32), img[ring].astype(np.float32), cv2).reshape(h, w)
+    labels = np.where(far, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    labels[ring] = cv2.GC_BGD
+    return labels
+
+
+def _far_from(pixels: np.ndarray, border: np.ndarray, cv2) -> np.ndarray:
+    """Which pixels [P, 3] lie farther than `FAR` (0-255 units) from all of the border's colours [Q, 3]
+    (summarised by k-means into `BORDER_COLOURS` centres)."""
+    k = min(BORDER_COLOURS, len(border))
+    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
+    _, _, centres = cv2.kmeans(border, k, None, crit, 2, cv2.KMEANS_PP_CENTERS)  # [k, 3]
+    d = np.sqrt(((pixels[:, None, :] - centres[None]) ** 2).sum(-1)).min(1)  # [P]
+    return d > FAR
