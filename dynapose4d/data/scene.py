@@ -54,8 +54,15 @@ from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
-from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
-from dynapose4d.evaluation.gt import gt_frame_files, load_gt
+from dynapose4d.data.recentring import (
+    FILL,
+    Recentring,
+    apply_recentring,
+    downscale_of,
+    recentring_of,
+    resample_frames,
+)
+from dynapose4d.evaluation.gt import gt_frame_files, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
@@ -71,15 +78,16 @@ class Scene:
     skeleton: list[tuple[int, int]]  # 0-based keypoint index pairs
     names: list[str]  # N keypoint names ("kp00".. when not given)
     camera: Camera  # reference camera (camera.json, or the default reference camera)
-    has_camera_json: bool  # False: the scene was recentred/rescaled (object ~80% of the frame)
+    has_camera_json: bool  # False: the scene was recentred (object ~80% of the frame)
     video: torch.Tensor | None = None  # [T, H, W, 4] driving frames, RGBA (background removed), or None
     views: list[tuple[Camera, torch.Tensor]] = field(default_factory=list)  # (camera, [H, W, 4]) extra views
     gt_dir: Path | None = None  # scene/gt when present (eval only)
-    recentring: Recentring | None = None  # the transform applied to the scene files (None: used as given)
+    recentring: Recentring | None = None  # files -> these frames: recentring or downscale (None: used as given)
     image_path: Path | None = None  # the image file read (root/image.png, or the picture given alone)
     keypoints_path: Path | None = None  # the keypoints file read; None when the keypoints are automatic
     auto_keypoints: AutoKeypoints | None = None  # automatic keypoints in the image file's pixels (no keypoints file)
     gt_keypoints: bool = False  # gt/keypoints3d.json holds this scene's keypoints (False for automatic keypoints)
+    gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
 
     @property
     def height(self) -> int:
@@ -101,8 +109,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
                max_size: int = 0) -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif)
     given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for the
-    files and recentring, and `dynapose4d.data.background` for the background removal. A recentred scene's frames
-    are brought within `max_size` pixels on their longer side (0: kept at the files' size).
+    files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
+    frames are brought within `max_size` pixels on their longer side (0: kept at the files' size).
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -149,17 +157,23 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     views = _read_views(views_dir, H, W) if not picture and views_dir.exists() else []
     # an empty gt/ counts as none
     has_gt = not picture and gt_dir.exists() and (not gt_dir.is_dir() or any(gt_dir.iterdir()))
-    gt_keypoints = False
+    gt_keypoints, gt_max_size = False, 0
     if has_gt:  # automatic keypoints are not the gt's: their tracks are not compared with gt/keypoints3d.json
         gt_keypoints = _check_gt(gt_dir, int(kps.shape[0]), check_keypoints=auto is None)  # False for auto
+        gt_max_size = max_size if _gt_larger_than(gt_dir, max_size) else 0
 
-    recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size) if not has_camera else None
+    if has_camera:  # only scaled down (the cameras' intrinsics follow the frame size): views/ go along
+        recentring = downscale_of(W, H, max_size)
+        views = [(cam, resample_frames(recentring, img[None])[0]) for cam, img in views] if recentring else views
+    else:
+        recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size)
     image, kps, vid = apply_recentring(recentring, image, kps, vid)  # None: as given (the video in float)
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
+        gt_max_size=gt_max_size,
     )
 
 
@@ -372,6 +386,12 @@ def _read_views(folder: Path, H: int, W: int) -> list[tuple[Camera, torch.Tensor
             raise InputError(f"{p}: view is {img.shape[1]}x{img.shape[0]} but image.png is {W}x{H}")
         views.append((cam, img))
     return views
+
+
+def _gt_larger_than(folder: Path, max_size: int) -> bool:
+    """Whether a gt camera's frames (the size of its 000.png, from the file's header) have a longer side over
+    `max_size` (> 0): the scorers then compare them scaled down (`dynapose4d.evaluation.gt.read_gt_frames`)."""
+    return max_size > 0 and any(max(gt_frame_size(folder / cam.name)) > max_size for cam in load_gt(folder).cameras)
 
 
 def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) -> bool:
