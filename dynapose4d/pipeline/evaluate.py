@@ -22,8 +22,8 @@ gt frames larger than the run's `max_image_size` (RUN/config.yaml) are compared 
 that size, as the run's stages do (`evaluation.gt.read_gt_frames`); metrics.json's "image_size" then gives the size
 compared at (null: gt's own).
 Protocol "consistent4d": only its four cameras (azimuths −75, 15, 105, 195; gt/cameras.json must have them),
-images resized to 512×512 (from gt's own size). Output: RUN/metrics.json + RUN/metrics.md (RUN/metrics_consistent4d.* for that
-protocol), and the table printed.
+images resized to 512×512 (from gt's own size). Output: RUN/metrics.json + RUN/metrics.md
+(RUN/metrics_consistent4d.* for that protocol), and the table printed.
 """
 
 from __future__ import annotations
