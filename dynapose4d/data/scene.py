@@ -19,7 +19,8 @@ Files:
   gt/             checked here (cameras.json, a folder of 000.png … per camera, equal frame counts, and
                   keypoints3d.json of [T][N][3] with this scene's N and the gt frame count T), so that a broken
                   gt/ stops the run before training and not when a stage evaluates; its path is kept
-                  (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none.
+                  (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none. gt
+                  frames larger than `max_size` are compared scaled down to it (below).
 
 A picture alone (png, jpg, webp, bmp or tif; `load_scene(picture, video=...)`) is a scene with only image.png: no
 camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
@@ -31,9 +32,22 @@ bounding box at the image centre and scales the box to fill 80% of the frame (of
 height). The frame keeps the files' size, or, when their longer side is over the run's `max_image_size`, the
 same aspect at that longer side (a 4000 x 3000 photo becomes 512 x 384 with the default), so that a large photo
 costs what a small one does. The scale is reduced when needed so that every keypoint and the mask boxes of all video
-frames stay inside the frame. Parts of the frame that come from outside the input are transparent. A scene with
-camera.json is used exactly as given (so views/ and gt/ stay aligned with it); views/ or gt/ without camera.json
-is an error, because recentring would misalign them. The similarity is kept (`Scene.recentring`) so that 2D
+frames stay inside the frame. Parts of the frame that come from outside the input are transparent. views/ or gt/
+without camera.json is an error, because recentring would misalign them.
+
+A scene with camera.json is used as given (nothing moves, so views/ and gt/ stay aligned with its cameras), except
+that when image.png's longer side is over `max_size` (the run's `max_image_size`) everything in pixels is scaled
+down together: image, video frames and views/ images (same resample as recentring: bilinear on premultiplied colour,
+antialiased) into a frame W' x H' within `max_size` (a 4096 x 4096 scene becomes 512 x 512 with the default), and
+the keypoints by the same map. That map is a pure scale s = H' / H about the frame centre (`downscale_of`): the
+cameras' files are unchanged, and their intrinsics, which follow the frame size (fx = fy = H / (2 tan(fov_y / 2)),
+cx = W / 2, cy = H / 2; docs/cameras.md), then project every 3D point exactly where the scale takes its projection
+at the files' size. gt/ frames are compared with renders at the run's size: the scorers read those over `max_size`
+(`Scene.gt_max_size`, in the scene's fingerprint when set) scaled down by the same downscale
+(`dynapose4d.evaluation.gt.read_gt_frames`); gt/keypoints3d.json is 3D and unchanged. A scene within `max_size` is
+loaded bit for bit as its files are (no similarity, the same tensors and fingerprint).
+
+Either similarity, recentring or downscale, is kept (`Scene.recentring`; `has_camera_json` tells which) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
 Background removal for images without alpha, and its limits: `dynapose4d.data.background` (`remove_background`).

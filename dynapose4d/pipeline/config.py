@@ -38,9 +38,10 @@ class RunConfig:
 
     seed: int = 0  # global seed (lightning.seed_everything)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages to run, in pipeline order
-    max_image_size: int = 512  # longer side (pixels) of the frames the stages see for a picture or a scene folder
-    # without camera.json: larger ones are scaled down in the recentring resample (0 = the files' own size). A
-    # scene with camera.json is used at its own size.
+    max_image_size: int = 512  # longer side (pixels) of the frames the stages see: larger scenes are scaled down
+    # (a picture or a folder without camera.json in the recentring resample; a folder with camera.json whole, views/
+    # and keypoints with it, the cameras' intrinsics following the frame size, and gt/ frames compared at that
+    # size). 0 = the files' own size. docs/scene-folder.md
     zero123: Zero123Config = field(default_factory=Zero123Config)  # Zero-1-to-3 of static.prior, dynamic.lambda_sds
     static: StaticConfig = field(default_factory=StaticConfig)
     cape: CapeStageConfig = field(default_factory=CapeStageConfig)

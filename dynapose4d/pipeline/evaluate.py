@@ -6,7 +6,8 @@ shared with the dynamic stage) and the table `dynapose4d.evaluation.table.metric
 
 Render uses the latest finished stage that has Gaussians: dynamic (canonical Gaussians moved by φ to τ = f/(T−1))
 or, after static alone, the static Gaussians at every frame. Images are straight (not premultiplied) RGBA PNGs
-at the scene's image size: OUT/<camera>/<frame:03d>.png.
+at the run's image size (the scene's, within its `max_image_size`; manifest "image_size"):
+OUT/<camera>/<frame:03d>.png.
 
 Eval scores the run with `score_4d` over a white background, the images composited from the straight RGBA that
 render writes, gt frames at their normalised times (a run with another frame count is compared at the same
