@@ -19,6 +19,7 @@ from dynapose4d.cape.render_sets import RenderSet
 from dynapose4d.core.cameras import load_cameras, project
 from dynapose4d.core.images import over_background
 from dynapose4d.core.io import read_image
+from dynapose4d.evaluation.gt import scale_gt_frames
 from dynapose4d.evaluation.metrics import bbox_size, pck
 
 THRESHOLDS = (0.1, 0.2)
@@ -96,7 +97,8 @@ def format_table(res: dict[str, Any], title: str = "") -> str:
 def scene_gt_queries(scene: Any) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per gt camera: (name, RGB frames over white [T, 3, H, W], gt keypoints [T, N, 2] px (gt/keypoints3d.json
     projected with gt/cameras.json), visible [T, N] (gt/keypoints2d.json's flags when present, else inside the
-    image), inside [T, N])."""
+    image), inside [T, N]). Frames longer than the scene's `gt_max_size` are scaled down to it (the support image's
+    scale, so the trivial baseline's copied keypoints are in the same pixels)."""
     import json
 
     gt = scene.gt_dir
@@ -112,6 +114,7 @@ def scene_gt_queries(scene: Any) -> list[tuple[str, torch.Tensor, torch.Tensor, 
         frames = torch.stack([read_image(f) for f in files])  # [T, H, W, C]
         if frames.shape[-1] == 3:
             frames = torch.cat([frames, torch.ones_like(frames[..., :1])], -1)
+        frames = scale_gt_frames(frames, getattr(scene, "gt_max_size", 0))  # at the run's size, as the support
         T, H, W = frames.shape[:3]
         px, depth = project(kp3[:T], cam.viewmat(torch.float64), cam.K(W, H, torch.float64))  # [T, N, 2]
         inside = (px[..., 0] >= 0) & (px[..., 0] < W) & (px[..., 1] >= 0) & (px[..., 1] < H) & (depth > 0)

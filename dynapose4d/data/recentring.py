@@ -1,7 +1,19 @@
-"""Recentring a scene without camera.json (the DreamGaussian convention; `dynapose4d.data.scene` describes when and
-why): the 2D similarity that centres the object's mask box and scales it to fill 80% of the frame, and applying it
-to the image, keypoints and video in one resample. A frame larger than the run's `max_image_size` comes out
-smaller (same aspect, longer side `max_image_size`) in that same resample.
+"""The 2D similarity between a scene's files and the frames the pipeline sees (`dynapose4d.data.scene` describes
+when and why), and applying it to the image, keypoints, video and other frames in one resample.
+
+- Recentring (a scene without camera.json; the DreamGaussian convention): the similarity that centres the
+  object's mask box and scales it to fill 80% of the frame (`recentring_of`). A frame larger than the run's
+  `max_image_size` comes out smaller (same aspect, longer side `max_image_size`) in that same resample.
+- Downscale (a scene with camera.json, and gt/ frames, larger than `max_image_size`; `downscale_of`): a pure
+  scale about the frame centre into a frame W' x H' within `max_image_size`. Cameras carry no pixel intrinsics:
+  K comes from fov_y and the frame size (fx = fy = H / (2 tan(fov_y / 2)), cx = W / 2, cy = H / 2;
+  docs/cameras.md), so the one similarity that keeps every camera's projection exact at the new size is the
+  scale s = H' / H about the centre (a 3D point's pixel p' = (p - (W/2, H/2)) s + (W'/2, H'/2)). W' is rounded
+  from W s, so the frame's left and right edges are the files' edges to within a quarter pixel.
+
+Both are a `Recentring`, so every 2D output written "in the pixels of the scene's files" maps back through
+`Recentring.to_scene` the same way. The resample (`resample_frames`) is bilinear on premultiplied colour,
+antialiased when shrinking.
 """
 
 from __future__ import annotations
@@ -16,13 +28,16 @@ FILL = 0.8  # recentring: the mask bounding box fills this fraction of the frame
 
 @dataclass(frozen=True)
 class Recentring:
-    """The 2D similarity of recentring (`recentring_of`, `apply_recentring`): a scene-file pixel q maps to the
-    pipeline pixel p = (q - centre) * scale + out_size / 2 (pixel centres at +0.5 in both)."""
+    """The 2D similarity of recentring or of a downscale (`recentring_of`, `downscale_of`, `apply_recentring`): a
+    scene-file pixel q maps to the pipeline pixel p = (q - centre) * scale + out_size / 2 (pixel centres at +0.5
+    in both)."""
 
     scale: float
     centre: tuple[float, float]  # (cx, cy): the scene-file point that lands on the frame centre, pixels
     size: tuple[int, int]  # (W, H) of the scene's frames
     out_size: tuple[int, int] | None = None  # (W, H) of the pipeline's frames; None: `size`
+    edges: str = "transparent"  # outside the files: "transparent" (recentring), "extend" (a downscale's sub-pixel
+    # sliver at the frame's edges repeats the edge pixels)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -50,6 +65,22 @@ def output_size_of(W: int, H: int, max_size: int) -> tuple[int, int]:
         return W, H
     f = max_size / max(W, H)
     return max(1, round(W * f)), max(1, round(H * f))
+
+
+def downscale_of(W: int, H: int, max_size: int) -> Recentring | None:
+    """The pure downscale (module docstring) of a frame W x H into W' x H' within `max_size` pixels on its longer
+    side, or None when it already fits (or `max_size` is 0). H' = round(H f) with f = max_size / max(W, H), the
+    scale s = H' / H (what the cameras' fy = H / (2 tan(fov_y / 2)) scales by), W' = round(W s) (one less H' in
+    the rare case where that would pass `max_size`)."""
+    if max_size <= 0 or max(W, H) <= max_size:
+        return None
+    Ho = max(1, round(H * max_size / max(W, H)))
+    Wo = max(1, round(W * Ho / H))
+    while Wo > max_size and Ho > 1:
+        Ho -= 1
+        Wo = max(1, round(W * Ho / H))
+    return Recentring(scale=Ho / H, centre=(W / 2.0, H / 2.0), size=(int(W), int(H)), out_size=(int(Wo), int(Ho)),
+                      edges="extend")
 
 
 def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
@@ -100,8 +131,15 @@ def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: tor
     out = _resample(rec, image[None])[0]
     if video is None:
         return out, kp.to(keypoints.dtype), None
-    frames = [_resample(rec, _as_float(video[i:i + chunk])) for i in range(0, video.shape[0], chunk)]
-    return out, kp.to(keypoints.dtype), torch.cat(frames)
+    return out, kp.to(keypoints.dtype), resample_frames(rec, video, chunk)
+
+
+def resample_frames(rec: Recentring | None, frames: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """RGBA frames [B, H, W, 4] (float in [0, 1] or uint8; straight colour) moved by `rec` into frames of its
+    output size: float [B, Ho, Wo, 4], `chunk` at a time (as given, in float, when `rec` is None)."""
+    if rec is None:
+        return _as_float(frames)
+    return torch.cat([_resample(rec, _as_float(frames[i:i + chunk])) for i in range(0, frames.shape[0], chunk)])
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -122,8 +160,8 @@ def _resample(rec: Recentring, frames: torch.Tensor) -> torch.Tensor:
     xs = ((torch.arange(Wo, dtype=torch.float64) + 0.5 - Wo / 2.0) / s + cx) * (2.0 / W) - 1.0  # [Wo]
     ys = ((torch.arange(Ho, dtype=torch.float64) + 0.5 - Ho / 2.0) / s + cy) * (2.0 / H) - 1.0  # [Ho]
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).float()  # [Ho, Wo, 2] (x, y) in [-1, 1]
-    x = F.grid_sample(x, grid.expand(x.shape[0], Ho, Wo, 2), mode="bilinear", padding_mode="zeros",
-                      align_corners=False)  # zeros outside = transparent
+    pad = "border" if rec.edges == "extend" else "zeros"  # zeros outside = transparent
+    x = F.grid_sample(x, grid.expand(x.shape[0], Ho, Wo, 2), mode="bilinear", padding_mode=pad, align_corners=False)
     a = x[:, 3:].clamp(0.0, 1.0)
     rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
     return torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, Ho, Wo, 4]

@@ -18,7 +18,8 @@ Files:
   gt/             checked here (cameras.json, a folder of 000.png … per camera, equal frame counts, and
                   keypoints3d.json of [T][N][3] with this scene's N and the gt frame count T), so that a broken
                   gt/ stops the run before training and not when a stage evaluates; its path is kept
-                  (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none.
+                  (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none. gt
+                  frames larger than `max_size` are compared scaled down to it (below).
 
 A picture alone (png, jpg, webp, bmp or tif; `load_scene(picture, video=...)`) is a scene with only image.png: no
 camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
@@ -30,9 +31,22 @@ bounding box at the image centre and scales the box to fill 80% of the frame (of
 height). The frame keeps the files' size, or, when their longer side is over the run's `max_image_size`, the
 same aspect at that longer side (a 4000 x 3000 photo becomes 512 x 384 with the default), so that a large photo
 costs what a small one does. The scale is reduced when needed so that every keypoint and the mask boxes of all video
-frames stay inside the frame. Parts of the frame that come from outside the input are transparent. A scene with
-camera.json is used exactly as given (so views/ and gt/ stay aligned with it); views/ or gt/ without camera.json
-is an error, because recentring would misalign them. The similarity is kept (`Scene.recentring`) so that 2D
+frames stay inside the frame. Parts of the frame that come from outside the input are transparent. views/ or gt/
+without camera.json is an error, because recentring would misalign them.
+
+A scene with camera.json is used as given (nothing moves, so views/ and gt/ stay aligned with its cameras), except
+that when image.png's longer side is over `max_size` (the run's `max_image_size`) everything in pixels is scaled
+down together: image, video frames and views/ images (same resample as recentring: bilinear on premultiplied colour,
+antialiased) into a frame W' x H' within `max_size` (a 4096 x 4096 scene becomes 512 x 512 with the default), and
+the keypoints by the same map. That map is a pure scale s = H' / H about the frame centre (`downscale_of`): the
+cameras' files are unchanged, and their intrinsics, which follow the frame size (fx = fy = H / (2 tan(fov_y / 2)),
+cx = W / 2, cy = H / 2; docs/cameras.md), then project every 3D point exactly where the scale takes its projection
+at the files' size. gt/ frames are compared with renders at the run's size: the scorers read those over `max_size`
+(`Scene.gt_max_size`, in the scene's fingerprint when set) scaled down by the same downscale
+(`dynapose4d.evaluation.gt.read_gt_frames`); gt/keypoints3d.json is 3D and unchanged. A scene within `max_size` is
+loaded bit for bit as its files are (no similarity, the same tensors and fingerprint).
+
+Either similarity, recentring or downscale, is kept (`Scene.recentring`; `has_camera_json` tells which) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
 Images without alpha (the run's `cutout` setting): "plain" removes a uniform background
@@ -57,8 +71,15 @@ from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, r
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
 from dynapose4d.data.cutout import grabcut_alpha
-from dynapose4d.data.recentring import FILL, Recentring, apply_recentring, recentring_of
-from dynapose4d.evaluation.gt import gt_frame_files, load_gt
+from dynapose4d.data.recentring import (
+    FILL,
+    Recentring,
+    apply_recentring,
+    downscale_of,
+    recentring_of,
+    resample_frames,
+)
+from dynapose4d.evaluation.gt import gt_frame_files, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
@@ -74,17 +95,18 @@ class Scene:
     skeleton: list[tuple[int, int]]  # 0-based keypoint index pairs
     names: list[str]  # N keypoint names ("kp00".. when not given)
     camera: Camera  # reference camera (camera.json, or the default reference camera)
-    has_camera_json: bool  # False: the scene was recentred/rescaled (object ~80% of the frame)
+    has_camera_json: bool  # False: the scene was recentred (object ~80% of the frame)
     video: torch.Tensor | None = None  # [T, H, W, 4] driving frames, RGBA (background removed), or None
     views: list[tuple[Camera, torch.Tensor]] = field(default_factory=list)  # (camera, [H, W, 4]) extra views
     gt_dir: Path | None = None  # scene/gt when present (eval only)
-    recentring: Recentring | None = None  # the transform applied to the scene files (None: used as given)
+    recentring: Recentring | None = None  # files -> these frames: recentring or downscale (None: used as given)
     image_path: Path | None = None  # the image file read (root/image.png, or the picture given alone)
     keypoints_path: Path | None = None  # the keypoints file read; None when the keypoints are automatic
     auto_keypoints: AutoKeypoints | None = None  # automatic keypoints in the image file's pixels (no keypoints file)
     gt_keypoints: bool = False  # gt/keypoints3d.json holds this scene's keypoints (False for automatic keypoints)
     cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut cut it out (file pixels), else None
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
+    gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
 
     @property
     def height(self) -> int:
@@ -106,8 +128,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
                max_size: int = 0, cutout: str = "auto") -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif)
     given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for the
-    files and recentring, and `dynapose4d.data.background` for the background removal. A recentred scene's frames
-    are brought within `max_size` pixels on their longer side (0: kept at the files' size). `cutout` says how
+    files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
+    frames are brought within `max_size` pixels on their longer side (0: kept at the files' size). `cutout` says how
     images without alpha get it: "auto", "plain" or "grabcut" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
     GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one).
 
@@ -158,18 +180,23 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     views = _read_views(views_dir, H, W, cutter) if not picture and views_dir.exists() else []
     # an empty gt/ counts as none
     has_gt = not picture and gt_dir.exists() and (not gt_dir.is_dir() or any(gt_dir.iterdir()))
-    gt_keypoints = False
+    gt_keypoints, gt_max_size = False, 0
     if has_gt:  # automatic keypoints are not the gt's: their tracks are not compared with gt/keypoints3d.json
         gt_keypoints = _check_gt(gt_dir, int(kps.shape[0]), check_keypoints=auto is None)  # False for auto
+        gt_max_size = max_size if _gt_larger_than(gt_dir, max_size) else 0
 
-    recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size) if not has_camera else None
+    if has_camera:  # only scaled down (the cameras' intrinsics follow the frame size): views/ go along
+        recentring = downscale_of(W, H, max_size)
+        views = [(cam, resample_frames(recentring, img[None])[0]) for cam, img in views] if recentring else views
+    else:
+        recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size)
     image, kps, vid = apply_recentring(recentring, image, kps, vid)  # None: as given (the video in float)
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
-        cutout=cut_picture, grabcut_cuts=cutter.grabcut,
+        cutout=cut_picture, grabcut_cuts=cutter.grabcut, gt_max_size=gt_max_size,
     )
 
 
@@ -400,6 +427,12 @@ def _read_views(folder: Path, H: int, W: int, cutter: _Cutter) -> list[tuple[Cam
             raise InputError(f"{p}: view is {img.shape[1]}x{img.shape[0]} but image.png is {W}x{H}")
         views.append((cam, img))
     return views
+
+
+def _gt_larger_than(folder: Path, max_size: int) -> bool:
+    """Whether a gt camera's frames (the size of its 000.png, from the file's header) have a longer side over
+    `max_size` (> 0): the scorers then compare them scaled down (`dynapose4d.evaluation.gt.read_gt_frames`)."""
+    return max_size > 0 and any(max(gt_frame_size(folder / cam.name)) > max_size for cam in load_gt(folder).cameras)
 
 
 def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) -> bool:

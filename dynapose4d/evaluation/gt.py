@@ -2,7 +2,9 @@
 
 A gt/ folder (docs/scene-folder.md) holds cameras.json, <camera>/000.png … and optionally keypoints3d.json; the
 project's own generator also writes keypoints2d.json with per-camera visibility flags (another generator need not: then
-every keypoint counts). Both callers render the gt cameras themselves and compute the image metrics; here are
+every keypoint counts). Both callers render the gt cameras themselves, at the size of the gt frames as read, and
+compute the image metrics; gt frames larger than the run's `max_image_size` are read scaled down to it
+(`read_gt_frames`), as the scene's own files are, so renders are made and compared at the run's size. Here are
 reading the folder, the keypoint metrics of one camera, and the averages over cameras:
   pck, pck_no_motion   PCK@threshold of the 3D tracks projected into the camera, normalised by the gt
                        keypoints' bounding box per frame; no motion = gt frame-0 keypoints held still
@@ -25,6 +27,7 @@ import torch
 from dynapose4d.core.cameras import Camera, load_cameras, project, read_json
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import read_image
+from dynapose4d.data.recentring import downscale_of, resample_frames
 from dynapose4d.evaluation import metrics as M
 
 
@@ -67,14 +70,42 @@ def gt_frame_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_gt_frames(folder: str | Path) -> torch.Tensor:
-    """gt/<camera>/000.png … as RGBA [T, H, W, 4] in [0, 1] (an RGB frame gets alpha 1)."""
+def read_gt_frames(folder: str | Path, max_size: int = 0) -> torch.Tensor:
+    """gt/<camera>/000.png … as RGBA [T, H, W, 4] in [0, 1] (an RGB frame gets alpha 1). Frames whose longer side
+    is over `max_size` (> 0) are scaled down to it, each as it is read, by the scene loader's downscale
+    (`dynapose4d.data.recentring.downscale_of`: the same resample; the gt cameras' intrinsics follow the frame
+    size), so that they are compared with renders made at the run's size."""
     folder = Path(folder)
     files = gt_frame_files(folder)
-    imgs = [read_image(f) for f in files]
-    if any(i.shape != imgs[0].shape for i in imgs):
-        raise InputError(f"{folder}: gt frames of different sizes")
-    return torch.stack([i if i.shape[-1] == 4 else torch.cat([i, torch.ones_like(i[..., :1])], -1) for i in imgs])
+    imgs, first = [], None
+    for f in files:
+        img = read_image(f)
+        if first is None:
+            first = img.shape
+        elif img.shape != first:
+            raise InputError(f"{folder}: gt frames of different sizes")
+        rgba = img if img.shape[-1] == 4 else torch.cat([img, torch.ones_like(img[..., :1])], -1)
+        imgs.append(scale_gt_frames(rgba[None], max_size)[0])
+    return torch.stack(imgs)
+
+
+def scale_gt_frames(rgba: torch.Tensor, max_size: int) -> torch.Tensor:
+    """gt frames RGBA [T, H, W, 4] scaled down within `max_size` on their longer side (`read_gt_frames`); as given
+    when they fit or `max_size` is 0."""
+    rec = downscale_of(int(rgba.shape[2]), int(rgba.shape[1]), max_size)
+    return rgba if rec is None else resample_frames(rec, rgba)
+
+
+def gt_frame_size(folder: str | Path) -> tuple[int, int]:
+    """(W, H) of gt/<camera>/000.png, from the file's header (the frames are not read)."""
+    from PIL import Image
+
+    path = gt_frame_files(folder)[0]
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except OSError as e:
+        raise InputError(f"{path}: unreadable gt frame ({e})") from None
 
 
 def same_camera(a: Camera, b: Camera) -> bool:

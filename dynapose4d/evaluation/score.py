@@ -45,7 +45,15 @@ from dynapose4d.core.images import over_background, resize, straight_rgba
 from dynapose4d.core.io import read_image
 from dynapose4d.deform import render_4d
 from dynapose4d.evaluation import metrics as M
-from dynapose4d.evaluation.gt import load_gt, read_gt_frames, same_camera, summarise, track_view_metrics
+from dynapose4d.evaluation.gt import (
+    gt_frame_size,
+    load_gt,
+    read_gt_frames,
+    same_camera,
+    scale_gt_frames,
+    summarise,
+    track_view_metrics,
+)
 from dynapose4d.gaussians.model import GaussianModel
 from dynapose4d.render.views import render_cameras
 
@@ -66,6 +74,8 @@ class ScoreOptions:
     background: float = 1.0  # grey level that renders and gt are composited over
     composite: Composite = "straight"  # "straight": straight RGBA then over the background; "rasteriser": its own
     pck_threshold: float = 0.2  # a keypoint is correct within this fraction of the gt keypoints' bbox size
+    max_size: int = 0  # "gt" protocol: gt frames longer than this are scaled down to it, renders made at that size
+    # (the run's max_image_size, as for the scene's files; 0: gt's own size). consistent4d keeps its own 512 x 512
 
     def __post_init__(self) -> None:
         for name, allowed in (("protocol", ("gt", "consistent4d")), ("held", ("frame0", "canonical")),
@@ -82,6 +92,7 @@ class Score:
     cameras: list[Camera]  # the cameras scored (the protocol's choice from gt/cameras.json), in order
     frames: int  # gt frames per camera
     image_size: tuple[int, int] | None  # (width, height) images were resized to for the comparison, None: gt's own
+    # (also when gt frames were scaled down within options.max_size: then the size of the first camera's frames)
     keypoints: bool  # tracks and gt keypoints3d.json were both there: pck, kp_error_3d and jitter were measured
 
 
@@ -135,10 +146,13 @@ def score_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor 
         aligned = tr[time_index(tr.shape[0], kp_gt.shape[0])]
 
     per_view: dict[str, dict[str, float | None]] = {}
-    T_gt = None
+    T_gt, scaled = None, None
+    max_size = options.max_size if options.protocol == "gt" else 0
     for cam in cams:
-        gt_rgba = read_gt_frames(gt_dir / cam.name)  # [T, H, W, 4]
+        gt_rgba = read_gt_frames(gt_dir / cam.name, max_size)  # [T, H, W, 4] scaled down within max_size
         T, H, W = gt_rgba.shape[:3]
+        if scaled is None and max_size and max(gt_frame_size(gt_dir / cam.name)) > max_size:
+            scaled = (W, H)
         if T_gt is not None and T != T_gt:
             raise InputError(f"{gt_dir / cam.name}: {T} frames, but other cameras have {T_gt}")
         T_gt = T
@@ -156,15 +170,16 @@ def score_4d(canonical: Any, phi: Any, gt_dir: str | Path, tracks: torch.Tensor 
 
     metrics = summarise(per_view, cams, reference, aligned, kp_gt if aligned is not None else None)
     return Score(metrics=metrics, cameras=cams, frames=int(T_gt or 0),
-                 image_size=(C4D_SIZE, C4D_SIZE) if options.protocol == "consistent4d" else None,
+                 image_size=(C4D_SIZE, C4D_SIZE) if options.protocol == "consistent4d" else scaled,
                  keypoints=aligned is not None)
 
 
-def score_static(gaussians: GaussianModel, gt_dir: str | Path | None
+def score_static(gaussians: GaussianModel, gt_dir: str | Path | None, max_size: int = 0
                  ) -> tuple[dict[str, dict[str, float]], list[tuple[str, torch.Tensor, torch.Tensor]]]:
-    """PSNR and SSIM of static Gaussians against gt frame 0 of each gt camera (RGB over white, whole image).
-    Returns ({camera: {"psnr", "ssim"}}, [(camera, render [H, W, 3], gt [H, W, 3])]); both empty without a gt
-    folder (no gt_dir/cameras.json); a camera without 000.png is left out."""
+    """PSNR and SSIM of static Gaussians against gt frame 0 of each gt camera (RGB over white, whole image; a
+    frame longer than `max_size` > 0 scaled down to it, as `ScoreOptions.max_size`). Returns ({camera: {"psnr",
+    "ssim"}}, [(camera, render [H, W, 3], gt [H, W, 3])]); both empty without a gt folder (no
+    gt_dir/cameras.json); a camera without 000.png is left out."""
     if gt_dir is None or not (Path(gt_dir) / "cameras.json").is_file():
         return {}, []
     gt_dir = Path(gt_dir)
@@ -175,6 +190,9 @@ def score_static(gaussians: GaussianModel, gt_dir: str | Path | None
         if not path.is_file():
             continue
         gt = read_image(path)  # [H, W, 3 or 4]
+        if max_size > 0 and max(gt.shape[:2]) > max_size:  # scaled down as RGBA, like read_gt_frames
+            rgba = gt if gt.shape[-1] == 4 else torch.cat([gt, torch.ones_like(gt[..., :1])], -1)
+            gt = scale_gt_frames(rgba[None], max_size)[0]
         gt_rgb = over_background(gt, 1.0) if gt.shape[-1] == 4 else gt
         pred, _ = render_cameras(gaussians, [cam], gt.shape[1], gt.shape[0], background=1.0)  # [1, H, W, 3]
         per_view[cam.name] = {"psnr": M.psnr(pred, gt_rgb[None]), "ssim": M.ssim(pred, gt_rgb[None])}

@@ -39,9 +39,10 @@ class RunConfig:
 
     seed: int = 0  # global seed (lightning.seed_everything)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages to run, in pipeline order
-    max_image_size: int = 512  # longer side (pixels) of the frames the stages see for a picture or a scene folder
-    # without camera.json: larger ones are scaled down in the recentring resample (0 = the files' own size). A
-    # scene with camera.json is used at its own size.
+    max_image_size: int = 512  # longer side (pixels) of the frames the stages see: larger scenes are scaled down
+    # (a picture or a folder without camera.json in the recentring resample; a folder with camera.json whole, views/
+    # and keypoints with it, the cameras' intrinsics following the frame size, and gt/ frames compared at that
+    # size). 0 = the files' own size. docs/scene-folder.md
     cutout: str = "auto"  # pictures, frames and views without alpha: "plain" removes a uniform background and
     # refuses any other; "grabcut" cuts the object out of any background (OpenCV GrabCut, no model; see
     # dynapose4d/data/cutout.py for its limits); "auto" uses plain where the border is one colour, else grabcut

@@ -6,7 +6,8 @@ shared with the dynamic stage) and the table `dynapose4d.evaluation.table.metric
 
 Render uses the latest finished stage that has Gaussians: dynamic (canonical Gaussians moved by φ to τ = f/(T−1))
 or, after static alone, the static Gaussians at every frame. Images are straight (not premultiplied) RGBA PNGs
-at the scene's image size: OUT/<camera>/<frame:03d>.png.
+at the run's image size (the scene's, within its `max_image_size`; manifest "image_size"):
+OUT/<camera>/<frame:03d>.png.
 
 Eval scores the run with `score_4d` over a white background, the images composited from the straight RGBA that
 render writes, gt frames at their normalised times (a run with another frame count is compared at the same
@@ -18,9 +19,12 @@ PCK, 3D error; jitter's reference is the gt tracks' own jitter). The moving-pixe
 run puts where gt stays still, so PSNR (whole frame and moving pixels) is also given against the run's own frame
 0 held still (`psnr_held`, `psnr_moving_held`): same reconstruction, no motion.
 Averages: over frames, then over views (then over objects, in `dynapose4d experiment`).
+gt frames larger than the run's `max_image_size` (RUN/config.yaml) are compared scaled down to it, renders made at
+that size, as the run's stages do (`evaluation.gt.read_gt_frames`); metrics.json's "image_size" then gives the size
+compared at (null: gt's own).
 Protocol "consistent4d": only its four cameras (azimuths −75, 15, 105, 195; gt/cameras.json must have them),
-images resized to 512×512. Output: RUN/metrics.json + RUN/metrics.md (RUN/metrics_consistent4d.* for that
-protocol), and the table printed.
+images resized to 512×512 (from gt's own size). Output: RUN/metrics.json + RUN/metrics.md
+(RUN/metrics_consistent4d.* for that protocol), and the table printed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from dynapose4d.evaluation import metrics as M
 from dynapose4d.evaluation.score import ScoreOptions, score_4d
 from dynapose4d.evaluation.table import metrics_table
 from dynapose4d.gaussians import GaussianModel, load_ply
+from dynapose4d.pipeline.config import RunConfig
 from dynapose4d.pipeline.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
@@ -143,6 +148,20 @@ def _reference_camera(model: RunModel) -> Camera:
     return load_camera(path) if path.is_file() else REFERENCE_CAMERA
 
 
+def run_max_image_size(run_dir: str | Path) -> int:
+    """The run's `max_image_size` (RUN/config.yaml); 0 (gt frames at their own size) when the run has no config."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return 0
+    try:
+        value = (yaml.safe_load(path.read_text()) or {}).get("max_image_size", RunConfig.max_image_size)
+        return int(value)
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+        raise InputError(f"{path}: unreadable max_image_size ({e})") from None
+
+
 def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") -> dict[str, Any]:
     """Metrics of a run against a gt/ folder (module docstring): `score_4d` of the run's model with held = the
     run's frame 0, LPIPS when its weights are local. Returns the metrics.json content (the score plus what was
@@ -157,7 +176,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") 
     if auto:  # keypoints made from the mask are not the gt's: their tracks cannot be compared
         tracks = None
     options = ScoreOptions(protocol=protocol, held="frame0", with_lpips=use_lpips, background=BACKGROUND,
-                           composite="straight")
+                           composite="straight", max_size=run_max_image_size(run_dir))
     score = score_4d(model.canonical, model.deform, gt_dir, tracks, _reference_camera(model), options=options)
     return {
         "protocol": protocol, "run": str(Path(run_dir)), "gt": str(gt_dir), "stage": model.stage,

@@ -33,7 +33,8 @@ OUTPUTS_VERSION: dict[str, int] = {"static": 2}
 
 
 def scene_fingerprint(scene: Scene) -> str:
-    """Hash of what the stages read from a scene (image, keypoints, skeleton, camera, video, views)."""
+    """Hash of what the stages read from a scene (image, keypoints, skeleton, camera, video, views, and the size
+    gt/ frames are compared at when they are scaled down)."""
     h = hashlib.sha256()
     for t in (scene.image, scene.keypoints, scene.video):
         if t is not None:
@@ -42,6 +43,8 @@ def scene_fingerprint(scene: Scene) -> str:
     for cam, img in scene.views:
         h.update(json.dumps(cam.to_dict()).encode())
         h.update(img.detach().cpu().contiguous().numpy().tobytes())
+    if scene.gt_max_size:  # the stages' metrics compare gt/ frames scaled down to it (0: not hashed, as before)
+        h.update(json.dumps({"gt_max_size": scene.gt_max_size}).encode())
     return h.hexdigest()[:16]
 
 

@@ -152,7 +152,9 @@ def write_outputs(ctx: StageContext, cfg: DynamicConfig, module: DynamicGaussian
     metrics: dict[str, Any] = {}
     if cfg.evaluate and scene.gt_dir is not None and scene.gt_dir.is_dir():
         # held = the canonical Gaussians without motion; the rasteriser composites over the stage's background
-        options = ScoreOptions(held="canonical", composite="rasteriser", background=cfg.background)
+        # gt frames larger than the run's max_image_size are compared scaled down to it, as the scene's files
+        options = ScoreOptions(held="canonical", composite="rasteriser", background=cfg.background,
+                               max_size=scene.gt_max_size)
         with torch.no_grad():
             gt_tracks = tracks if scene.auto_keypoints is None else None  # auto: not the gt's
             metrics = score_4d(module.canonical, module.phi, scene.gt_dir, gt_tracks, scene.camera,

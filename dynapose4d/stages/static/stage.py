@@ -98,7 +98,7 @@ def write_outputs(gaussians: GaussianModel, ctx: StageContext, cfg: StaticConfig
     frames = write_orbit_video(gaussians, out / "orbit.mp4", size, cfg.orbit_frames, cfg.orbit_elevation,
                                ref.radius, ref.fov_y, fps=cfg.video_fps)
     write_video(out / "orbit.gif", frames, fps=cfg.video_fps)
-    per_view, pairs = score_static(gaussians, scene.gt_dir)
+    per_view, pairs = score_static(gaussians, scene.gt_dir, scene.gt_max_size)  # gt frames at the run's size
     metrics = {f"{STAGE}/{k}/{cam}": v for cam, d in per_view.items() for k, v in d.items()}
     if pairs:  # top row ground truth, bottom row renders
         h, w = pairs[0][1].shape[:2]
