@@ -141,13 +141,19 @@ def stored_recentring(rec: Recentring | None, size: tuple[int, int], k: int,
                       out_size=rec.output_size, edges=rec.edges)
 
 
-def shrink_frame(rgba: torch.Tensor, k: int, edges: str = "transparent") -> torch.Tensor:
+def shrink_frame(rgba: torch.Tensor, k: int, edges: str = "transparent", rows: int = 256) -> torch.Tensor:
     """RGBA [H, W, 4] in [0, 1] (straight colour) shrunk by the integer `k`: each output pixel the area average of
     a k x k block of premultiplied colour (so the object's edges do not blend with the colour under alpha 0),
     -> [ceil(H / k), ceil(W / k), 4] straight colour. A partial last block is padded as the resample treats the
-    outside (`Recentring.edges`): transparent, or the edge pixels repeated ("extend")."""
+    outside (`Recentring.edges`): transparent, or the edge pixels repeated ("extend"). About `rows` rows at a time,
+    so that a 4K frame costs no more than itself."""
     if k == 1:
         return rgba
+    step = k * max(1, rows // k)
+    return torch.cat([_shrink_rows(rgba[i:i + step], k, edges) for i in range(0, rgba.shape[0], step)])
+
+
+def _shrink_rows(rgba: torch.Tensor, k: int, edges: str) -> torch.Tensor:
     H, W = rgba.shape[:2]
     x = rgba.permute(2, 0, 1)[None].float()  # [1, 4, H, W]
     x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)

@@ -420,7 +420,7 @@ def _read_video_path(path: Path, H: int, W: int, cutter: _Cutter, image_name: st
     for t, f in enumerate(iter_video(path)):  # [H, W, 3] uint8 each; InputError when unreadable
         if f.shape[:2] != (H, W):
             raise InputError(f"{path}: video frames are {f.shape[1]}x{f.shape[0]} but {image_name} is {W}x{H}")
-        out.add(cutter.rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})"))
+        out.add(cutter.rgba(torch.from_numpy(f).float().div_(255.0), f"{path} (frame {t})"))
     if out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
     return out
