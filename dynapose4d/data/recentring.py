@@ -13,7 +13,8 @@ when and why), and applying it to the image, keypoints, video and other frames i
 
 Both are a `Recentring`, so every 2D output written "in the pixels of the scene's files" maps back through
 `Recentring.to_scene` the same way. The resample (`resample_frames`) is bilinear on premultiplied colour,
-antialiased when shrinking.
+antialiased when shrinking. Video frames much larger than the output are stored shrunk by an integer k as they are
+read (`shrink_frame`: area average on premultiplied colour); `stored_recentring` is the same similarity for them.
 """
 
 from __future__ import annotations

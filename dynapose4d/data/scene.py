@@ -46,6 +46,16 @@ at the files' size. gt/ frames are compared with renders at the run's size: the 
 (`dynapose4d.evaluation.gt.read_gt_frames`); gt/keypoints3d.json is 3D and unchanged. A scene within `max_size` is
 loaded bit for bit as its files are (no similarity, the same tensors and fingerprint).
 
+Video frames are read one at a time, get their alpha and their mask box (in the files' pixels) at the files' size,
+and are kept in 8 bits in one block until that resample. When the files are much larger than the pipeline's frames
+each frame is first shrunk by an integer k (area average of k x k blocks on premultiplied colour,
+`dynapose4d.data.recentring.shrink_frame`), the largest k that keeps at least `VIDEO_OVERSAMPLE` (2) stored pixels
+per pipeline pixel (`video_shrink`), from the most the similarity can magnify the files: the downscale's scale, or
+the recentring's from image.png and the keypoints alone (the frames' boxes can only lower it). So a 4K clip is
+stored at most a few times the pipeline's size, a small object that the recentring magnifies keeps its frames at
+the files' size, and `max_size` 0 or frames within reach of it shrink nothing (k = 1: the same tensors as without
+the shrink). The resample reads the shrunk frames through the same similarity (`stored_recentring`).
+
 Either similarity, recentring or downscale, is kept (`Scene.recentring`; `has_camera_json` tells which) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
