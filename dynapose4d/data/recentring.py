@@ -13,11 +13,13 @@ when and why), and applying it to the image, keypoints, video and other frames i
 
 Both are a `Recentring`, so every 2D output written "in the pixels of the scene's files" maps back through
 `Recentring.to_scene` the same way. The resample (`resample_frames`) is bilinear on premultiplied colour,
-antialiased when shrinking.
+antialiased when shrinking. Video frames much larger than the output are stored shrunk by an integer k as they are
+read (`shrink_frame`: area average on premultiplied colour); `stored_recentring` is the same similarity for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,11 +86,15 @@ def downscale_of(W: int, H: int, max_size: int) -> Recentring | None:
 
 
 def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
-                  fill: float = FILL, max_size: int = 0) -> Recentring | None:
+                  fill: float = FILL, max_size: int = 0,
+                  boxes: Sequence[tuple[int, int, int, int] | None] | None = None) -> Recentring | None:
     """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
     `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
-    [T, H, W, 4] (float in [0, 1] or uint8) inside the frame; the frame itself brought within `max_size` pixels
-    on its longer side (`output_size_of`). None when it is the identity."""
+    [T, H, W, 4] (float in [0, 1] or uint8; alpha > 0.5) inside the frame; the frame itself brought within
+    `max_size` pixels on its longer side (`output_size_of`). None when it is the identity. `boxes` (x0, y0, x1, y1;
+    None for an empty mask) are video frames' mask boxes in the image's pixels, given instead of (or besides)
+    `video` (`dynapose4d.data.scene` keeps them from the frames at the files' size as it reads them). The video
+    can only lower the scale: without it the result's scale bounds the one with any video."""
     H, W = image.shape[:2]
     Wo, Ho = output_size_of(W, H, max_size)
     box = _bbox(image[..., 3] > 0.5)
@@ -105,6 +111,9 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
             vb = _bbox(video[t, ..., 3] > half)
             if vb is not None:
                 pts.append(torch.tensor([[vb[0], vb[1]], [vb[2], vb[3]]], dtype=torch.float64))
+    for vb in boxes or ():
+        if vb is not None:
+            pts.append(torch.tensor([[vb[0], vb[1]], [vb[2], vb[3]]], dtype=torch.float64))
     allp = torch.cat(pts)
     ex, ey = (allp[:, 0] - cx).abs().max().item(), (allp[:, 1] - cy).abs().max().item()
     if ex > 0:
@@ -116,6 +125,46 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
     s *= min(Wo / W, Ho / H)  # the same fill of the smaller frame
     return Recentring(scale=float(s), centre=(float(cx), float(cy)), size=(int(W), int(H)),
                       out_size=None if (Wo, Ho) == (W, H) else (int(Wo), int(Ho)))
+
+
+def stored_recentring(rec: Recentring | None, size: tuple[int, int], k: int,
+                      stored: tuple[int, int]) -> Recentring | None:
+    """`rec` (None: the identity) for frames of the files' `size` (W, H) stored `k` times smaller, `stored` (W, H)
+    pixels covering file pixels [0, k W_s) x [0, k H_s) (`shrink_frame`): stored pixel u covers file pixels
+    [k u, k u + k), so with pixel centres at +0.5 in both a file point q is the stored point q / k, and
+    p = (q - c) s + out / 2 = (u - c / k) (s k) + out / 2. The same output frame, read from the stored pixels
+    (`rec` itself when k = 1)."""
+    if k == 1:
+        return rec
+    if rec is None:
+        rec = Recentring(scale=1.0, centre=(size[0] / 2.0, size[1] / 2.0), size=size)
+    return Recentring(scale=rec.scale * k, centre=(rec.centre[0] / k, rec.centre[1] / k), size=stored,
+                      out_size=rec.output_size, edges=rec.edges)
+
+
+def shrink_frame(rgba: torch.Tensor, k: int, edges: str = "transparent", rows: int = 256) -> torch.Tensor:
+    """RGBA [H, W, 4] in [0, 1] (straight colour) shrunk by the integer `k`: each output pixel the area average of
+    a k x k block of premultiplied colour (so the object's edges do not blend with the colour under alpha 0),
+    -> [ceil(H / k), ceil(W / k), 4] straight colour. A partial last block is padded as the resample treats the
+    outside (`Recentring.edges`): transparent, or the edge pixels repeated ("extend"). About `rows` rows at a time,
+    so that a 4K frame costs no more than itself."""
+    if k == 1:
+        return rgba
+    step = k * max(1, rows // k)
+    return torch.cat([_shrink_rows(rgba[i:i + step], k, edges) for i in range(0, rgba.shape[0], step)])
+
+
+def _shrink_rows(rgba: torch.Tensor, k: int, edges: str) -> torch.Tensor:
+    H, W = rgba.shape[:2]
+    x = rgba.permute(2, 0, 1)[None].float()  # [1, 4, H, W]
+    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)
+    ph, pw = -H % k, -W % k
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate" if edges == "extend" else "constant")
+    x = F.avg_pool2d(x, k)
+    a = x[:, 3:].clamp(0.0, 1.0)
+    rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
+    return torch.cat([rgb, a], 1)[0].permute(1, 2, 0).contiguous()
 
 
 def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
@@ -167,10 +216,13 @@ def _resample(rec: Recentring, frames: torch.Tensor) -> torch.Tensor:
     return torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, Ho, Wo, 4]
 
 
-def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) pixel-edge bounding box (x1, y1 exclusive) of a bool mask [H, W], None if empty."""
     ys = torch.nonzero(mask.any(dim=1)).flatten()
     xs = torch.nonzero(mask.any(dim=0)).flatten()
     if len(ys) == 0:
         return None
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+
+
+_bbox = mask_box

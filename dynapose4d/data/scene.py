@@ -46,6 +46,16 @@ at the files' size. gt/ frames are compared with renders at the run's size: the 
 (`dynapose4d.evaluation.gt.read_gt_frames`); gt/keypoints3d.json is 3D and unchanged. A scene within `max_size` is
 loaded bit for bit as its files are (no similarity, the same tensors and fingerprint).
 
+Video frames are read one at a time, get their alpha and their mask box (in the files' pixels) at the files' size,
+and are kept in 8 bits in one block until that resample. When the files are much larger than the pipeline's frames
+each frame is first shrunk by an integer k (area average of k x k blocks on premultiplied colour,
+`dynapose4d.data.recentring.shrink_frame`), the largest k that keeps at least `VIDEO_OVERSAMPLE` (2) stored pixels
+per pipeline pixel (`video_shrink`), from the most the similarity can magnify the files: the downscale's scale, or
+the recentring's from image.png and the keypoints alone (the frames' boxes can only lower it). So a 4K clip is
+stored at most a few times the pipeline's size, a small object that the recentring magnifies keeps its frames at
+the files' size, and `max_size` 0 or frames within reach of it shrink nothing (k = 1: the same tensors as without
+the shrink). The resample reads the shrunk frames through the same similarity (`stored_recentring`).
+
 Either similarity, recentring or downscale, is kept (`Scene.recentring`; `has_camera_json` tells which) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
@@ -76,13 +86,18 @@ from dynapose4d.data.recentring import (
     Recentring,
     apply_recentring,
     downscale_of,
+    mask_box,
     recentring_of,
     resample_frames,
+    shrink_frame,
+    stored_recentring,
 )
 from dynapose4d.evaluation.gt import gt_frame_files, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
+VIDEO_OVERSAMPLE = 2  # video frames are stored shrunk by an integer k that keeps at least this many stored pixels
+# per pixel of the pipeline's frames, along each axis (`video_shrink`; 0: never shrunk)
 
 
 @dataclass
@@ -165,10 +180,12 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     else:
         auto = _auto_keypoints(image, image_path, has_camera)
         kps, skeleton, names = torch.tensor(auto.keypoints, dtype=torch.float32), list(auto.skeleton), list(auto.names)
+    # video frames are stored shrunk by k when the pipeline's frames need far fewer pixels (`video_shrink`)
+    k, edges = _video_shrink(image, kps, has_camera, max_size), "extend" if has_camera else "transparent"
     if video is not None:
-        vid = _read_video_path(Path(video), H, W, cutter, image_path.name)
+        block = _read_video_path(Path(video), H, W, cutter, image_path.name, shrink=k, edges=edges)
     else:
-        vid = None if picture else _read_video(root, H, W, cutter)
+        block = None if picture else _read_video(root, H, W, cutter, shrink=k, edges=edges)
 
     camera = load_camera(root / "camera.json") if has_camera else REFERENCE_CAMERA
     views_dir, gt_dir = root / "views", root / "gt"
@@ -188,9 +205,11 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     if has_camera:  # only scaled down (the cameras' intrinsics follow the frame size): views/ go along
         recentring = downscale_of(W, H, max_size)
         views = [(cam, resample_frames(recentring, img[None])[0]) for cam, img in views] if recentring else views
-    else:
-        recentring = recentring_of(image, kps, vid, fill=FILL, max_size=max_size)
-    image, kps, vid = apply_recentring(recentring, image, kps, vid)  # None: as given (the video in float)
+    else:  # the video frames' mask boxes were taken at the files' size as they were read
+        recentring = recentring_of(image, kps, None, fill=FILL, max_size=max_size,
+                                   boxes=None if block is None else block.boxes)
+    image, kps, _ = apply_recentring(recentring, image, kps)  # None: as given
+    vid = None if block is None else block.resampled(recentring)  # float, at the pipeline's size
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
@@ -198,6 +217,31 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
         cutout=cut_picture, grabcut_cuts=cutter.grabcut, gt_max_size=gt_max_size,
     )
+
+
+def video_shrink(scale: float, max_size: int) -> int:
+    """The integer k by which video frames are shrunk as they are read (area average of k x k blocks,
+    `dynapose4d.data.recentring.shrink_frame`) when the pipeline's frames magnify the files' pixels by at most
+    `scale` (the recentring's or downscale's scale, files -> pipeline): the largest k with k * scale <= 1 /
+    VIDEO_OVERSAMPLE, so the stored frames keep at least VIDEO_OVERSAMPLE pixels per pipeline pixel. 1 (nothing
+    shrunk) when `max_size` is 0 (the files' own size) or VIDEO_OVERSAMPLE is 0."""
+    if max_size <= 0 or VIDEO_OVERSAMPLE <= 0 or not scale > 0:
+        return 1
+    return max(1, math.floor(1.0 / (VIDEO_OVERSAMPLE * scale)))
+
+
+def _video_shrink(image: torch.Tensor, kps: torch.Tensor, has_camera: bool, max_size: int) -> int:
+    """`video_shrink` for this scene, before its video is read: a downscale's scale is known from the size; the
+    recentring's from image.png and the keypoints alone bounds the final one (the video's mask boxes can only
+    lower it), so a small object that the recentring magnifies keeps its frames at the files' size."""
+    if max_size <= 0:
+        return 1
+    W, H = int(image.shape[1]), int(image.shape[0])
+    try:
+        rec = downscale_of(W, H, max_size) if has_camera else recentring_of(image, kps, None, FILL, max_size)
+    except ValueError:  # an empty mask: the recentring says so after the video is read
+        return 1
+    return 1 if rec is None else video_shrink(rec.scale, max_size)
 
 
 def _auto_keypoints(image: torch.Tensor, image_path: Path, has_camera: bool) -> AutoKeypoints:
@@ -340,28 +384,33 @@ def _frame_files(folder: Path) -> list[Path]:
     return [numbered[k] for k in sorted(numbered)]
 
 
-def _read_video(root: Path, H: int, W: int, cutter: _Cutter) -> torch.Tensor | None:
+def _read_video(root: Path, H: int, W: int, cutter: _Cutter, shrink: int = 1,
+                edges: str = "transparent") -> _FrameBlock | None:
     """A scene folder's video/ (preferred) or video.mp4, or None."""
     folder, mp4 = root / "video", root / "video.mp4"
     if folder.exists():
-        return _read_video_path(folder, H, W, cutter)
+        return _read_video_path(folder, H, W, cutter, shrink=shrink, edges=edges)
     if mp4.exists():
-        return _read_video_path(mp4, H, W, cutter)
+        return _read_video_path(mp4, H, W, cutter, shrink=shrink, edges=edges)
     return None
 
 
-def _read_video_path(path: Path, H: int, W: int, cutter: _Cutter, image_name: str = "image.png") -> torch.Tensor:
-    """Frames RGBA uint8 [T, H, W, 4] of a folder of numbered frames or of an mp4 file, each the image's size.
-    Each frame gets its alpha (`_Cutter.rgba`) as it is read and is kept in 8 bits, in one block allocated up front
-    (a long video in float does not fit in memory, and many frame-sized pieces fragment it; the recentring
-    resample turns the frames into float at the pipeline's size)."""
+def _read_video_path(path: Path, H: int, W: int, cutter: _Cutter, image_name: str = "image.png", shrink: int = 1,
+                     edges: str = "transparent") -> _FrameBlock:
+    """The frames of a folder of numbered frames or of an mp4 file, each the image's size (W x H), as a
+    `_FrameBlock`: RGBA uint8 [T, ceil(H / k), ceil(W / k), 4] with k = `shrink`, and each frame's mask box at the
+    files' size. Each frame gets its alpha (`_Cutter.rgba`) at the files' size as it is read, its mask box, then is
+    shrunk by k (area average on premultiplied colour, `shrink_frame`; `edges` pads a partial last block as the
+    resample treats the outside) and kept in 8 bits, in one block allocated up front (a long video in float does
+    not fit in memory, many frame-sized pieces fragment it, and a phone's 4K clip at its own size takes 10 GB in
+    8 bits; the recentring resample turns the frames into float at the pipeline's size)."""
     if not path.exists():
         raise InputError(f"{path}: video not found (an mp4 file or a folder of frames 000.png, 001.png, ...)")
     if path.is_dir():
         files = _frame_files(path)
         if not files:
             raise InputError(f"{path}: the video has 0 frames (no 000.png, 001.png, ...)")
-        out = _FrameBlock(len(files))
+        out = _FrameBlock(len(files), (W, H), shrink, edges)
         first: tuple[int, int] | None = None
         for f in files:
             img = read_image(f)
@@ -374,28 +423,35 @@ def _read_video_path(path: Path, H: int, W: int, cutter: _Cutter, image_name: st
             if size != (H, W):
                 raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but {image_name} is {W}x{H}")
             out.add(cutter.rgba(img, f))
-        return out.frames()  # [T, H, W, 4]
+        return out
     if path.name == "video" and not path.suffix:
         raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
-    out = _FrameBlock(count_video_frames(path))
+    out = _FrameBlock(count_video_frames(path), (W, H), shrink, edges)
     for t, f in enumerate(iter_video(path)):  # [H, W, 3] uint8 each; InputError when unreadable
         if f.shape[:2] != (H, W):
             raise InputError(f"{path}: video frames are {f.shape[1]}x{f.shape[0]} but {image_name} is {W}x{H}")
-        out.add(cutter.rgba(torch.from_numpy(f).float() / 255.0, f"{path} (frame {t})"))
+        out.add(cutter.rgba(torch.from_numpy(f).float().div_(255.0), f"{path} (frame {t})"))
     if out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
-    return out.frames()
+    return out
 
 
 class _FrameBlock:
-    """RGBA frames in [0, 1] stored as uint8 in one [T, H, W, 4] block sized for `expected` frames (grown if more
-    come, trimmed if fewer)."""
+    """RGBA frames in [0, 1] of the files' `size` (W, H) stored as uint8 in one [T, ceil(H / k), ceil(W / k), 4]
+    block sized for `expected` frames (grown if more come, trimmed if fewer), shrunk by the integer k = `shrink`
+    (`shrink_frame`; 1: as given, bit for bit), and each frame's mask box (alpha > 0.5 as stored in 8 bits) in the
+    files' pixels, taken before the shrink (`boxes`, what the recentring keeps inside the frame)."""
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, size: tuple[int, int] = (0, 0), shrink: int = 1,
+                 edges: str = "transparent") -> None:
         self.expected, self.count = max(1, expected), 0
+        self.size, self.k, self.edges = size, max(1, int(shrink)), edges
         self.block: torch.Tensor | None = None
+        self.boxes: list[tuple[int, int, int, int] | None] = []
 
     def add(self, rgba: torch.Tensor) -> None:
+        self.boxes.append(mask_box(_quantise(rgba[..., 3]) > 127))
+        rgba = shrink_frame(rgba, self.k, self.edges)
         if self.block is None:
             self.block = torch.empty((self.expected, *rgba.shape), dtype=torch.uint8)
         elif self.count == self.block.shape[0]:  # more frames than the header said
@@ -406,6 +462,13 @@ class _FrameBlock:
     def frames(self) -> torch.Tensor:
         assert self.block is not None
         return self.block[: self.count]
+
+    def resampled(self, rec: Recentring | None) -> torch.Tensor:
+        """The frames moved by `rec` (a similarity of the files' pixels; None: as given) into float [T, Ho, Wo, 4]
+        (`resample_frames`, through `stored_recentring` when shrunk)."""
+        frames = self.frames()
+        stored = (int(frames.shape[2]), int(frames.shape[1]))
+        return resample_frames(stored_recentring(rec, self.size, self.k, stored), frames)
 
 
 def _quantise(rgba: torch.Tensor) -> torch.Tensor:
