@@ -10,8 +10,9 @@ The method and its limits:
   small holes filled); alpha is 0 or 1.
   The cut starts from the border: a ring of ~`RING` of the shorter side is background for certain; inside it a
   pixel starts as "probably object" when its colour is far (`FAR`) from all of the ring's colours, else as
-  "probably background". So the object must not touch the frame's edge (what lies in the ring is cut off), and
-  the background must be seen along the border: background colours that appear only around the object (a
+  "probably background"; colours on less than `MIN_SHARE` of the ring are not counted as background, so an object
+  that touches the frame's edge keeps its colours (only what lies in the ring itself is cut off). The
+  background must be seen along the border: background colours that appear only around the object (a
   cluttered room) are taken for object. Video frames are cut one by one the same way (starting from the
   previous frame's mask was measured worse: experiments/cutout_eval.py).
   Colours shared by object and background (a grey coat on a grey wall) go either way: GrabCut is a colour
@@ -32,6 +33,8 @@ RING = 0.015  # border ring, fraction of the shorter side, taken as certain back
 BLUR = 1.0  # Gaussian blur (sigma, working-size pixels) before the cut, against sensor grain
 BORDER_COLOURS = 8  # a picture's border colours are summarised by this many k-means centres
 FAR = 40.0  # a picture's pixel farther than this (RGB distance, 0-255) from every border centre starts as object
+MIN_SHARE = 0.05  # border colours on less of the ring than this are not taken as background (an object touching
+# the edge puts its own colours there)
 ITERATIONS = 5  # GrabCut iterations (colour-model / graph-cut rounds)
 
 
@@ -75,9 +78,12 @@ def _initial_labels(img: np.ndarray, cv2) -> np.ndarray:
 
 def _far_from(pixels: np.ndarray, border: np.ndarray, cv2) -> np.ndarray:
     """Which pixels [P, 3] lie farther than `FAR` (0-255 units) from all of the border's colours [Q, 3]
-    (summarised by k-means into `BORDER_COLOURS` centres)."""
+    (summarised by k-means into `BORDER_COLOURS` centres; those holding under `MIN_SHARE` of the border are
+    dropped)."""
     k = min(BORDER_COLOURS, len(border))
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
-    _, _, centres = cv2.kmeans(border, k, None, crit, 2, cv2.KMEANS_PP_CENTERS)  # [k, 3]
+    _, assign, centres = cv2.kmeans(border, k, None, crit, 2, cv2.KMEANS_PP_CENTERS)  # [Q, 1], [k, 3]
+    share = np.bincount(assign.ravel(), minlength=k) / len(border)  # [k]
+    centres = centres[share >= MIN_SHARE] if (share >= MIN_SHARE).any() else centres
     d = np.sqrt(((pixels[:, None, :] - centres[None]) ** 2).sum(-1)).min(1)  # [P]
     return d > FAR
