@@ -45,7 +45,26 @@ def remove_background(rgb: torch.Tensor, threshold: float = BG_THRESHOLD, unifor
 def _soft_edges(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """Fractional alpha on the mask's edge pixels: with F the colour of the nearest interior pixels (those whose
     8 neighbours are all in the mask), an edge pixel I = a F + (1 - a) bg gives a = (I - bg).(F - bg) / |F - bg|^2,
-    and its straight colour becomes F. Edge pixels with no interior nearby, or F too close to bg, keep alpha 1."""
+    and its straight colour becomes F. Edge pixels with no interior nearby, or F too close to bg, keep alpha 1.
+    Computed on the mask's bounding box grown by `_EDGE_REACH` pixels (the same numbers as on the whole frame:
+    nothing farther from the mask is read or changed), so a small object in a 4K frame costs what its box does."""
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    out = torch.cat([img.clone(), mask.float()[..., None]], -1)  # [H, W, 4]
+    if len(rows) == 0:
+        return out
+    H, W = mask.shape
+    y0, y1 = max(0, int(rows[0]) - _EDGE_REACH), min(H, int(rows[-1]) + 1 + _EDGE_REACH)
+    x0, x1 = max(0, int(cols[0]) - _EDGE_REACH), min(W, int(cols[-1]) + 1 + _EDGE_REACH)
+    out[y0:y1, x0:x1] = _soft_edges_box(img[y0:y1, x0:x1], bg, mask[y0:y1, x0:x1], threshold)
+    return out
+
+
+_EDGE_REACH = 4  # margin around the mask's box for `_soft_edges_box`: its erosion reads 1 px beyond the mask; 4 is safe
+
+
+def _soft_edges_box(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`_soft_edges` on a crop [h, w] that holds the whole mask with a margin of `_EDGE_REACH` (or the frame's
+    edge) -> RGBA [h, w, 4]."""
     m = mask.float()[None, None]  # [1, 1, H, W]
     interior = (-F.max_pool2d(-m, 3, stride=1, padding=1))[0, 0] > 0.5  # eroded mask [H, W]
     edge = mask & ~interior
