@@ -16,7 +16,8 @@ SET_HELP = ("config overrides (repeatable; each value holds '=', so a word after
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The arguments of `dynapose4d run` (all but --stages) on parser `p`."""
     p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png, jpg, webp, bmp, tif) "
-                                 "alone, or synthetic:<template>:<seed>")
+                                 "alone, or synthetic:<template>:<seed>. Without alpha the object is cut out "
+                                 "(plain background, else GrabCut; --set cutout=plain|grabcut|auto)")
     p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
     p.add_argument("--video", default=None, help="driving video: an mp4 or a folder of frames 000.png ... "
                                                  "(replaces the scene's own)")
