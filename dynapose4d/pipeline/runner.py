@@ -139,12 +139,14 @@ class StageRunner:
             write_auto_keypoints(scene, self.run_dir / "inputs")
             self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
                       f"{self.run_dir / 'inputs' / 'keypoints.json'} (edit it and pass --keypoints FILE to use yours)")
-        if scene.grabcut_cuts:  # a real background: show the user what was cut out
-            if scene.cutout is not None:
-                write_image(self.run_dir / "inputs" / "cutout.png", scene.cutout)
+        cut_png = self.run_dir / "inputs" / "cutout.png"
+        if scene.cutout is not None:  # a real background: show the user what was cut out
+            write_image(cut_png, scene.cutout)
+        elif cut_png.is_file():  # left by an earlier run of this folder on another picture: no longer true
+            cut_png.unlink()
+        if scene.grabcut_cuts:
             self.echo(f"no alpha and a background that is not one colour: GrabCut cut the object out of "
-                      f"{scene.grabcut_cuts} image(s)" + (f"; check {self.run_dir / 'inputs' / 'cutout.png'}"
-                                                          if scene.cutout is not None else "")
+                      f"{scene.grabcut_cuts} image(s)" + (f"; check {cut_png}" if scene.cutout is not None else "")
                       + " (where it is wrong, pass a picture with alpha)")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
