@@ -97,7 +97,7 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
     can only lower the scale: without it the result's scale bounds the one with any video."""
     H, W = image.shape[:2]
     Wo, Ho = output_size_of(W, H, max_size)
-    box = _bbox(image[..., 3] > 0.5)
+    box = mask_box(image[..., 3] > 0.5)
     if box is None:
         raise ValueError("recentring_of: the image mask is empty")
     x0, y0, x1, y1 = box
@@ -108,7 +108,7 @@ def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Ten
     if video is not None:
         half = 127.5 if video.dtype == torch.uint8 else 0.5  # alpha > 0.5
         for t in range(video.shape[0]):
-            vb = _bbox(video[t, ..., 3] > half)
+            vb = mask_box(video[t, ..., 3] > half)
             if vb is not None:
                 pts.append(torch.tensor([[vb[0], vb[1]], [vb[2], vb[3]]], dtype=torch.float64))
     for vb in boxes or ():
@@ -157,14 +157,12 @@ def shrink_frame(rgba: torch.Tensor, k: int, edges: str = "transparent", rows: i
 def _shrink_rows(rgba: torch.Tensor, k: int, edges: str) -> torch.Tensor:
     H, W = rgba.shape[:2]
     x = rgba.permute(2, 0, 1)[None].float()  # [1, 4, H, W]
-    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)
+    x = _premultiply(x)
     ph, pw = -H % k, -W % k
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="replicate" if edges == "extend" else "constant")
     x = F.avg_pool2d(x, k)
-    a = x[:, 3:].clamp(0.0, 1.0)
-    rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
-    return torch.cat([rgb, a], 1)[0].permute(1, 2, 0).contiguous()
+    return _straight(x)[0].permute(1, 2, 0).contiguous()
 
 
 def apply_recentring(rec: Recentring | None, image: torch.Tensor, keypoints: torch.Tensor,
@@ -202,7 +200,7 @@ def _resample(rec: Recentring, frames: torch.Tensor) -> torch.Tensor:
     s, (cx, cy) = rec.scale, rec.centre
     # output pixel x' shows source x = (x' - Wo / 2) / s + cx (likewise y): one exact similarity for everything
     x = frames.permute(0, 3, 1, 2).float()  # [B, 4, H, W]
-    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)  # premultiplied, so edges do not blend with black
+    x = _premultiply(x)  # so edges do not blend with black
     if s < 1.0:  # shrinking: low-pass first (antialiased resize); grid_sample's normalised coords are unchanged
         x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
                           align_corners=False, antialias=True)
@@ -211,9 +209,7 @@ def _resample(rec: Recentring, frames: torch.Tensor) -> torch.Tensor:
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).float()  # [Ho, Wo, 2] (x, y) in [-1, 1]
     pad = "border" if rec.edges == "extend" else "zeros"  # zeros outside = transparent
     x = F.grid_sample(x, grid.expand(x.shape[0], Ho, Wo, 2), mode="bilinear", padding_mode=pad, align_corners=False)
-    a = x[:, 3:].clamp(0.0, 1.0)
-    rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
-    return torch.cat([rgb, a], 1).permute(0, 2, 3, 1).contiguous()  # [B, Ho, Wo, 4]
+    return _straight(x).permute(0, 2, 3, 1).contiguous()  # [B, Ho, Wo, 4]
 
 
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -225,4 +221,13 @@ def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
-_bbox = mask_box
+def _premultiply(x: torch.Tensor) -> torch.Tensor:
+    """Straight RGBA [B, 4, H, W] -> premultiplied colour and alpha [B, 4, H, W]."""
+    return torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)
+
+
+def _straight(x: torch.Tensor) -> torch.Tensor:
+    """Premultiplied RGBA [B, 4, H, W] -> straight colour in [0, 1] (black where alpha is ~0) and alpha [B, 4, H, W]."""
+    a = x[:, 3:].clamp(0.0, 1.0)
+    rgb = torch.where(a > 1e-6, x[:, :3] / a.clamp(min=1e-6), torch.zeros_like(x[:, :3])).clamp(0.0, 1.0)
+    return torch.cat([rgb, a], 1)
