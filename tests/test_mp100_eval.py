@@ -250,6 +250,76 @@ def test_crop_geometry_black_border_and_inverse():
     assert abs(int(crop[0, 128, half]) - 100) <= 7
 
 
+def _reference_warp(image, m, size=256):
+    """An independent bilinear crop through the 2 x 3 map m (image -> crop): output (u, v) samples the image at
+    m^-1 (u, v), 0 outside; positions on OpenCV's fixed-point grid (the inverse map's terms in 1/1024 pixel,
+    rounded, then to 1/32 pixel), bilinear in float64, rounded to 8 bits."""
+    H, W = image.shape[:2]
+    a = np.vstack([m, [0.0, 0.0, 1.0]])
+    inv = np.linalg.inv(a)[:2]
+    u = np.arange(size, dtype=np.float64)
+
+    def grid(row):  # OpenCV: round(M0 u 1024) + round((M1 v + M2) 1024), then to 1/32 with rounding
+        return lambda v: np.floor((np.rint(row[0] * u * 1024)[None, :] + np.rint((row[1] * v + row[2]) * 1024)[:, None]
+                                   + 16) / 32) / 32
+
+    v = np.arange(size, dtype=np.float64)
+    gx, gy = torch.from_numpy(grid(inv[0])(v)), torch.from_numpy(grid(inv[1])(v))  # [size, size] each
+    g = torch.stack([gx * 2 / (W - 1) - 1, gy * 2 / (H - 1) - 1], -1)[None]
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].double()
+    out = torch.nn.functional.grid_sample(img, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def test_crop_is_opencvs_warp_of_the_analytic_map():
+    """The crop matrix is the analytic map (p - c) 256 / s + 128 up to float32 point rounding, and the warp
+    agrees with an independent bilinear resampler within one grey level (OpenCV's weights are 15-bit fixed
+    point), on a textured image with crops inside, across and off its edges."""
+    from dynapose4d.cape.mp100_protocol import box_center_side, crop_matrix, warp_crop
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((70, 90, 3)) * 255).astype(np.uint8)
+    for box in [(30.0, 16.0, 20.0, 14.0), (0.0, 0.0, 16.0, 16.0), (60.0, 40.0, 29.0, 29.0), (11.3, 7.7, 33.1, 5.2)]:
+        center, side = box_center_side(box)
+        m = crop_matrix(center, side)
+        k = 256 / side
+        analytic = np.array([[k, 0, 128 - k * center[0]], [0, k, 128 - k * center[1]]])
+        assert m.shape == (2, 3) and np.allclose(m, analytic, atol=1e-4), box
+        crop = warp_crop(img, center, side)
+        ref = _reference_warp(img, m)
+        diff = (crop.int() - ref.int()).abs()
+        assert crop.shape == (3, 256, 256) and crop.dtype == torch.uint8
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.02, (box, int(diff.max()))
+
+
+def test_images_are_read_as_opencv_reads_them(tmp_path):
+    """EXIF orientation applied, grey and 16-bit files as 8-bit RGB, channel order RGB; unreadable files are a
+    one-line InputError naming the file."""
+    from PIL import Image
+
+    from dynapose4d.cape.mp100_protocol import read_rgb_uint8
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:, :, 0] = 250  # red
+    rgb[0:8, 0:8] = (0, 0, 255)  # a blue corner, top-left
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    assert np.array_equal(read_rgb_uint8(tmp_path / "a.png"), rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: display rotates 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = read_rgb_uint8(tmp_path / "r.jpg")
+    assert out.shape == (30, 20, 3) and out[1:5, -5:-1, 2].min() > 200 and out[1:5, -5:-1, 0].max() < 60
+    grey = np.full((8, 9), 77, np.uint16) * 256
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    g = read_rgb_uint8(tmp_path / "g16.png")
+    assert g.shape == (8, 9, 3) and g.dtype == np.uint8 and abs(int(g[0, 0, 0]) - 77) <= 1
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name, match in [("bad.jpg", "unreadable"), ("empty.jpg", "unreadable"), ("none.jpg", "not found")]:
+        with pytest.raises(InputError, match=rf"{name}: .*{match}"):
+            read_rgb_uint8(tmp_path / name)
+
+
 def test_perfect_shifted_and_mixed_predictions(tmp_path):
     from dynapose4d.cape.mp100 import load_split
     from dynapose4d.cape.mp100_eval import evaluate_mp100

@@ -26,9 +26,11 @@ data code and configs state it):
     samples; the reported mean is the mean over all samples (every category has the same count, so it is
     also the mean of the categories).
 
-Images are decoded with Pillow, EXIF orientation applied (OpenCV's `imread` with IMREAD_COLOR, which mmcv
-uses, applies it too). The bilinear warp samples at coordinates rounded to 1/32 pixel as OpenCV's fixed-point
-warp does; the result stays within one grey level of OpenCV's.
+Images are decoded and warped with OpenCV, as the original's mmcv pipeline does: `imdecode` with IMREAD_COLOR
+(EXIF orientation applied, 8-bit BGR, then RGB), the crop matrix from three float32 point pairs
+(`getAffineTransform`, mmpose's construction) and the bilinear warp of the original's OpenCV 4 (`warpAffine`,
+INTER_LINEAR, constant 0 border: a 1/32-pixel fixed-point grid and 15-bit weights, reproduced through `cv2.remap`
+so that a newer OpenCV, whose warpAffine samples at full precision, gives the same crops).
 
 Running a predictor through it, the results table and `dynapose4d eval-cape`: `dynapose4d.cape.mp100_eval`.
 """
@@ -42,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dynapose4d.cape.mp100 import MP100Annotation, MP100Set
 from dynapose4d.core.errors import InputError
@@ -174,32 +175,78 @@ def from_input(points: torch.Tensor, center: np.ndarray, side: float, size: int 
 
 
 def read_rgb_uint8(path: Path) -> np.ndarray:
-    """An image file as uint8 [H, W, 3] RGB, EXIF orientation applied (as OpenCV's imread does)."""
-    try:
-        from PIL import Image, ImageOps
+    """An image file as uint8 [H, W, 3] RGB, decoded as the original does (OpenCV, IMREAD_COLOR: EXIF orientation
+    applied, grey or 16-bit files brought to 8-bit colour)."""
+    import cv2
 
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.array(im.convert("RGB"), dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # bytes, then imdecode: any path, unicode included
     except FileNotFoundError:
         raise InputError(f"{path}: MP-100 image not found") from None
     except OSError as e:
         raise InputError(f"{path}: unreadable image ({e})") from None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise InputError(f"{path}: unreadable image (OpenCV cannot decode it)")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def crop_matrix(center: np.ndarray, side: float, size: int = INPUT_SIZE) -> np.ndarray:
+    """The 2 x 3 affine map image pixels -> crop input coordinates, built as mmpose builds it (rotation 0): three
+    float32 point pairs (the centre, the point s/2 above it, the point s/2 left of that) through OpenCV's
+    `getAffineTransform`. Equal to (p - c) size / s + size / 2 up to float32 rounding of the points."""
+    import cv2
+
+    def three_points(c: np.ndarray, half: float) -> np.ndarray:
+        pts = np.zeros((3, 2), dtype=np.float32)
+        pts[0] = c
+        pts[1] = c + np.array([0.0, -half], dtype=np.float32)  # up (image y grows downwards)
+        d = pts[0] - pts[1]
+        pts[2] = pts[1] + np.array([-d[1], d[0]], dtype=np.float32)  # d turned by 90 degrees: half to the left
+        return pts
+
+    src = three_points(np.asarray(center, dtype=np.float32), np.float32(side) * np.float32(0.5))
+    dst = three_points(np.array([size * 0.5, size * 0.5], dtype=np.float32), np.float32(size) * np.float32(0.5))
+    return cv2.getAffineTransform(src, dst)  # [2, 3] float64
+
+
+def fixed_point_grid(m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV 4's warpAffine sampling grid for an image -> crop map m [2, 3]: the inverse map's terms in 1/1024
+    pixel (rounded half to even), summed, then to 1/32 pixel. Returns the integer source pixel [size, size, 2]
+    int16 (x, y) and the 1/32-pixel fraction index [size, size] uint16 (32 y_frac + x_frac), the fixed-point
+    maps `cv2.remap` takes."""
+    a, b, c = (float(v) for v in m[0])
+    d, e, f = (float(v) for v in m[1])
+    det = a * e - b * d
+    det = 1.0 / det if det != 0 else 0.0
+    inv = np.array([[e * det, -b * det, 0.0], [-d * det, a * det, 0.0]])
+    inv[0, 2] = -inv[0, 0] * c - inv[0, 1] * f
+    inv[1, 2] = -inv[1, 0] * c - inv[1, 1] * f
+    k = np.arange(size, dtype=np.float64)
+    half_step = 1024 // 32 // 2  # rounding to the 1/32 grid
+
+    def coord(row: np.ndarray) -> np.ndarray:  # [size (y), size (x)] in 1/32 pixel
+        per_x = np.rint(row[0] * k * 1024).astype(np.int64)  # [size]
+        per_y = np.rint((row[1] * k + row[2]) * 1024).astype(np.int64) + half_step  # [size]
+        return (per_y[:, None] + per_x[None, :]) >> 5
+
+    X, Y = coord(inv[0]), coord(inv[1])
+    xy = np.stack([X >> 5, Y >> 5], -1).clip(-32768, 32767).astype(np.int16)  # [size, size, 2]
+    frac = ((Y & 31) * 32 + (X & 31)).astype(np.uint16)  # [size, size]
+    return xy, frac
 
 
 def warp_crop(image: np.ndarray, center: np.ndarray, side: float, size: int = INPUT_SIZE) -> torch.Tensor:
-    """uint8 [H, W, 3] -> uint8 [3, size, size]: output pixel (u, v) samples the image bilinearly at
-    (u - size/2) s / size + cx (likewise y), sample positions rounded to 1/32 pixel, 0 outside the image."""
-    H, W = image.shape[:2]
-    t = (torch.arange(size, dtype=torch.float64) - size / 2) * (side / size)
-    xs = torch.round((t + float(center[0])) * 32) / 32
-    ys = torch.round((t + float(center[1])) * 32) / 32
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    # align_corners=True: -1 / +1 are the centres of the first / last pixels (pixel index = coordinate)
-    grid = torch.stack([gx * 2 / max(W - 1, 1) - 1, gy * 2 / max(H - 1, 1) - 1], -1)[None]
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].double()
-    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
+    """uint8 [H, W, 3] -> uint8 [3, size, size]: the image warped by `crop_matrix` as the original's OpenCV 4
+    `warpAffine` (INTER_LINEAR, constant 0 border) does it: samples on its 1/32-pixel fixed-point grid, weights in
+    15-bit fixed point (`cv2.remap` with fixed-point maps). OpenCV 5's own warpAffine samples at full precision
+    instead, which differs by up to a few grey levels on fine texture."""
+    import cv2
+
+    xy, frac = fixed_point_grid(crop_matrix(center, side, size), size)
+    out = cv2.remap(np.ascontiguousarray(image), xy, frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=0)  # [size, size, 3]
+    return torch.from_numpy(out).permute(2, 0, 1).contiguous()
 
 
 def normalize_crop(crop: torch.Tensor) -> torch.Tensor:
