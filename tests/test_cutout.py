@@ -153,19 +153,28 @@ def test_cutout_setting_is_checked_and_the_run_shows_the_cut(objects, tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
-def test_soft_edges_on_the_masks_box_equal_those_on_the_whole_frame(objects):
-    """The plain removal's edge unmixing works on the mask's box (plus a margin): bit for bit what it gives on the
-    whole frame, for objects anywhere, touching an edge, or a frame that is all object."""
-    from dynapose4d.data.background import _soft_edges, _soft_edges_box, clean_mask
+def test_soft_edges_by_squares_equal_those_on_the_whole_frame(objects):
+    """The plain removal's edge unmixing works on squares along the outline (plus a margin): bit for bit what the
+    dense computation gives on the whole frame, for objects anywhere, touching an edge, a ragged mask, squares
+    that do not divide the frame, or a frame that is all object."""
+    from dynapose4d.data.background import _soft_edges, _soft_edges_dense, clean_mask
 
     bg = torch.tensor([0.95, 0.95, 0.93])
     for name, shift in (("humanoid", 0), ("hand", 40), ("lamp", -60)):
         rgba = torch.roll(objects[name], shifts=shift, dims=1)  # [128, 128, 4], moved across the left/right edge
         img = composite(rgba, bg.expand(128, 128, 3))
         mask = torch.from_numpy(clean_mask(((img - bg).norm(dim=-1) > 0.1).numpy()))
-        whole = _soft_edges_box(img, bg, mask, 0.1)
-        assert torch.equal(_soft_edges(img, bg, mask, 0.1), whole)
+        whole = _soft_edges_dense(img, bg, mask, 0.1)
+        for tile in (5, 16, 64, 200):
+            assert torch.equal(_soft_edges(img, bg, mask, 0.1, tile=tile), whole), (name, tile)
         assert ((whole[..., 3] > 0) & (whole[..., 3] < 1)).any()  # there are soft edges to compare
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(70, 90, 3, generator=g)
+    ragged = torch.rand(70, 90, generator=g) < 0.6  # many small components, edges everywhere
+    for tile in (7, 64):
+        assert torch.equal(_soft_edges(img, bg, ragged, 0.1, tile=tile), _soft_edges_dense(img, bg, ragged, 0.1))
     full = torch.ones(16, 16, dtype=torch.bool)
     img = torch.rand(16, 16, 3)
-    assert torch.equal(_soft_edges(img, bg, full, 0.1), _soft_edges_box(img, bg, full, 0.1))
+    assert torch.equal(_soft_edges(img, bg, full, 0.1), _soft_edges_dense(img, bg, full, 0.1))
+
+

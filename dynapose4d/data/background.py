@@ -23,6 +23,9 @@ import torch.nn.functional as F
 
 BG_THRESHOLD = 0.1  # background removal: RGB distance to the border colour above which a pixel is object
 BORDER_UNIFORM = 0.9  # background removal: fraction of border pixels that must match the border colour
+_EDGE_REACH = 4  # how far (px) the edge unmixing of one pixel reads: its erosion and two spreading passes
+_EDGE_TILE = 64  # side of the squares the edge unmixing works on (small: less work away from the outline; large:
+# fewer calls)
 
 
 def remove_background(rgb: torch.Tensor, threshold: float = BG_THRESHOLD, uniform: float = BORDER_UNIFORM
@@ -42,52 +45,83 @@ def remove_background(rgb: torch.Tensor, threshold: float = BG_THRESHOLD, unifor
     return _soft_edges(img, bg, mask, threshold)
 
 
-def _soft_edges(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+def _soft_edges(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float, tile: int = _EDGE_TILE
+                ) -> torch.Tensor:
     """Fractional alpha on the mask's edge pixels: with F the colour of the nearest interior pixels (those whose
     8 neighbours are all in the mask), an edge pixel I = a F + (1 - a) bg gives a = (I - bg).(F - bg) / |F - bg|^2,
     and its straight colour becomes F. Edge pixels with no interior nearby, or F too close to bg, keep alpha 1.
-    Computed on the mask's bounding box grown by `_EDGE_REACH` pixels (the same numbers as on the whole frame:
-    nothing farther from the mask is read or changed), so a small object in a 4K frame costs what its box does."""
-    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
-    out = torch.cat([img.clone(), mask.float()[..., None]], -1)  # [H, W, 4]
-    if len(rows) == 0:
-        return out
+    Only edge pixels change, and each reads nothing farther than `_EDGE_REACH` pixels, so the work is done on the
+    `tile` x `tile` squares that hold an edge pixel, each with that margin, in one batch: the same numbers as on the
+    whole frame (`_soft_edges_dense`), at a cost that grows with the object's outline, not its area."""
     H, W = mask.shape
-    y0, y1 = max(0, int(rows[0]) - _EDGE_REACH), min(H, int(rows[-1]) + 1 + _EDGE_REACH)
-    x0, x1 = max(0, int(cols[0]) - _EDGE_REACH), min(W, int(cols[-1]) + 1 + _EDGE_REACH)
-    out[y0:y1, x0:x1] = _soft_edges_box(img[y0:y1, x0:x1], bg, mask[y0:y1, x0:x1], threshold)
+    out = torch.cat([img, mask.float()[..., None]], -1)  # [H, W, 4]: colour and alpha where nothing changes
+    interior = _eroded_frame(mask)  # [H, W]
+    edge = mask & ~interior
+    if not edge.any() or not interior.any():
+        return out
+    r, T = _EDGE_REACH, tile
+    squares = torch.unique(edge.nonzero() // T, dim=0)  # [B, 2] (row, column) of the squares with an edge pixel
+    span = torch.arange(-r, T + r)  # [S] a square with its margin
+    rows = (squares[:, 0] * T)[:, None, None] + span[None, :, None]  # [B, S, 1] frame rows
+    cols = (squares[:, 1] * T)[:, None, None] + span[None, None, :]  # [B, 1, S] frame columns
+    valid = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)  # [B, S, S] inside the frame
+    rc, cc = rows.clamp(0, H - 1), cols.clamp(0, W - 1)
+    part = _soft_edges_dense(img[rc, cc], bg, mask[rc, cc] & valid, threshold, valid)  # [B, S, S, 4]
+    core = valid.clone()
+    core[:, :r] = False
+    core[:, T + r:] = False
+    core[:, :, :r] = False
+    core[:, :, T + r:] = False  # each square's own pixels (the margins belong to its neighbours or to nothing)
+    out[rc.expand_as(core)[core], cc.expand_as(core)[core]] = part[core]
     return out
 
 
-_EDGE_REACH = 4  # margin around the mask's box for `_soft_edges_box`: its erosion reads 1 px beyond the mask; 4 is safe
+def _eroded_frame(mask: torch.Tensor) -> torch.Tensor:
+    """`_eroded` of one whole frame's mask [H, W] bool, by OpenCV (the same pixels, ~50x faster at 4K)."""
+    import cv2
+
+    m = np.ascontiguousarray(mask.numpy().astype(np.uint8))
+    return torch.from_numpy(cv2.erode(m, np.ones((3, 3), np.uint8)) > 0)  # outside the frame does not count
 
 
-def _soft_edges_box(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """`_soft_edges` on a crop [h, w] that holds the whole mask with a margin of `_EDGE_REACH` (or the frame's
-    edge) -> RGBA [h, w, 4]."""
-    m = mask.float()[None, None]  # [1, 1, H, W]
-    interior = (-F.max_pool2d(-m, 3, stride=1, padding=1))[0, 0] > 0.5  # eroded mask [H, W]
-    edge = mask & ~interior
+def _eroded(mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Interior of masks [B, h, w] bool: in the mask and every 8-neighbour in the mask, where neighbours outside
+    `valid` (the frame; default: the crop is the frame) do not count against it."""
+    m = (mask if valid is None else mask | ~valid).float()[:, None]  # [B, 1, h, w]
+    out = (-F.max_pool2d(-m, 3, stride=1, padding=1))[:, 0] > 0.5
+    return out if valid is None else out & mask & valid
+
+
+def _soft_edges_dense(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, threshold: float,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
+    """`_soft_edges` computed densely: img [..., h, w, 3], mask [..., h, w] bool, valid [..., h, w] bool (the
+    pixels inside the frame; default all) -> RGBA [..., h, w, 4]. Exact for the valid pixels at least
+    `_EDGE_REACH` from the crop's sides that are not also the frame's."""
+    lead = mask.shape[:-2]
+    img, mask = img.reshape(-1, *img.shape[-3:]), mask.reshape(-1, *mask.shape[-2:])  # [B, h, w, 3], [B, h, w]
+    valid = None if valid is None else valid.reshape(mask.shape)
+    interior = _eroded(mask, valid)
+    edge = mask & ~interior if valid is None else mask & ~interior & valid
     alpha = mask.float()
     colour = img.clone()
-    if not edge.any() or not interior.any():
-        return torch.cat([colour, alpha[..., None]], -1)
-    fg = torch.zeros_like(img)  # [H, W, 3] estimated object colour of edge pixels
-    have = torch.zeros_like(mask)  # edge pixels with an estimate
-    for _ in range(2):  # spread interior colours 2 px outwards (normalised 3x3 average of known colours)
-        known = (interior | have).float()  # [H, W]
-        field = torch.where(interior[..., None], img, fg) * known[..., None]  # [H, W, 3]
-        cnt = F.avg_pool2d(known[None, None], 3, stride=1, padding=1)[0, 0]
-        avg = F.avg_pool2d(field.permute(2, 0, 1)[None], 3, stride=1, padding=1)[0].permute(1, 2, 0)
-        new = edge & ~have & (cnt > 0)
-        fg[new] = (avg / cnt.clamp(min=1e-8)[..., None])[new]
-        have = have | new
-    d = fg - bg  # [H, W, 3]
-    ok = have & (d.norm(dim=-1) > threshold)
-    a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp(min=1e-8)
-    alpha[ok] = a[ok].clamp(0.0, 1.0)
-    colour[ok] = fg[ok]
-    return torch.cat([colour, alpha[..., None]], -1)
+    if edge.any() and interior.any():
+        fg = torch.zeros_like(img)  # [B, h, w, 3] estimated object colour of edge pixels
+        have = torch.zeros_like(mask)  # edge pixels with an estimate
+        for _ in range(2):  # spread interior colours 2 px outwards (normalised 3x3 average of known colours)
+            known = (interior | have).float()  # [B, h, w]
+            field = torch.where(interior[..., None], img, fg) * known[..., None]  # [B, h, w, 3]
+            both = torch.cat([field, known[..., None]], -1).permute(0, 3, 1, 2)  # [B, 4, h, w]
+            sums = F.avg_pool2d(both, 3, stride=1, padding=1).permute(0, 2, 3, 1)  # [B, h, w, 4]
+            avg, cnt = sums[..., :3], sums[..., 3]
+            new = edge & ~have & (cnt > 0)
+            fg[new] = (avg / cnt.clamp(min=1e-8)[..., None])[new]
+            have = have | new
+        d = fg - bg  # [B, h, w, 3]
+        ok = have & (d.norm(dim=-1) > threshold)
+        a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp(min=1e-8)
+        alpha[ok] = a[ok].clamp(0.0, 1.0)
+        colour[ok] = fg[ok]
+    return torch.cat([colour, alpha[..., None]], -1).reshape(*lead, *mask.shape[-2:], 4)
 
 
 def clean_mask(mask: np.ndarray, keep_ratio: float = 0.1, hole_ratio: float = 0.005) -> np.ndarray:
@@ -110,45 +144,12 @@ def clean_mask(mask: np.ndarray, keep_ratio: float = 0.1, hole_ratio: float = 0.
 def connected_components(mask: np.ndarray, diagonal: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Label the connected components of a bool mask [H, W] (8-connected if `diagonal`, else 4-connected).
 
-    Returns labels [H, W] int64 (0 outside the mask, 1..K inside) and sizes [K + 1] (sizes[0] = 0). Run-length
-    union-find in plain numpy + Python: the cost grows with the number of horizontal runs, not of pixels."""
-    mask = np.asarray(mask, dtype=bool)
-    H, W = mask.shape
-    padded = np.zeros((H, W + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)  # +1 at a run start, -1 one past its end
-    rows_s, cols_s = np.nonzero(d == 1)
-    _, cols_e = np.nonzero(d == -1)  # same row-major order as the starts
-    n = len(rows_s)
-    parent = list(range(n))
+    Returns labels [H, W] int64 (0 outside the mask, 1..K inside) and sizes [K + 1] (sizes[0] = 0). OpenCV's
+    `connectedComponentsWithStats`."""
+    import cv2
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    slack = 1 if diagonal else 0
-    row_first = np.searchsorted(rows_s, np.arange(H + 1))  # runs of row r: row_first[r] .. row_first[r+1]
-    for r in range(1, H):
-        a, a_end = int(row_first[r - 1]), int(row_first[r])
-        b, b_end = a_end, int(row_first[r + 1])
-        while a < a_end and b < b_end:
-            if cols_s[a] < cols_e[b] + slack and cols_s[b] < cols_e[a] + slack:
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-            if cols_e[a] < cols_e[b]:
-                a += 1
-            else:
-                b += 1
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    uniq, run_label = np.unique(roots, return_inverse=True)
-    labels = np.zeros((H, W), dtype=np.int64)
-    lengths = cols_e - cols_s
-    run_label = run_label.reshape(-1) + 1
-    for i in range(n):
-        labels[rows_s[i], cols_s[i]:cols_e[i]] = run_label[i]
-    sizes = np.zeros(len(uniq) + 1, dtype=np.int64)
-    np.add.at(sizes, run_label, lengths)
-    return labels, sizes
+    m = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8))
+    k, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8 if diagonal else 4, ltype=cv2.CV_32S)
+    sizes = stats[:, cv2.CC_STAT_AREA].astype(np.int64)  # [K + 1]
+    sizes[0] = 0
+    return labels.astype(np.int64), sizes
