@@ -129,16 +129,24 @@ def add_all(sub: argparse._SubParsersAction) -> None:
                    help="also write an orbit video (mp4 + gif) of the ground-truth animation")
     p.set_defaults(func=_make_scene)
 
-    p = sub.add_parser("export", help="(re)write a run's outputs for other tools: splat PLY sequence, glb, bvh")
+    p = sub.add_parser("export", help="(re)write a run's outputs for other tools: splat PLY sequence, skeleton "
+                                      "glb and bvh, animated mesh")
     p.add_argument("run", help="run folder")
     p.add_argument("--format", action="extend", nargs="+", default=None,
-                   choices=["all", "ply", "ply_compressed", "splat", "glb", "bvh", "videos", "ply-sequence"],
-                   help="what to write (default all = ply glb bvh videos): ply: one 3DGS PLY per frame; "
+                   choices=["all", "ply", "ply_compressed", "splat", "glb", "bvh", "mesh", "videos", "ply-sequence"],
+                   help="what to write (default all = ply glb bvh mesh videos): ply: one 3DGS PLY per frame; "
                         "ply_compressed: SuperSplat's compressed PLY; splat: antimatter15 .splat; glb/bvh: the "
-                        "animated keypoint skeleton; videos: copies of the dynamic stage's videos")
+                        "animated keypoint skeleton; mesh: mesh.glb, the Gaussians' surface as a vertex-coloured "
+                        "mesh with one morph target per frame; videos: copies of the dynamic stage's videos")
     p.add_argument("--up", choices=["+y", "-y", "+z"], default=None,
                    help="up axis of every output (default: -y for splat files, as SuperSplat and most 3DGS "
-                        "viewers expect; +y for glb/bvh, as glTF and Blender's importers expect)")
+                        "viewers expect; +y for glb/bvh/mesh, as glTF and Blender's importers expect)")
+    p.add_argument("--mesh-level", type=float, default=None,
+                   help="the mesh's surface: the Gaussians' summed, opacity-weighted density there (default 1.0; "
+                        "lower it for a model of faint Gaussians, raise it to drop haze)")
+    p.add_argument("--mesh-resolution", type=int, default=None,
+                   help="grid cells along the object's longer side for the mesh (default 128; vertex count and "
+                        "time grow with its square and cube)")
     p.add_argument("--out", default=None, help="output folder (default RUN/export, recorded in the manifest)")
     p.set_defaults(func=_export)
 

@@ -507,8 +507,8 @@ def test_run_writes_export_lists_it_rebuilds_it_and_logs_an_artifact(tmp_path):
     StageRunner(scene, run, load_config(None, ov), stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
     m = read_manifest(run)
     ex = m["export"]
-    assert ex["status"] == "done" and ex["up"] == {"ply": "-y", "glb": "+y", "bvh": "+y"}
-    want = {"export.json", "skeleton.glb", "skeleton.bvh", "videos/orbit.gif"} | {
+    assert ex["status"] == "done" and ex["up"] == {"ply": "-y", "glb": "+y", "bvh": "+y", "mesh": "+y"}
+    want = {"export.json", "skeleton.glb", "skeleton.bvh", "mesh.glb", "videos/orbit.gif"} | {
         f"splats/frame_{i:03d}.ply" for i in range(4)}
     assert set(ex["files"]) == want and all((run / "export" / f).is_file() for f in want)
     assert ex["source"]["config_hash"] == m["stages"]["dynamic"]["config_hash"]
@@ -544,7 +544,8 @@ def test_cli_reexport_updates_the_manifest(tmp_path):
                 echo=lambda s: None).run()
     assert main(["export", str(run), "--up", "+z"]) == 0
     ex = read_manifest(run)["export"]
-    assert ex["up"] == {"ply": "+z", "glb": "+z", "bvh": "+z"} and "wandb_artifact" not in ex  # W&B off here
+    assert ex["up"] == {"ply": "+z", "glb": "+z", "bvh": "+z", "mesh": "+z"}
+    assert "wandb_artifact" not in ex  # W&B off here
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ RUN/export/ (or another folder):
                             with --format ply_compressed / splat: frame_000.compressed.ply / frame_000.splat
   skeleton.glb              the 3D keypoint tracks as an animated joint hierarchy + skinned bone lines (glTF 2.0)
   skeleton.bvh              the same motion as BVH (`export.skeleton`)
+  mesh.glb                  the Gaussians' surface as a vertex-coloured triangle mesh, one morph target per frame
+                            (`export.mesh`)
   videos/                   copies of the dynamic stage's videos (reference, orbit, keypoints)
   export.json               what was written: files, up axis per output, frames, fps, source run
 
 Up axes (`export.axes`): by default each output follows its tools: the splat files are "-y" up (SuperSplat and
-the viewers that follow the original 3DGS data roll splat files a half turn about z), the skeleton files "+y" up
+the viewers that follow the original 3DGS data roll splat files a half turn about z), the glb and bvh files "+y" up
 (glTF is +Y up by specification; Blender's glTF and BVH importers convert +Y up files to its +Z up). An explicit
 `up` applies to every output.
 
@@ -19,6 +21,7 @@ A component: reads RUN/dynamic/{deform.ckpt, keypoints.json, videos/} and the sc
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,17 +33,18 @@ from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import atomic_folder, write_json
 from dynapose4d.deform import load_dynamic
 from dynapose4d.export.axes import UP_CHOICES, rotate_points
+from dynapose4d.export.mesh import DENSITY_LEVEL, MESH_RESOLUTION, animate_vertices, extract_mesh, write_mesh_glb
 from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
 from dynapose4d.export.skeleton import SkeletonTree, skeleton_tree, write_bvh, write_glb
 
-FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "videos")
-DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "videos")
+FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "mesh", "videos")
+DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "mesh", "videos")
 EXPORT_FILE = "export.json"
 DEFAULT_FPS = 8.0  # when the run's config gives no dynamic.video_fps
 
 
 def default_up(fmt: str) -> str:
-    """The up axis of an output when none is asked for: "-y" for splat files, "+y" for glb and bvh."""
+    """The up axis of an output when none is asked for: "-y" for splat files, "+y" for glb, bvh and mesh."""
     return "-y" if fmt in SPLAT_FORMATS else "+y"
 
 
@@ -99,22 +103,31 @@ def _formats(formats: list[str] | tuple[str, ...] | None) -> list[str]:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str | None = None,
-               formats: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+               formats: list[str] | tuple[str, ...] | None = None, mesh_level: float | None = None,
+               mesh_resolution: int | None = None) -> dict[str, Any]:
     """Write the run's 4D result to `out_dir` (default RUN/export); returns what export.json records.
 
     `formats`: any of FORMATS (default DEFAULT_FORMATS; "all" means the default). `up`: "+y", "-y" or "+z"
-    for every output, or None for each output's own default (`default_up`). Each output replaces its
-    previous version in `out_dir` whole (written aside, then renamed); export.json lists every output present."""
+    for every output, or None for each output's own default (`default_up`). `mesh_level` / `mesh_resolution`:
+    the mesh's surface density and grid (None: `export.mesh`'s defaults). Each output replaces its previous
+    version in `out_dir` whole (written aside, then renamed); export.json lists every output present, and its
+    "notes" say what was not written and why (a model too faint for a mesh at that level)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
     if up is not None and up not in UP_CHOICES:
         raise InputError(f"--up {up}: choose from {list(UP_CHOICES)}")
+    level = DENSITY_LEVEL if mesh_level is None else float(mesh_level)
+    resolution = MESH_RESOLUTION if mesh_resolution is None else int(mesh_resolution)
+    if not (level > 0 and math.isfinite(level)):
+        raise InputError(f"--mesh-level {mesh_level}: must be a positive number")
+    if not 8 <= resolution <= 1024:
+        raise InputError(f"--mesh-resolution {mesh_resolution}: must be between 8 and 1024")
     fmts = _formats(formats)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
     splat_fmts = [f for f in fmts if f in SPLAT_FORMATS]
     canonical = phi = None
-    if splat_fmts:
+    if splat_fmts or "mesh" in fmts:
         canonical, phi = load_dynamic(run_dir)  # InputError naming deform.ckpt when missing
     names, world, skeleton = read_tracks(run_dir) if {"glb", "bvh"} & set(fmts) else ([], None, [])
     fps = run_fps(run_dir)
@@ -145,6 +158,22 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
                 write_bvh(out_dir / "skeleton.bvh", pos, tree, fps)
             record["outputs"][fmt] = {"files": [f"skeleton.{fmt}"], "up": axis, "frames": int(world.shape[0]),
                                       "joints": tree.names, "root": tree.names[tree.root], "written": stamp}
+    if "mesh" in fmts:
+        axis = up or default_up("mesh")
+        try:
+            mesh = extract_mesh(canonical, resolution, level)
+        except ValueError as e:  # nothing dense enough to mesh: the other outputs stand
+            (out_dir / "mesh.glb").unlink(missing_ok=True)
+            record["outputs"].pop("mesh", None)
+            record.setdefault("notes", []).append(
+                f"mesh.glb not written: {e} (`dynapose4d export {run_dir} --format mesh --mesh-level L` with a "
+                "lower L makes one)")
+        else:
+            frames = rotate_points(animate_vertices(mesh.vertices, phi, phi.num_frames), axis)  # [T, V, 3]
+            write_mesh_glb(out_dir / "mesh.glb", frames, mesh.faces, mesh.colors, fps, extras={"up": axis, "fps": fps})
+            record["outputs"]["mesh"] = {"files": ["mesh.glb"], "up": axis, "frames": int(frames.shape[0]),
+                                         "vertices": int(frames.shape[1]), "faces": int(len(mesh.faces)),
+                                         "level": level, "resolution": resolution, "written": stamp}
     if "videos" in fmts:
         src = run_dir / "dynamic" / "videos"
         videos = sorted(p for p in src.glob("*") if p.suffix in (".mp4", ".gif")) if src.is_dir() else []

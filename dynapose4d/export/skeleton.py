@@ -36,6 +36,7 @@ import numpy as np
 
 from dynapose4d.core.io import write_bytes
 from dynapose4d.deform.tracks import skeleton_forest
+from dynapose4d.export.gltf import ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, UINT, USHORT, GlbBuilder
 
 
 @dataclass
@@ -266,15 +267,9 @@ def write_bvh(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: floa
 # glTF 2.0 binary
 # --------------------------------------------------------------------------------------------------
 
-_FLOAT, _USHORT, _UINT = 5126, 5123, 5125
-_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-
-
 def write_glb(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: float,
               extras: dict[str, Any] | None = None) -> Path:
     """glTF 2.0 binary of joint positions world [T, N, 3] (see the module docstring), written with pygltflib."""
-    import pygltflib as g
-
     world = np.asarray(world, np.float64)
     T, N = world.shape[:2]
     R_world = world_rotations(world, tree)
@@ -285,23 +280,8 @@ def write_glb(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: floa
         local = R_world[:, j] if p < 0 else np.swapaxes(R_world[:, p], -1, -2) @ R_world[:, j]
         quats[:, j] = matrix_to_quat_xyzw(local)
 
-    blob = bytearray()
-    gltf = g.GLTF2(asset=g.Asset(version="2.0", generator="dynapose4d"))
-
-    def accessor(data: np.ndarray, ctype: int, kind: str, target: int | None = None, minmax: bool = False) -> int:
-        arr = np.ascontiguousarray(data, dtype={_FLOAT: "<f4", _USHORT: "<u2", _UINT: "<u4"}[ctype])
-        while len(blob) % 4:
-            blob.append(0)
-        gltf.bufferViews.append(g.BufferView(buffer=0, byteOffset=len(blob), byteLength=arr.nbytes, target=target))
-        blob.extend(arr.tobytes())
-        count = arr.shape[0]
-        acc = g.Accessor(bufferView=len(gltf.bufferViews) - 1, componentType=ctype, count=count, type=kind)
-        if minmax:
-            flat = arr.reshape(count, -1)
-            acc.min, acc.max = flat.min(0).tolist(), flat.max(0).tolist()
-        gltf.accessors.append(acc)
-        return len(gltf.accessors) - 1
-
+    b = GlbBuilder()
+    g, gltf, accessor = b.g, b.gltf, b.accessor
     for j in range(N):
         gltf.nodes.append(g.Node(name=tree.names[j], children=tree.children(j),
                                  translation=trans[0, j].astype(np.float32).tolist(),
@@ -311,16 +291,16 @@ def write_glb(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: floa
     rest = world[0]
     ibm = np.tile(np.eye(4), (N, 1, 1))
     ibm[:, :3, 3] = -rest  # frame 0: every joint's world rotation is the identity
-    skin_ibm = accessor(np.transpose(ibm, (0, 2, 1)).reshape(N, 16), _FLOAT, "MAT4")  # column-major
-    pos = accessor(rest, _FLOAT, "VEC3", _ARRAY_BUFFER, minmax=True)
+    skin_ibm = accessor(np.transpose(ibm, (0, 2, 1)).reshape(N, 16), FLOAT, "MAT4")  # column-major
+    pos = accessor(rest, FLOAT, "VEC3", ARRAY_BUFFER, minmax=True)
     joints = np.zeros((N, 4), np.uint16)
     joints[:, 0] = np.arange(N)
     weights = np.zeros((N, 4), np.float32)
     weights[:, 0] = 1.0
-    attrs = g.Attributes(POSITION=pos, JOINTS_0=accessor(joints, _USHORT, "VEC4", _ARRAY_BUFFER),
-                         WEIGHTS_0=accessor(weights, _FLOAT, "VEC4", _ARRAY_BUFFER))
+    attrs = g.Attributes(POSITION=pos, JOINTS_0=accessor(joints, USHORT, "VEC4", ARRAY_BUFFER),
+                         WEIGHTS_0=accessor(weights, FLOAT, "VEC4", ARRAY_BUFFER))
     if tree.edges:
-        idx = accessor(np.asarray(tree.edges, np.uint32).reshape(-1), _UINT, "SCALAR", _ELEMENT_ARRAY_BUFFER)
+        idx = accessor(np.asarray(tree.edges, np.uint32).reshape(-1), UINT, "SCALAR", ELEMENT_ARRAY_BUFFER)
         prim = g.Primitive(attributes=attrs, indices=idx, mode=g.LINES)
     else:
         prim = g.Primitive(attributes=attrs, mode=g.POINTS)
@@ -329,21 +309,17 @@ def write_glb(path: str | Path, world: np.ndarray, tree: SkeletonTree, fps: floa
                              inverseBindMatrices=skin_ibm))
     gltf.nodes.append(g.Node(name="support_skeleton", mesh=0, skin=0))
 
-    times = accessor(np.arange(T, dtype=np.float64) / fps, _FLOAT, "SCALAR", minmax=True)
+    times = accessor(np.arange(T, dtype=np.float64) / fps, FLOAT, "SCALAR", minmax=True)
     anim = g.Animation(name="tracks")
     for j in range(N):
         for path_name, data, kind in (("translation", trans[:, j], "VEC3"), ("rotation", quats[:, j], "VEC4")):
-            anim.samplers.append(g.AnimationSampler(input=times, output=accessor(data, _FLOAT, kind),
+            anim.samplers.append(g.AnimationSampler(input=times, output=accessor(data, FLOAT, kind),
                                                     interpolation="LINEAR"))
             anim.channels.append(g.AnimationChannel(sampler=len(anim.samplers) - 1,
                                                     target=g.AnimationChannelTarget(node=j, path=path_name)))
     gltf.animations.append(anim)
     gltf.scenes.append(g.Scene(name="dynapose4d", nodes=[tree.root, N], extras=extras or {}))
     gltf.scene = 0
-    while len(blob) % 4:
-        blob.append(0)
-    gltf.buffers.append(g.Buffer(byteLength=len(blob)))
-    gltf.set_binary_blob(bytes(blob))
-    return write_bytes(Path(path), b"".join(gltf.save_to_bytes()))
+    return b.save(path)
 
 

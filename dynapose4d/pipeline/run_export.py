@@ -29,8 +29,8 @@ def drop_stale_export(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def export_after_run(run_dir: Path, manifest: dict[str, Any], wandb_cfg: Any, echo: Callable[[str], None]) -> None:
-    """After the dynamic stage: RUN/export/ (splat PLY sequence, glb, bvh, videos), listed in the manifest
-    and logged to W&B as an Artifact; kept when it was made from the same dynamic output. A failure is
+    """After the dynamic stage: RUN/export/ (splat PLY sequence, skeleton glb and bvh, mesh glb, videos), listed
+    in the manifest and logged to W&B as an Artifact; kept when it was made from the same dynamic output. A failure is
     recorded and reported, not raised: the stages' results stand and `dynapose4d export RUN` retries."""
     source = export_source(manifest)
     old = manifest.get("export")
@@ -41,15 +41,18 @@ def export_after_run(run_dir: Path, manifest: dict[str, Any], wandb_cfg: Any, ec
         echo(f"[export] up to date: {run_dir / EXPORT_DIR}")
         return
     try:
-        record_export(run_dir, manifest, export_run(run_dir, run_dir / EXPORT_DIR), wandb_cfg)
+        record = export_run(run_dir, run_dir / EXPORT_DIR)
+        record_export(run_dir, manifest, record, wandb_cfg)
     except Exception as e:  # noqa: BLE001 - reported in the manifest and on the console
         manifest["export"] = {"status": "failed", "source": source, "error": f"{type(e).__name__}: {e}",
                               "ended": now_iso()}
         write_manifest(run_dir, manifest)
         echo(f"[export] failed ({type(e).__name__}: {e}); retry with `dynapose4d export {run_dir}`")
         return
+    for note in record.get("notes", []):
+        echo(f"[export] {note}")
     echo(f"[export] {run_dir / EXPORT_DIR}: {len(manifest['export']['files'])} files "
-         "(splats/frame_*.ply, skeleton.glb, skeleton.bvh, videos/)")
+         "(splats/frame_*.ply, skeleton.glb, skeleton.bvh, mesh.glb, videos/)")
 
 
 def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[str, Any], wandb_cfg: Any) -> None:
@@ -70,13 +73,15 @@ def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[st
 
 
 def export_cli(args: argparse.Namespace) -> int:
-    """`dynapose4d export RUN [--format ...] [--up +y|-y|+z] [--out DIR]`: rewrite a run's exported outputs.
+    """`dynapose4d export RUN [--format ...] [--up +y|-y|+z] [--out DIR] [--mesh-level L] [--mesh-resolution R]`:
+    rewrite a run's exported outputs.
     Into RUN/export (the default) it also updates the manifest's "export" record and the W&B artifact."""
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
     out = Path(args.out) if args.out else run_dir / EXPORT_DIR
-    record = export_run(run_dir, out, up=args.up, formats=args.format)
+    record = export_run(run_dir, out, up=args.up, formats=args.format, mesh_level=args.mesh_level,
+                        mesh_resolution=args.mesh_resolution)
     manifest = read_manifest(run_dir)
     if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
         wandb_cfg = None
@@ -87,5 +92,7 @@ def export_cli(args: argparse.Namespace) -> int:
                 wandb_cfg = None
         record_export(run_dir, manifest, record, wandb_cfg)
     files = export_files(record)
+    for note in record.get("notes", []):
+        print(note)
     print(f"wrote {out}: {len(files)} files ({', '.join(sorted(record['outputs']))})")
     return 0

@@ -1,0 +1,238 @@
+"""dynapose4d.export.mesh: the Gaussians' surface as an animated, vertex-coloured glTF mesh.
+
+References: analytic iso-surfaces of one Gaussian (a sphere and a turned ellipsoid), a dense density sum written
+here, the deformation applied to Gaussian centres, the GLB reader of test_export.py (independent of pygltflib)
+and, where installed, Blender's glTF importer."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from test_export import FPS, T, glb_accessor, make_run, read_glb
+
+from dynapose4d.core.rotations import quat_to_matrix
+from dynapose4d.deform import build_deformation, geometry_at, load_dynamic, save_dynamic
+from dynapose4d.export import export_run
+from dynapose4d.export.axes import up_matrix
+from dynapose4d.export.mesh import (
+    CUTOFF,
+    animate_vertices,
+    density_grid,
+    extract_mesh,
+    srgb_to_linear,
+    vertex_normals,
+    write_mesh_glb,
+)
+from dynapose4d.gaussians import GaussianModel
+
+
+def _one_gaussian(scales, quat=(1.0, 0.0, 0.0, 0.0), opacity=0.9, rgb=(0.2, 0.6, 0.9)) -> GaussianModel:
+    g = GaussianModel.from_points(torch.tensor([[0.1, -0.2, 0.3]]), torch.tensor([rgb]),
+                                  scale=torch.tensor([scales]), opacity=opacity)
+    g.splats["quats"].data = torch.tensor([quat])
+    return g
+
+
+def _mahalanobis(points: np.ndarray, g: GaussianModel) -> np.ndarray:
+    a = {k: v.detach() for k, v in g.activated().items()}
+    R = quat_to_matrix(a["quats"] / a["quats"].norm()).double()[0].numpy()
+    local = (points - a["means"].double().numpy()) @ R / a["scales"].double().numpy()
+    return np.linalg.norm(local, axis=-1)
+
+
+@pytest.mark.parametrize("scales, quat", [((0.2, 0.2, 0.2), (1.0, 0.0, 0.0, 0.0)),
+                                          ((0.3, 0.1, 0.15), (0.9, 0.3, -0.2, 0.25))])
+def test_one_gaussian_gives_its_analytic_iso_surface(scales, quat):
+    """o exp(-m^2 / 2) = level at Mahalanobis distance m = sqrt(2 ln(o / level)): every vertex is there (to a
+    fraction of a grid cell), the faces point outwards, the colour is the Gaussian's."""
+    o, level = 0.9, 0.3
+    g = _one_gaussian(scales, quat, opacity=o)
+    mesh = extract_mesh(g, resolution=64, level=level)
+    want = math.sqrt(2 * math.log(o / level))  # 1.48 sigma
+    m = _mahalanobis(mesh.vertices, g)
+    assert len(mesh.vertices) > 500 and abs(m.mean() - want) < 0.01 and np.abs(m - want).max() < 0.05, (m.mean(), want)
+    centre = g.activated()["means"].detach().double().numpy()[0]
+    tri = mesh.vertices[mesh.faces]  # [F, 3, 3]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    assert (np.einsum("fc,fc->f", normal, tri.mean(1) - centre) > 0).all()  # counter-clockwise from outside
+    np.testing.assert_allclose(mesh.colors, np.broadcast_to([0.2, 0.6, 0.9], mesh.colors.shape), atol=1e-5)
+
+
+def test_density_grid_equals_a_dense_sum():
+    """Every Gaussian evaluated on every grid point (no footprints), cut at CUTOFF sigma as the grid is: small
+    ones, one centred outside the grid and one larger than the grid's padding (the bounds-checked path)."""
+    g = torch.Generator().manual_seed(0)
+    N = 14
+    means = torch.rand(N, 3, generator=g) * 0.6
+    quats = torch.randn(N, 4, generator=g)
+    scales = torch.rand(N, 3, generator=g) * 0.08 + 0.01
+    means[12] = torch.tensor([1.2, 0.3, -0.4])  # off the grid, reaching into it
+    scales[12] = torch.tensor([0.3, 0.2, 0.25])
+    scales[13] = torch.tensor([0.45, 0.3, 0.35])  # 3 sigma = 45 cells > the 32-cell padding
+    opac = torch.rand(N, generator=g)
+    colors = torch.rand(N, 3, generator=g)
+    origin, step, shape = torch.tensor([-0.1, -0.15, -0.05]), 0.03, (30, 31, 29)
+    dens, csum = density_grid(means, quats, scales, opac, colors, origin, step, shape)
+    idx = torch.stack(torch.meshgrid(*(torch.arange(s) for s in shape), indexing="ij"), -1).double()
+    pts = origin.double() + idx * step  # [X, Y, Z, 3]
+    R = quat_to_matrix(quats / quats.norm(dim=-1, keepdim=True)).double()
+    local = torch.einsum("xyznc,ncj->xyznj", pts[..., None, :] - means.double(), R) / scales.double()
+    m = local.norm(dim=-1)  # [X, Y, Z, N]
+    w = opac.double() * torch.exp(-0.5 * m ** 2) * (m <= CUTOFF)
+    torch.testing.assert_close(dens.double(), w.sum(-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(csum.double(), w @ colors.double(), atol=1e-5, rtol=1e-4)
+    assert float(dens.max()) > 0.5  # there is something to compare
+
+
+def test_two_colours_meet_in_between():
+    """Two overlapping Gaussians, red and blue: vertices near each centre take its colour, those between mix."""
+    pts = torch.tensor([[-0.15, 0.0, 0.0], [0.15, 0.0, 0.0]])
+    g = GaussianModel.from_points(pts, torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.1, 0.9]]), scale=0.12, opacity=0.95)
+    mesh = extract_mesh(g, resolution=64, level=0.3)
+    x = mesh.vertices[:, 0]
+    left, right, mid = mesh.colors[x < -0.2], mesh.colors[x > 0.2], mesh.colors[np.abs(x) < 0.01]
+    assert len(left) and len(right) and len(mid)
+    assert (left[:, 0] > 0.85).all() and (right[:, 2] > 0.85).all()
+    assert np.allclose(mid[:, 0], mid[:, 2], atol=0.05)  # half way: an even mix
+
+
+def test_nothing_dense_enough_is_a_clear_error():
+    g = _one_gaussian((0.1, 0.1, 0.1), opacity=0.2)
+    with pytest.raises(ValueError, match="under the surface level 1"):
+        extract_mesh(g)
+
+
+def test_vertices_move_as_gaussian_centres_and_the_glb_plays_the_frames(tmp_path):
+    """A vertex placed on a Gaussian centre moves exactly as that Gaussian; the glb's base mesh plus its weighted
+    morph targets at t = f / fps give frame f (read with test_export's GLB reader), colours stored linear."""
+    run = make_run(tmp_path / "run")
+    canonical, phi = load_dynamic(run)
+    centres = canonical.splats["means"].detach().double().numpy()
+    moved = animate_vertices(centres, phi, T)  # [T, N, 3]
+    for f in range(T):
+        means, _, _ = geometry_at(canonical.splats, phi, f / (T - 1))
+        np.testing.assert_allclose(moved[f], means.detach().double().numpy(), atol=1e-6)
+    assert np.abs(moved[-1] - moved[0]).max() > 0.01  # it does move
+    faces = np.array([[0, 1, 2], [0, 2, 3], [3, 2, 4]])
+    frames = moved[:, :5]
+    colors = np.random.default_rng(0).random((5, 3))
+    path = write_mesh_glb(tmp_path / "m.glb", frames, faces, colors, FPS)
+    doc, binary = read_glb(path)
+    prim = doc["meshes"][0]["primitives"][0]
+    base = glb_accessor(doc, binary, prim["attributes"]["POSITION"])
+    targets = [glb_accessor(doc, binary, t["POSITION"]) for t in prim["targets"]]
+    np.testing.assert_array_equal(glb_accessor(doc, binary, prim["indices"]).reshape(-1, 3), faces)
+    np.testing.assert_allclose(glb_accessor(doc, binary, prim["attributes"]["COLOR_0"]), srgb_to_linear(colors),
+                               atol=1e-6)
+    sampler = doc["animations"][0]["samplers"][0]
+    times = glb_accessor(doc, binary, sampler["input"])[:, 0]
+    weights = glb_accessor(doc, binary, sampler["output"]).reshape(T, T - 1)
+    assert doc["animations"][0]["channels"][0]["target"] == {"node": 0, "path": "weights"}
+    np.testing.assert_allclose(times, np.arange(T) / FPS, atol=1e-6)
+    for f in range(T):
+        got = base + sum(w * d for w, d in zip(weights[f], targets))
+        np.testing.assert_allclose(got, frames[f], atol=1e-5)
+    n = vertex_normals(frames[0], faces)
+    np.testing.assert_allclose(glb_accessor(doc, binary, prim["attributes"]["NORMAL"]), n, atol=1e-6)
+    assert np.allclose(np.linalg.norm(n, axis=-1), 1.0)
+
+
+def test_export_writes_mesh_glb_or_says_why_not(tmp_path):
+    run = make_run(tmp_path / "run")
+    faint = _one_gaussian((0.1, 0.1, 0.1), opacity=0.2)
+    save_dynamic(run / "dynamic" / "deform.ckpt", faint, build_deformation("hexplane", faint.means, T))
+    rec = export_run(run, tmp_path / "out", formats=["mesh", "glb"])
+    assert "mesh" not in rec["outputs"] and "glb" in rec["outputs"] and not (tmp_path / "out" / "mesh.glb").exists()
+    assert any("mesh.glb not written" in n and "under the surface level" in n for n in rec["notes"])
+    # a solid blob of Gaussians
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(400, 3, generator=g) * 0.15
+    blob = GaussianModel.from_points(pts, torch.rand(400, 3, generator=g), scale=0.05, opacity=0.9)
+    save_dynamic(run / "dynamic" / "deform.ckpt", blob, build_deformation("hexplane", blob.means, T))
+    rec = export_run(run, tmp_path / "out", formats=["mesh"], up="+z")
+    out = rec["outputs"]["mesh"]
+    assert out["files"] == ["mesh.glb"] and out["up"] == "+z" and out["frames"] == T and out["vertices"] > 1000
+    doc, binary = read_glb(tmp_path / "out" / "mesh.glb")
+    base = glb_accessor(doc, binary, doc["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
+    assert len(base) == out["vertices"] and doc["scenes"][0]["extras"]["up"] == "+z"
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["outputs"]["mesh"]["faces"] == out["faces"]
+
+
+def test_cli_mesh_level_and_resolution(tmp_path, capsys):
+    """A model too faint for the default level: the export says so and how to get a mesh; --mesh-level below
+    its peak makes one; bad values are one-line errors."""
+    from dynapose4d.cli import main
+
+    run = make_run(tmp_path / "run")
+    faint = _one_gaussian((0.1, 0.1, 0.1), opacity=0.4)
+    save_dynamic(run / "dynamic" / "deform.ckpt", faint, build_deformation("hexplane", faint.means, T))
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out), "--format", "mesh"]) == 0
+    said = capsys.readouterr().out
+    assert "mesh.glb not written" in said and "--mesh-level" in said and not (out / "mesh.glb").exists()
+    assert main(["export", str(run), "--out", str(out), "--format", "mesh", "--mesh-level", "0.2",
+                 "--mesh-resolution", "40"]) == 0
+    rec = json.loads((out / "export.json").read_text())["outputs"]["mesh"]
+    assert (out / "mesh.glb").is_file() and rec["level"] == 0.2 and rec["resolution"] == 40 and rec["vertices"] > 100
+    capsys.readouterr()
+    for bad in (["--mesh-level", "0"], ["--mesh-level", "nan"], ["--mesh-resolution", "4"]):
+        assert main(["export", str(run), "--out", str(out), "--format", "mesh", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad[0] in err, err
+
+
+BLENDER_MESH_SCRIPT = textwrap.dedent("""
+    import bpy, json, sys
+    import numpy as np
+    if not hasattr(np, "bool"):  # Debian 12's Blender 3.4 importer predates NumPy 1.24
+        np.bool = bool
+    path, fps, out = sys.argv[sys.argv.index("--") + 1:]
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.scene.render.fps = int(fps)
+    bpy.ops.import_scene.gltf(filepath=path)
+    obj = next(o for o in bpy.context.scene.objects if o.type == "MESH")
+    key = obj.data.shape_keys
+    frames = sorted({round(k.co[0]) for fc in key.animation_data.action.fcurves for k in fc.keyframe_points})
+    res = {"shape_keys": len(key.key_blocks), "frames": {}}
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        res["frames"][f] = [list(obj.matrix_world @ v.co) for v in ev.to_mesh().vertices]
+    json.dump(res, open(out, "w"))
+""")
+
+
+@pytest.mark.skipif(shutil.which("blender") is None, reason="Blender is not installed (Debian: apt-get install "
+                    "blender); the mesh glb is checked by the independent reader above")
+def test_blender_plays_the_mesh_frames(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    pts = torch.randn(200, 3, generator=g) * 0.1
+    blob = GaussianModel.from_points(pts, torch.rand(200, 3, generator=g), scale=0.05, opacity=0.9)
+    phi = build_deformation("hexplane", blob.means, T)
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    mesh = extract_mesh(blob, resolution=24, level=1.0)
+    frames = animate_vertices(mesh.vertices, phi, T)  # [T, V, 3] in the file's +y up frame
+    write_mesh_glb(tmp_path / "m.glb", frames, mesh.faces, mesh.colors, FPS)
+    script, res = tmp_path / "read.py", tmp_path / "verts.json"
+    script.write_text(BLENDER_MESH_SCRIPT)
+    subprocess.run(["blender", "-b", "--factory-startup", "--python-exit-code", "1", "--python", str(script), "--",
+                    str(tmp_path / "m.glb"), str(FPS), str(res)], check=True, capture_output=True, timeout=300)
+    out = json.loads(res.read_text())
+    assert out["shape_keys"] == T  # Basis + one per frame after the first
+    got = [np.asarray(out["frames"][k]) for k in sorted(out["frames"], key=int)]
+    assert len(got) == T
+    want = frames @ up_matrix("+z").T  # the importer turns +Y up into Blender's +Z up
+    from scipy.spatial import cKDTree
+
+    for f in range(T):  # the importer may reorder vertices: nearest neighbours
+        d, _ = cKDTree(want[f]).query(got[f])
+        assert len(got[f]) == len(want[f]) and d.max() < 1e-4, (f, d.max())
