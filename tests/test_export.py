@@ -521,6 +521,14 @@ def test_run_writes_export_lists_it_rebuilds_it_and_logs_an_artifact(tmp_path):
     StageRunner(scene, run, load_config(None, ov), resume=True, stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
     assert (run / "export" / "skeleton.glb").stat().st_mtime_ns == glb_before
     assert read_manifest(run)["export"] == ex
+    # an export made by a version that wrote fewer formats (no "formats", no mesh.glb) is rebuilt on --resume
+    m = read_manifest(run)
+    del m["export"]["formats"]
+    m["export"]["files"].remove("mesh.glb")
+    write_json(run / "manifest.json", m)
+    (run / "export" / "mesh.glb").unlink()
+    StageRunner(scene, run, load_config(None, ov), resume=True, stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
+    assert (run / "export" / "mesh.glb").is_file() and "mesh" in read_manifest(run)["export"]["formats"]
     (run / "export" / "marker").write_text("old")
     StageRunner(scene, run, load_config(None, ov + ["dynamic.steps=3"]), resume=True, stages=_fakes.FAKE_STAGES,
                 echo=lambda s: None).run()

@@ -132,7 +132,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
     names, world, skeleton = read_tracks(run_dir) if {"glb", "bvh"} & set(fmts) else ([], None, [])
     fps = run_fps(run_dir)
     old = _read_record(out_dir)
-    record: dict[str, Any] = {"run": str(run_dir.resolve()), "fps": fps, "outputs": dict(old.get("outputs", {}))}
+    record: dict[str, Any] = {"run": str(run_dir.resolve()), "fps": fps, "outputs": dict(old.get("outputs", {})),
+                              "skipped": list(old.get("skipped", []))}  # formats tried and not written (notes)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -165,12 +166,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
         except ValueError as e:  # nothing dense enough to mesh: the other outputs stand
             (out_dir / "mesh.glb").unlink(missing_ok=True)
             record["outputs"].pop("mesh", None)
+            record["skipped"] = sorted({*record.get("skipped", []), "mesh"})
             record.setdefault("notes", []).append(
                 f"mesh.glb not written: {e} (`dynapose4d export {run_dir} --format mesh --mesh-level L` with a "
                 "lower L makes one)")
         else:
             frames = rotate_points(animate_vertices(mesh.vertices, phi, phi.num_frames), axis)  # [T, V, 3]
             write_mesh_glb(out_dir / "mesh.glb", frames, mesh.faces, mesh.colors, fps, extras={"up": axis, "fps": fps})
+            record["skipped"] = [f for f in record.get("skipped", []) if f != "mesh"]
             record["outputs"]["mesh"] = {"files": ["mesh.glb"], "up": axis, "frames": int(frames.shape[0]),
                                          "vertices": int(frames.shape[1]), "faces": int(len(mesh.faces)),
                                          "level": level, "resolution": resolution, "written": stamp}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dynapose4d.core.errors import InputError
-from dynapose4d.export import export_files, export_run
+from dynapose4d.export import DEFAULT_FORMATS, export_files, export_run
 from dynapose4d.pipeline.config import load_config
 from dynapose4d.pipeline.run_folder import EXPORT_DIR, export_source, now_iso, read_manifest, write_manifest
 from dynapose4d.stages import logger as dlog
@@ -37,6 +37,7 @@ def export_after_run(run_dir: Path, manifest: dict[str, Any], wandb_cfg: Any, ec
     if source is None:
         return
     if (old and old.get("status") == "done" and old.get("source") == source
+            and set(DEFAULT_FORMATS) <= set(old.get("formats", []))  # made by a version that wrote them all
             and all((run_dir / EXPORT_DIR / f).is_file() for f in old.get("files", []))):
         echo(f"[export] up to date: {run_dir / EXPORT_DIR}")
         return
@@ -63,6 +64,7 @@ def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[st
     manifest["export"] = {
         "status": "done", "dir": EXPORT_DIR, "source": export_source(manifest), "files": files,
         "up": {k: v["up"] for k, v in record["outputs"].items() if "up" in v}, "ended": now_iso(),
+        "formats": sorted({*record["outputs"], *record.get("skipped", [])}),  # written, or tried and noted
     }
     write_manifest(run_dir, manifest)
     name = dlog.log_export(run_dir, wandb_cfg, run_dir / EXPORT_DIR, files,
