@@ -120,6 +120,15 @@ def test_vertices_move_as_gaussian_centres_and_the_glb_plays_the_frames(tmp_path
         means, _, _ = geometry_at(canonical.splats, phi, f / (T - 1))
         np.testing.assert_allclose(moved[f], means.detach().double().numpy(), atol=1e-6)
     assert np.abs(moved[-1] - moved[0]).max() > 0.01  # it does move
+    ctrl = build_deformation("control", canonical.means, T)  # the other kind: sparse controls, blended
+    with torch.no_grad():
+        for prm in ctrl.parameters():
+            prm.add_(0.1 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(3)))
+    moved_c = animate_vertices(centres, ctrl, T)
+    assert np.abs(moved_c[-1] - centres).max() > 1e-3
+    for f in (1, T - 1):
+        means, _, _ = geometry_at(canonical.splats, ctrl, f / (T - 1))
+        np.testing.assert_allclose(moved_c[f], means.detach().double().numpy(), atol=1e-6)
     faces = np.array([[0, 1, 2], [0, 2, 3], [3, 2, 4]])
     frames = moved[:, :5]
     colors = np.random.default_rng(0).random((5, 3))
