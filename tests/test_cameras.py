@@ -118,7 +118,8 @@ def test_camera_json_roundtrip(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [("{", "unreadable JSON"), ('{"elevation": "high"}', "must be numbers"), ('{"elev": 1}', "unknown camera key"),
-     ('{"radius": -1}', "radius must be > 0")],
+     ('{"radius": -1}', "radius > 0"), ('{"radius": NaN}', "finite numbers"), ('{"elevation": Infinity}', "finite"),
+     ('{"fov_y": 180}', "fov_y in")],
 )
 def test_camera_json_errors_name_the_file(tmp_path, content, message):
     p = tmp_path / "camera.json"
@@ -132,6 +133,9 @@ def test_cameras_json_errors(tmp_path):
     p = tmp_path / "cameras.json"
     p.write_text(json.dumps([{"name": "a"}, {"name": "a"}]))
     with pytest.raises(InputError, match="unique"):
+        load_cameras(p)
+    p.write_text('[{"name": "a"}, {"name": "b", "radius": NaN}]')  # json.loads takes NaN: a list is checked too
+    with pytest.raises(InputError, match="camera 'b' needs finite numbers"):
         load_cameras(p)
     with pytest.raises(InputError, match="not found"):
         load_cameras(tmp_path / "missing.json")

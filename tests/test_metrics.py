@@ -162,3 +162,22 @@ def test_motion_image_metrics_skip_frames_that_return_to_frame_zero():
     assert m["psnr"] == pytest.approx(psnr(pred[1:3], gt[1:3]))
     still = torch.ones(3, 16, 16, 3)  # nothing moves at all: every frame counts
     assert motion_image_metrics(still * 0.9, still)["psnr"] == pytest.approx(20.0)
+
+
+def test_gt_frames_mix_rgb_and_rgba_and_name_a_frame_of_another_size(tmp_path):
+    """An RGB gt frame among RGBA ones gets alpha 1 (not "different sizes"); a frame of another size is named."""
+    import numpy as np
+    from PIL import Image
+
+    from dynapose4d.core.errors import InputError
+    from dynapose4d.evaluation.gt import read_gt_frames
+
+    rgba = np.zeros((12, 16, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "000.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "001.png")
+    frames = read_gt_frames(tmp_path)
+    assert frames.shape == (2, 12, 16, 4) and torch.equal(frames[0], frames[1])
+    Image.fromarray(rgba[:10]).save(tmp_path / "002.png")
+    with pytest.raises(InputError, match=r"002\.png: gt frame is 16x10, but 000\.png is 16x12"):
+        read_gt_frames(tmp_path)

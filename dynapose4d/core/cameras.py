@@ -145,7 +145,7 @@ def _camera_from_dict(d: dict, path: Path, default_name: str) -> Camera:
     if unknown:
         raise InputError(f"{path}: unknown camera key(s) {sorted(unknown)}")
     try:
-        return Camera(
+        cam = Camera(
             name=str(d.get("name", default_name)),
             elevation=float(d.get("elevation", 0.0)),
             azimuth=float(d.get("azimuth", 0.0)),
@@ -154,6 +154,11 @@ def _camera_from_dict(d: dict, path: Path, default_name: str) -> Camera:
         )
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: camera values must be numbers ({e})") from None
+    values = (cam.elevation, cam.azimuth, cam.radius, cam.fov_y)
+    if not all(math.isfinite(v) for v in values) or cam.radius <= 0 or not 0 < cam.fov_y < 180:
+        raise InputError(f"{path}: camera {cam.name!r} needs finite numbers, radius > 0 and fov_y in (0, 180), got "
+                         f"elevation {cam.elevation}, azimuth {cam.azimuth}, radius {cam.radius}, fov_y {cam.fov_y}")
+    return cam
 
 
 def read_json(path: str | Path):
@@ -169,10 +174,7 @@ def read_json(path: str | Path):
 def load_camera(path: str | Path) -> Camera:
     """Read a single camera JSON ({"elevation", "azimuth", "radius", "fov_y"}), e.g. a scene's camera.json."""
     path = Path(path)
-    cam = _camera_from_dict(read_json(path), path, "ref")
-    if cam.radius <= 0 or not (0 < cam.fov_y < 180):
-        raise InputError(f"{path}: radius must be > 0 and fov_y in (0, 180), got {cam.radius}, {cam.fov_y}")
-    return cam
+    return _camera_from_dict(read_json(path), path, "ref")
 
 
 def load_cameras(path: str | Path) -> list[Camera]:

@@ -81,9 +81,10 @@ def read_gt_frames(folder: str | Path, max_size: int = 0) -> torch.Tensor:
     for f in files:
         img = read_image(f)
         if first is None:
-            first = img.shape
-        elif img.shape != first:
-            raise InputError(f"{folder}: gt frames of different sizes")
+            first = img.shape[:2]
+        elif img.shape[:2] != first:  # RGB and RGBA frames may mix: an RGB frame gets alpha 1
+            raise InputError(f"{f}: gt frame is {img.shape[1]}x{img.shape[0]}, but {files[0].name} is "
+                             f"{first[1]}x{first[0]} (a camera's frames must share one size)")
         rgba = img if img.shape[-1] == 4 else torch.cat([img, torch.ones_like(img[..., :1])], -1)
         imgs.append(scale_gt_frames(rgba[None], max_size)[0])
     return torch.stack(imgs)
