@@ -101,3 +101,22 @@ def test_stage_hash_sees_only_its_section():
     assert config_hash(a.static) == config_hash(b.static)
     assert config_hash(a.dynamic) != config_hash(b.dynamic)
     assert config_hash(a.trainer) == config_hash(load_config(None, ["trainer.devices=1"]).trainer)
+
+
+def test_a_run_config_written_by_an_earlier_version_is_read(tmp_path):
+    """RUN/config.yaml with a key since renamed (static.zero123_model) and one dropped at the top: read with them
+    left out and named in a warning; a wrong value is still a one-line error; no config: the defaults."""
+    from dynapose4d.pipeline.config import RunConfig, load_run_config, save_config
+
+    save_config(load_config("cpu"), tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(text.replace("static:\n", "static:\n  zero123_model: old/name\n", 1)
+                                          + "old_top_level: 3\n")
+    with pytest.warns(UserWarning, match=r"static\.zero123_model, old_top_level"):
+        cfg = load_run_config(tmp_path)
+    assert cfg.max_image_size == load_config("cpu").max_image_size == 256
+    assert cfg.static == load_config("cpu").static
+    (tmp_path / "config.yaml").write_text("max_image_size: lots\n")
+    with pytest.raises(ConfigError, match="config.yaml"):
+        load_run_config(tmp_path)
+    assert load_run_config(tmp_path / "nowhere") == RunConfig()

@@ -471,6 +471,11 @@ def test_cli_export_formats_up_and_errors(run_dir, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nowhere" in err
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main(["export", str(run_dir), "--out", str(out), "--format", "bvh"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"--out {out}" in err, err
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="deform.ckpt"):
         export_run(tmp_path / "empty", tmp_path / "x")

@@ -61,6 +61,34 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def known_keys(schema: type, data: Any, prefix: str = "") -> tuple[Any, list[str]]:
+    """`data` (parsed YAML) with the keys the dataclass `schema` does not have removed, recursively, and the
+    dotted names of those removed: how a file written by an earlier version (a key since renamed or dropped) is
+    read. Values are left as they are (a wrong type still fails when merged)."""
+    if not (is_dataclass(schema) and isinstance(data, dict)):
+        return data, []
+    types = {f.name: f.type for f in fields(schema)}
+    hints = _field_types(schema)
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in data.items():
+        if key not in types:
+            dropped.append(f"{prefix}{key}")
+            continue
+        out[key], sub = known_keys(hints.get(key), value, f"{prefix}{key}.")
+        dropped += sub
+    return out, dropped
+
+
+def _field_types(schema: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(schema)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no recursion into them
+        return {}
+
+
 def preset_names() -> list[str]:
     """The preset names `--config` accepts (e.g. "cpu", "cape/gpu"): packaged ones, then a checkout's configs/."""
     names: list[str] = []

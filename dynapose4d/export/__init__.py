@@ -134,7 +134,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
     old = _read_record(out_dir)
     record: dict[str, Any] = {"run": str(run_dir.resolve()), "fps": fps, "outputs": dict(old.get("outputs", {})),
                               "skipped": list(old.get("skipped", []))}  # formats tried and not written (notes)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out_dir}: cannot make the folder ({e.strerror or e})") from None
     stamp = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
     for fmt in splat_fmts:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.io import write_text
-from dynapose4d.core.structured import merge_structured
+from dynapose4d.core.structured import known_keys, merge_structured
 from dynapose4d.data.scene import CUTOUTS
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.cape.config import CapeStageConfig
@@ -67,6 +67,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")
     return obj
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """A run's RUN/config.yaml as a RunConfig, also when an earlier version wrote it: keys this version does not
+    know are left out (a warning names them), missing ones take today's defaults; no config.yaml: the defaults.
+    For the commands that read a finished run (`showcase`, `eval`, `export`), not for resuming one."""
+    import warnings
+
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return RunConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: unreadable YAML ({str(e).splitlines()[0]})") from None
+    data, dropped = known_keys(RunConfig, data)
+    if dropped:
+        warnings.warn(f"{path}: left out keys this version does not know: {', '.join(dropped)}", stacklevel=2)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), data)
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors: one line naming the file
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
 def wandb_env_overrides(environ: Mapping[str, str]) -> list[str]:

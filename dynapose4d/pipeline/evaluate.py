@@ -46,7 +46,7 @@ from dynapose4d.evaluation import metrics as M
 from dynapose4d.evaluation.score import ScoreOptions, score_4d
 from dynapose4d.evaluation.table import metrics_table
 from dynapose4d.gaussians import GaussianModel, load_ply
-from dynapose4d.pipeline.config import RunConfig
+from dynapose4d.pipeline.config import load_run_config
 from dynapose4d.pipeline.run_folder import read_manifest, run_videos
 
 BACKGROUND = 1.0  # white, the Consistent4D convention; used for both protocols
@@ -149,17 +149,11 @@ def _reference_camera(model: RunModel) -> Camera:
 
 
 def run_max_image_size(run_dir: str | Path) -> int:
-    """The run's `max_image_size` (RUN/config.yaml); 0 (gt frames at their own size) when the run has no config."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    """The run's `max_image_size` (RUN/config.yaml, also one an earlier version wrote); 0 (gt frames at their own
+    size) when the run has no config."""
+    if not (Path(run_dir) / "config.yaml").is_file():
         return 0
-    try:
-        value = (yaml.safe_load(path.read_text()) or {}).get("max_image_size", RunConfig.max_image_size)
-        return int(value)
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
-        raise InputError(f"{path}: unreadable max_image_size ({e})") from None
+    return int(load_run_config(run_dir).max_image_size)
 
 
 def evaluate_run(run_dir: str | Path, gt_dir: str | Path, protocol: str = "gt") -> dict[str, Any]:

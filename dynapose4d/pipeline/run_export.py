@@ -13,7 +13,7 @@ from typing import Any
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.export import DEFAULT_FORMATS, export_files, export_run
-from dynapose4d.pipeline.config import load_config
+from dynapose4d.pipeline.config import load_run_config
 from dynapose4d.pipeline.run_folder import EXPORT_DIR, export_source, now_iso, read_manifest, write_manifest
 from dynapose4d.stages import logger as dlog
 
@@ -86,12 +86,10 @@ def export_cli(args: argparse.Namespace) -> int:
                         mesh_resolution=args.mesh_resolution)
     manifest = read_manifest(run_dir)
     if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
-        wandb_cfg = None
-        if (run_dir / "config.yaml").is_file():
-            try:
-                wandb_cfg = load_config(str(run_dir / "config.yaml"), []).wandb
-            except InputError:
-                wandb_cfg = None
+        try:
+            wandb_cfg = load_run_config(run_dir).wandb if (run_dir / "config.yaml").is_file() else None
+        except InputError:
+            wandb_cfg = None
         record_export(run_dir, manifest, record, wandb_cfg)
     files = export_files(record)
     for note in record.get("notes", []):

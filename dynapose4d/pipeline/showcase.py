@@ -20,7 +20,7 @@ from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import read_image, write_video
 from dynapose4d.data.scene import load_scene
 from dynapose4d.deform import load_dynamic, render_4d
-from dynapose4d.pipeline.config import RunConfig, load_config
+from dynapose4d.pipeline.config import load_run_config
 from dynapose4d.pipeline.run_folder import read_manifest
 
 CAPTIONS = ("input image", "driving video", "4D result, orbit")
@@ -81,8 +81,7 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
     rgba = read_image(picture)
     image = over_background(rgba, 1.0) if rgba.shape[-1] == 4 else rgba
     inputs = manifest.get("inputs") or {}  # the run's --video / --keypoints, when it was given them
-    cfg_file = run_dir / "config.yaml"
-    cfg = load_config(str(cfg_file), []) if cfg_file.is_file() else RunConfig()
+    cfg = load_run_config(run_dir)
     scene = load_scene(scene_path, video=inputs.get("video"),
                        keypoints=inputs.get("keypoints") if inputs.get("keypoints") not in (None, "auto") else None,
                        max_size=cfg.max_image_size, cutout=cfg.cutout)  # the frames the run saw
