@@ -76,6 +76,18 @@ def test_showcase_of_a_run_made_by_an_earlier_version(finished_run, tmp_path):
     assert (tmp_path / "s.gif").is_file()
 
 
+@pytest.mark.parametrize("args, match", [(["--out", "s.txt"], ".gif or an .mp4"), (["--size", "0"], "--size"),
+                                         (["--fps", "-3"], "--fps"), (["--loops", "-1"], "--loops")])
+def test_showcase_bad_arguments_are_one_line(finished_run, tmp_path, capsys, args, match):
+    _, run = finished_run
+    argv = ["showcase", str(run), "--out", str(tmp_path / "s.gif"), *args]
+    if args[0] == "--out":
+        argv = ["showcase", str(run), "--out", str(tmp_path / args[1])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and match in err and not list(tmp_path.iterdir()), err
+
+
 def test_showcase_refuses_an_unfinished_run(tmp_path, capsys):
     assert main(["showcase", str(tmp_path), "--out", str(tmp_path / "x.gif")]) == 2
     assert "not a run folder" in capsys.readouterr().err

@@ -69,6 +69,10 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
 
     The orbit lasts `loops` plays of the driving video (at least 24 frames)."""
     run_dir = Path(run_dir)
+    if Path(out).suffix.lower() not in (".gif", ".mp4"):
+        raise InputError(f"--out {out}: the showcase is a .gif or an .mp4")
+    if size < 16 or fps < 1 or loops < 0:
+        raise InputError(f"showcase: --size must be >= 16, --fps >= 1 and --loops >= 0, got {size}, {fps}, {loops}")
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise InputError(f"{run_dir}: not a run folder (no manifest.json)")
