@@ -14,7 +14,7 @@ from cutout_backgrounds import composite, make_background
 from dynapose4d.core.errors import ConfigError, InputError
 from dynapose4d.core.io import read_image, write_image
 from dynapose4d.data.background import remove_background
-from dynapose4d.data.cutout import RING, grabcut_alpha
+from dynapose4d.data.cutout import RING, grabcut_alpha, grabcut_rgba, matte_edges
 from dynapose4d.data.scene import load_scene
 from dynapose4d.data.synthetic import write_scene
 from dynapose4d.pipeline.config import load_config
@@ -59,6 +59,64 @@ def test_grabcut_finds_the_objects_on_textured_backgrounds(objects):
     assert np.mean(ious) >= 0.78 and np.mean(baselines) < 0.15, (np.mean(ious), np.mean(baselines))
 
 
+def _over_white(rgba: torch.Tensor) -> torch.Tensor:
+    return rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
+
+
+def test_matting_recovers_an_antialiased_edge_from_a_binary_mask():
+    """A disc of one colour over a smooth gradient, its alpha the exact pixel coverage (16 x 16 supersampled):
+    from the binary mask (coverage > 1/2) the matted alpha is the coverage along the edge (measured: mean error
+    0.005, over white 30.4 -> 59.6 dB); from that mask grown by a pixel, where the object's colour estimate takes
+    in edge pixels, much closer than the mask (23.5 -> 39.6 dB); where object and background colours are too
+    close it keeps the mask."""
+    H = W = 64
+    ss = 16
+    yy, xx = torch.meshgrid((torch.arange(H * ss) + 0.5) / ss, (torch.arange(W * ss) + 0.5) / ss, indexing="ij")
+    cover = ((((xx - 30.3) ** 2 + (yy - 33.7) ** 2) < 17.2 ** 2).float()
+             .reshape(H, ss, W, ss).mean(dim=(1, 3)))  # [H, W] exact coverage
+    gy, gx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
+    bg = torch.stack([0.2 + 0.5 * gx, 0.6 + 0.2 * gy, 0.9 - 0.3 * gx], -1)  # [H, W, 3] smooth background
+    fg = torch.tensor([0.9, 0.15, 0.1])
+    img = cover[..., None] * fg + (1 - cover[..., None]) * bg
+    truth = torch.cat([fg.expand(H, W, 3), cover[..., None]], -1)
+    edge = (cover > 0) & (cover < 1)
+    binary = (cover > 0.5).float()
+    grown = torch.nn.functional.max_pool2d(binary[None, None], 3, 1, 1)[0, 0]  # off by one pixel outwards
+    for mask, max_mean_err, min_gain in ((binary, 0.02, 20.0), (grown, 0.12, 10.0)):
+        out = matte_edges(img, mask)
+        err = (out[..., 3] - cover).abs()
+        assert float(err[edge].mean()) < max_mean_err, float(err[edge].mean())
+        if mask is binary:  # the edge pixels' straight colour is the object's
+            assert torch.allclose(out[..., :3][cover > 0], fg.expand(H, W, 3)[cover > 0], atol=0.02)
+        gain = _psnr(_over_white(out), _over_white(truth)) - _psnr(_over_white(torch.cat([img, mask[..., None]], -1)),
+                                                                   _over_white(truth))
+        assert gain > min_gain, gain
+    same = cover[..., None] * (bg + 0.03) + (1 - cover[..., None]) * bg  # object colour within 0.1 of the background
+    assert torch.equal(matte_edges(same, binary)[..., 3], binary)
+
+
+def test_matted_cut_outs_are_closer_to_the_truth(objects):
+    """The six templates on stripes and grain: over white, the matted cut-out is closer to the object's true
+    composite than GrabCut's binary one for every picture, by >= 1 dB on average (measured +1.66 dB at this 128
+    px; +3.5 to +5.7 dB at 256 px over 4 seeds), and its mask (alpha > 1/2) as close to the true one."""
+    gains = []
+    for t in TEMPLATES:
+        truth = _over_white(objects[t])
+        for name in ("stripes", "grain"):
+            rgb = composite(objects[t], make_background(name, 128, 128, seed=0))
+            hard = torch.cat([rgb, grabcut_alpha(rgb)[..., None]], -1)
+            soft = grabcut_rgba(rgb)
+            gains.append(_psnr(_over_white(soft), truth) - _psnr(_over_white(hard), truth))
+            assert gains[-1] > 0, (t, name, gains[-1])
+            ious = [_iou(x[..., 3], objects[t][..., 3]) for x in (soft, hard)]
+            assert ious[0] >= ious[1] - 0.02, (t, name, ious)  # the mask itself is not worse
+    assert np.mean(gains) >= 1.0, np.mean(gains)
+
+
 def test_an_object_cut_by_the_frame_edge_keeps_its_colours(objects):
     """The hand moved down so that its wrist runs off the bottom edge (its colours are then on the border): IoU
     with the true alpha >= 0.75 on grain (measured 0.92; 0.37 when every border colour counts as background)."""
@@ -94,7 +152,10 @@ def test_auto_cuts_a_real_background_out_of_the_picture_and_every_frame(objects,
     s = load_scene(photo, video=tmp_path / "frames")  # cutout="auto", the default
     assert s.grabcut_cuts == 3 and s.cutout is not None and s.cutout.shape == (128, 128, 4)
     assert _iou(s.cutout[..., 3], objects["humanoid"][..., 3]) >= 0.8
-    assert torch.equal(s.cutout[..., :3], read_image(photo)[..., :3])  # the picture's own colours, straight
+    m = (s.cutout[..., 3] > 0.5).float()[None, None]
+    pool = torch.nn.functional.max_pool2d
+    far = (-pool(-m, 5, 1, 2) > 0.5) | (pool(m, 5, 1, 2) < 0.5)  # over 2 px from the edge: the picture's colours
+    assert torch.equal(s.cutout[..., :3][far[0, 0]], read_image(photo)[..., :3][far[0, 0]]) and far.float().mean() > 0.8
     # the same objects given with their true alpha: the scene the stages see is nearly the same
     write_image(tmp_path / "true.png", objects["humanoid"])
     for t, key in enumerate(("humanoid", "humanoid/1")):

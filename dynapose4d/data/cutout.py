@@ -7,7 +7,8 @@ them, starting from what is known to be background.
 The method and its limits:
   the frame is cut at a working size (longer side `WORK_SIZE`), the mask brought back to the frame's size
   (bilinear, threshold 1/2) and cleaned like the plain-background mask (`background.clean_mask`: specks dropped,
-  small holes filled); alpha is 0 or 1.
+  small holes filled); then its edge is matted (`matte_edges`: alpha from unmixing the local object and
+  background colours in a band of a pixel either side), so the alpha is 0 or 1 except along the outline.
   The cut starts from the border: a ring of ~`RING` of the shorter side is background for certain; inside it a
   pixel starts as "probably object" when its colour is far (`FAR`) from all of the ring's colours, else as
   "probably background"; colours on less than `MIN_SHARE` of the ring are not counted as background, so an object
@@ -36,6 +37,9 @@ FAR = 40.0  # a picture's pixel farther than this (RGB distance, 0-255) from eve
 MIN_SHARE = 0.05  # border colours on less of the ring than this are not taken as background (an object touching
 # the edge puts its own colours there)
 ITERATIONS = 5  # GrabCut iterations (colour-model / graph-cut rounds)
+EDGE_BAND = 1  # pixels on either side of the cut's edge whose alpha is re-estimated by local unmixing
+EDGE_WINDOW = 3  # half-side (pixels) of the window over which the local object and background colours are averaged
+EDGE_CONTRAST = 0.1  # RGB distance (0-1) under which the local object and background colours are too close to unmix
 
 
 def grabcut_alpha(rgb: torch.Tensor) -> torch.Tensor:
@@ -61,6 +65,60 @@ def grabcut_alpha(rgb: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(torch.from_numpy(obj)[None, None], size=(H, W), mode="bilinear", align_corners=False)
         obj = up[0, 0].numpy()
     return torch.from_numpy(clean_mask(obj > 0.5).astype(np.float32))  # [H, W]
+
+
+def grabcut_rgba(rgb: torch.Tensor) -> torch.Tensor:
+    """RGBA [H, W, 4] of the object in an RGB image [H, W, 3] on a real background: GrabCut's cut
+    (`grabcut_alpha`) with its edge matted (`matte_edges`)."""
+    return matte_edges(rgb, grabcut_alpha(rgb))
+
+
+def matte_edges(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Soft alpha along a binary mask's edge by local colour unmixing -> RGBA [H, W, 4] (rgb [H, W, 3] in [0, 1],
+    mask [H, W] 0/1).
+
+    In the band of `EDGE_BAND` pixels on either side of the edge, a pixel's colour I is taken as a mix
+    a F + (1 - a) B of the mean colour F of the mask's pixels beyond the band and the mean colour B of the
+    outside pixels beyond it, both within the (2 `EDGE_WINDOW` + 1)^2 window around the pixel:
+    a = (I - B).(F - B) / |F - B|^2 clamped to [0, 1], and the pixel's colour becomes F (straight alpha).
+    Band pixels without both estimates, or where |F - B| < `EDGE_CONTRAST`, keep the mask's 0 or 1. So the cut's
+    hard edge turns into the object's antialiased one; an edge a pixel too far out is mostly moved back (the
+    object's colour estimate then takes in edge pixels, so alpha there comes out a little high)."""
+    img = rgb.detach().float().cpu()[..., :3]
+    m = mask.detach().float().cpu()
+    out = torch.cat([img, m[..., None]], -1)  # [H, W, 4]
+    rows, cols = torch.nonzero(m.amax(1) > 0).flatten(), torch.nonzero(m.amax(0) > 0).flatten()
+    if len(rows) == 0 or bool((m > 0).all()):
+        return out
+    H, W = m.shape
+    reach = EDGE_BAND + EDGE_WINDOW + 1  # what the band's estimates read beyond the mask's box
+    y0, y1 = max(0, int(rows[0]) - reach), min(H, int(rows[-1]) + 1 + reach)
+    x0, x1 = max(0, int(cols[0]) - reach), min(W, int(cols[-1]) + 1 + reach)
+    out[y0:y1, x0:x1] = _matte_box(img[y0:y1, x0:x1], m[y0:y1, x0:x1])
+    return out
+
+
+def _matte_box(img: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """`matte_edges` on a crop [h, w, 3], [h, w] that holds the mask with a margin (or the frame's edge)."""
+    b, r = EDGE_BAND, EDGE_WINDOW
+    grown = F.max_pool2d(m[None, None], 2 * b + 1, 1, b)[0, 0] > 0.5  # [h, w] within the band of the mask
+    core = (-F.max_pool2d(-m[None, None], 2 * b + 1, 1, b))[0, 0] > 0.5  # [h, w] the mask beyond the band
+    band, outside = grown & ~core, ~grown
+
+    def local_mean(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # mean colour [h, w, 3], count [h, w]
+        both = torch.cat([img * sel[..., None], sel[..., None]], -1).permute(2, 0, 1)[None]  # [1, 4, h, w]
+        s = F.avg_pool2d(both, 2 * r + 1, 1, r, count_include_pad=False)[0].permute(1, 2, 0)  # [h, w, 4]
+        return s[..., :3] / s[..., 3:].clamp_min(1e-8), s[..., 3]
+
+    fg, n_fg = local_mean(core.float())
+    bg, n_bg = local_mean(outside.float())
+    d = fg - bg  # [h, w, 3]
+    ok = band & (n_fg > 0) & (n_bg > 0) & (d.norm(dim=-1) > EDGE_CONTRAST)
+    a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp_min(1e-8)
+    alpha, colour = m.clone(), img.clone()
+    alpha[ok] = a[ok].clamp(0.0, 1.0)
+    colour[ok] = fg[ok]
+    return torch.cat([colour, alpha[..., None]], -1)
 
 
 def _initial_labels(img: np.ndarray, cv2) -> np.ndarray:

@@ -80,7 +80,7 @@ from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
-from dynapose4d.data.cutout import grabcut_alpha
+from dynapose4d.data.cutout import grabcut_rgba
 from dynapose4d.data.recentring import (
     FILL,
     Recentring,
@@ -285,7 +285,7 @@ class _Cutter:
             raise InputError(f"{path}: {kind} and the background is not a uniform colour: provide an RGBA image "
                              "(or set cutout=auto to cut it out with GrabCut)")
         if out is None:
-            out = torch.cat([img[..., :3].float(), grabcut_alpha(img[..., :3])[..., None]], -1)
+            out = grabcut_rgba(img[..., :3])
             how, self.grabcut = "by GrabCut", self.grabcut + 1
         frac = (out[..., 3] > 0.5).float().mean().item()
         if frac == 0.0:
