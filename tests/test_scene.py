@@ -369,6 +369,8 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
     "keypoint not finite": (lambda r: _kp(r, keypoints=[[28.5, float("nan")], [7.0, 10.0]]), "keypoints.json",
                             "not finite"),
     "keypoint malformed": (lambda r: _kp(r, keypoints=[[28.5], [7.0, 10.0]]), "keypoints.json", "[x, y]"),
+    "too many keypoints": (lambda r: _kp(r, keypoints=[[28.5, 20.5]] * 101, skeleton=[]), "keypoints.json",
+                           "at most 100"),  # the pose model's limit, found before any stage runs
     "keypoint invisible": (lambda r: _kp(r, keypoints=[[28.5, 20.5, 2], [7.0, 10.0, 0]]), "keypoints.json",
                            "visible"),
     "skeleton out of range": (lambda r: _kp(r, skeleton=[[0, 2]]), "keypoints.json", "out of range"),

@@ -75,6 +75,7 @@ from pathlib import Path
 
 import torch
 
+from dynapose4d.cape import MAX_SUPPORT_KEYPOINTS
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
@@ -339,6 +340,9 @@ def _read_keypoints(path: Path, W: int, H: int, image_name: str = "image.png"
             raise InputError(f"{path}: keypoint {i} at ({x:g}, {y:g}) is outside {image_name} ({W}x{H} pixels)")
         pts.append((x, y))
     N = len(pts)
+    if N > MAX_SUPPORT_KEYPOINTS:
+        raise InputError(f"{path}: {N} keypoints; at most {MAX_SUPPORT_KEYPOINTS} are supported (the pose model's "
+                         "limit)")
     if "skeleton" not in data:
         raise InputError(f"{path}: missing 'skeleton' (a list of [i, j] keypoint index pairs; [] for none)")
     sk = data["skeleton"]
