@@ -356,6 +356,8 @@ def _views(root: Path, cameras: bool = True) -> None:
 BAD = {  # name: (how to break a good scene, file named in the message, words in the message)
     "missing image": (lambda r: (r / "image.png").unlink(), "image.png", "not found"),
     "unreadable image": (lambda r: (r / "image.png").write_bytes(b"not a png"), "image.png", "unreadable"),
+    "image too small": (lambda r: iio.imwrite(r / "image.png", np.full((1, 1, 3), 200, np.uint8)), "image.png",
+                        "at least 8x8"),  # said before the cut-out finds nothing in it
     "rgb, non-uniform background": (_rgb_noise_background, "image.png", "provide an RGBA image"),
     "empty alpha": (lambda r: iio.imwrite(r / "image.png", np.zeros((H, W, 4), np.uint8)), "image.png", "empty"),
     "no keypoints.json, round object": (lambda r: (r / "keypoints.json").unlink(), "image.png",

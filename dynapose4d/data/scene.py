@@ -168,11 +168,12 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         if not image_path.is_file():
             raise InputError(f"{image_path}: file not found (a scene needs image.png)")
     cutter = _Cutter(cutout)
-    image = _read_rgba(image_path, cutter)  # [H, W, 4]
-    cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
+    image = read_image(image_path)
     H, W = image.shape[:2]
-    if H < MIN_SIZE or W < MIN_SIZE:
+    if H < MIN_SIZE or W < MIN_SIZE:  # before the cut-out, which would only say that it found no object
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
+    image = cutter.rgba(image, image_path)  # [H, W, 4]
+    cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
     has_camera = not picture and (root / "camera.json").exists()
     kp_path = Path(keypoints) if keypoints is not None else (None if picture else root / "keypoints.json")
     auto = None
