@@ -390,6 +390,8 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
     "unreadable mp4": (lambda r: (r / "video.mp4").write_bytes(b"garbage"), "video.mp4", "unreadable"),
     "malformed camera.json": (lambda r: (r / "camera.json").write_text("{"), "camera.json", "JSON"),
     "bad camera value": (lambda r: (r / "camera.json").write_text('{"radius": -1}'), "camera.json", "radius"),
+    "camera value not finite": (lambda r: (r / "camera.json").write_text('{"elevation": NaN}'), "camera.json",
+                                "finite"),
     "views without cameras.json": (lambda r: _views(r, cameras=False), "views/cameras.json", "not found"),
     "view image missing": (_views, "views/a.png", "not found"),
     "views without camera.json": (lambda r: (_views(r), (r / "camera.json").unlink()), "views", "camera.json"),

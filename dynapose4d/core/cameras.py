@@ -145,7 +145,7 @@ def _camera_from_dict(d: dict, path: Path, default_name: str) -> Camera:
     if unknown:
         raise InputError(f"{path}: unknown camera key(s) {sorted(unknown)}")
     try:
-        return Camera(
+        cam = Camera(
             name=str(d.get("name", default_name)),
             elevation=float(d.get("elevation", 0.0)),
             azimuth=float(d.get("azimuth", 0.0)),
@@ -154,6 +154,10 @@ def _camera_from_dict(d: dict, path: Path, default_name: str) -> Camera:
         )
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: camera values must be numbers ({e})") from None
+    values = (cam.elevation, cam.azimuth, cam.radius, cam.fov_y)
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"{path}: camera values must be finite, got elevation, azimuth, radius, fov_y = {values}")
+    return cam
 
 
 def read_json(path: str | Path):
