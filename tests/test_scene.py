@@ -134,6 +134,25 @@ def test_broken_gt_is_an_input_error_at_load(tmp_path):
         load_scene(root)
     (gt / "keypoints3d.json").write_text(json.dumps({"frames": [[[0, 0, 0]] * 2] * 2}))
     assert load_scene(root).gt_dir == gt
+    # what the stages read from gt/ later is checked here too, so that no stage fails on it with a run half done
+    (gt / "keypoints3d.json").write_text('{"frames": [[[0, 0, NaN], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]]}')
+    with pytest.raises(InputError, match=r"keypoints3d.json: positions must be finite"):
+        load_scene(root)
+    (gt / "keypoints3d.json").write_text(json.dumps({"frames": [[[0, 0, 0]] * 2] * 2}))
+    kp2d = gt / "keypoints2d.json"
+    for text, words in (("[1]", "expected a JSON object"), ('{"az090": {"visible": "yes"}}', "'az090': 'visible'"),
+                        ('{"az090": {"visible": [[true, true]]}}', r"shape \[1, 2\], but there are 2 frames")):
+        kp2d.write_text(text)
+        with pytest.raises(InputError, match=r"keypoints2d.json: .*" + words):
+            load_scene(root)
+    kp2d.write_text(json.dumps({"az090": {"visible": [[True, False]] * 2}}))
+    assert load_scene(root).gt_dir == gt
+    iio.imwrite(gt / "az090" / "001.png", _u8(_object(h=H + 2)))
+    with pytest.raises(InputError, match=r"gt/az090/001.png: gt frame is 64x50 but 000.png is 64x48"):
+        load_scene(root)
+    (gt / "az090" / "001.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"gt/az090/001.png: unreadable gt frame"):
+        load_scene(root)
 
 
 def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):

@@ -93,7 +93,7 @@ from dynapose4d.data.recentring import (
     shrink_frame,
     stored_recentring,
 )
-from dynapose4d.evaluation.gt import gt_frame_files, gt_frame_size, load_gt
+from dynapose4d.evaluation.gt import check_gt_frames, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
@@ -510,7 +510,7 @@ def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) ->
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder with cameras.json and one folder of frames per camera")
     gt = load_gt(folder)
-    counts = {cam.name: len(gt_frame_files(folder / cam.name)) for cam in gt.cameras}
+    counts = {cam.name: len(check_gt_frames(folder / cam.name)) for cam in gt.cameras}
     if len(set(counts.values())) > 1:
         raise InputError(f"{folder}: gt cameras have different frame counts {counts}")
     kp = gt.keypoints3d
@@ -520,4 +520,8 @@ def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) ->
     if kp.shape[0] != T or (check_keypoints and kp.shape[1] != num_keypoints):
         raise InputError(f"{folder / 'keypoints3d.json'}: {kp.shape[0]} frames of {kp.shape[1]} keypoints, but the "
                          f"gt cameras have {T} frames and keypoints.json has {num_keypoints} keypoints")
+    for name, vis in gt.visible.items():
+        if check_keypoints and name in counts and tuple(vis.shape) != (T, num_keypoints):
+            raise InputError(f"{folder / 'keypoints2d.json'}: camera {name!r} has 'visible' flags of shape "
+                             f"{list(vis.shape)}, but there are {T} frames of {num_keypoints} keypoints")
     return check_keypoints
