@@ -171,6 +171,17 @@ def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):
     assert ids == list(range(12))
 
 
+def test_frame_names_ending_in_their_number_after_other_digits(tmp_path):
+    root = write_scene(tmp_path / "s")
+    (root / "video").mkdir()
+    for i in (0, 1, 2, 10):  # a clip's frames as an editor exports them: the clip's number, then the frame's
+        f = _object()
+        f[0, 0] = (i / 20.0, 0, 0, 1.0)  # frame id in a corner pixel
+        iio.imwrite(root / "video" / f"clip2_{i:03d}.png", _u8(f))
+    s = load_scene(root)
+    assert [round(float(s.video[t, 0, 0, 0]) * 20) for t in range(4)] == [0, 1, 2, 10]
+
+
 def test_mp4_video_gets_background_removed(tmp_path):
     from dynapose4d.core.images import over_background
     from dynapose4d.core.io import write_video

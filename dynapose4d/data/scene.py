@@ -379,7 +379,7 @@ def _frame_files(folder: Path) -> list[Path]:
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
     numbered: dict[int, Path] = {}
     for p in files:
-        m = re.fullmatch(r"\D*?(\d+)", p.stem)
+        m = re.fullmatch(r".*?(\d+)", p.stem)  # the number that ends the name (clip2_007: 7)
         if m is None:
             raise InputError(f"{p}: video frame names must be numbered (000.png, 001.png, ...)")
         k = int(m.group(1))
