@@ -182,6 +182,15 @@ def test_frame_names_ending_in_their_number_after_other_digits(tmp_path):
     assert [round(float(s.video[t, 0, 0, 0]) * 20) for t in range(4)] == [0, 1, 2, 10]
 
 
+def test_json_files_with_a_byte_order_mark_load(tmp_path):
+    """Some Windows editors start a UTF-8 file with a byte-order mark: keypoints.json and camera.json still load."""
+    root = write_scene(tmp_path / "s")
+    for name in ("keypoints.json", "camera.json"):
+        (root / name).write_text("\ufeff" + (root / name).read_text(), encoding="utf-8")
+    s = load_scene(root)
+    assert s.num_keypoints == 3 and s.camera.radius == 2.0
+
+
 def test_mp4_video_gets_background_removed(tmp_path):
     from dynapose4d.core.images import over_background
     from dynapose4d.core.io import write_video

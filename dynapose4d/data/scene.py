@@ -306,7 +306,7 @@ def _read_json(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is skipped
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable file ({type(e).__name__})") from None
     except json.JSONDecodeError as e:
