@@ -182,6 +182,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     else:
         auto = _auto_keypoints(image, image_path, has_camera)
         kps, skeleton, names = torch.tensor(auto.keypoints, dtype=torch.float32), list(auto.skeleton), list(auto.names)
+    if not has_camera and not bool((image[..., 3] > 0.5).any()):  # the recentring centres the mask's box
+        raise InputError(f"{image_path}: no pixel of the alpha channel is over 50% opaque: no object to centre")
     # video frames are stored shrunk by k when the pipeline's frames need far fewer pixels (`video_shrink`)
     k, edges = _video_shrink(image, kps, has_camera, max_size), "extend" if has_camera else "transparent"
     if video is not None:
