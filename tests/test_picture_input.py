@@ -140,6 +140,8 @@ BAD = {  # name: (arguments of load_scene relative to the test folder, file name
                          "outside picture.png"),
     "empty picture": (lambda d: dict(path=d / "empty.png"), "empty.png", "empty"),
     "round object": (lambda d: dict(path=d / "disc.png"), "disc.png", "automatic keypoints"),
+    "faint picture": (lambda d: dict(path=d / "faint.png", keypoints=d / "faint_kp.json"), "faint.png",
+                      "over 50% opaque"),
 }
 
 
@@ -149,6 +151,8 @@ def _bad_files(d: Path) -> None:
     (d / "bad.mp4").write_bytes(b"garbage")
     (d / "out.json").write_text(json.dumps({"keypoints": [[500, 5]], "skeleton": []}))
     write_image(d / "empty.png", np.zeros((H, W, 4)))
+    write_image(d / "faint.png", _figure() * [1, 1, 1, 0.4])  # alpha never over 0.5: an empty mask
+    (d / "faint_kp.json").write_text(json.dumps({"keypoints": [[40, 20], [40, 40]], "skeleton": [[0, 1]]}))
     yy, xx = np.mgrid[0:H, 0:W] + 0.5
     disc = np.zeros((H, W, 4))
     disc[(yy - 36) ** 2 + (xx - 48) ** 2 < 20 ** 2] = (0.2, 0.4, 0.9, 1.0)
@@ -166,7 +170,7 @@ def test_bad_picture_input_is_one_line_error_naming_the_file(picture, case):
     assert "\n" not in msg and str(d / file) in msg and words in msg, msg
 
 
-@pytest.mark.parametrize("case", ["video missing", "keypoint outside", "round object"])
+@pytest.mark.parametrize("case", ["video missing", "keypoint outside", "round object", "faint picture"])
 def test_cli_bad_picture_input_exits_2_and_leaves_no_run_folder(picture, capsys, case):
     from dynapose4d.cli import main
 

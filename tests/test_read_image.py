@@ -98,3 +98,20 @@ def test_unreadable_images_are_one_line_errors_naming_the_file(tmp_path: Path) -
             read_image(tmp_path / name)
         msg = str(e.value)
         assert name in msg and words in msg and "\n" not in msg, msg
+
+
+def test_a_picture_over_pillows_limits_is_read_quietly_or_refused_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    """Over Pillow's first limit (89 megapixels: a 108-megapixel phone photo) a picture is read without a warning;
+    over its second, refused with a one-line error that says why (not "unreadable")."""
+    import warnings
+
+    Image.fromarray(_rgba()).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W - 1)  # the picture is over the first limit only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "big.png").shape == (H, W, 4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 3)
+    with pytest.raises(InputError) as e:
+        read_image(tmp_path / "big.png")
+    msg = str(e.value)
+    assert "big.png" in msg and "too large" in msg and "\n" not in msg, msg

@@ -182,6 +182,13 @@ def test_bad_scene_leaves_nothing(tmp_path):
     assert not run.exists()
 
 
+def test_out_inside_a_file_is_a_one_line_error_before_anything_runs(scene, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match=r"notes.txt is a file, not a folder"):
+        _run(scene, tmp_path / "notes.txt" / "run")
+    assert (tmp_path / "notes.txt").read_text() == "keep" and _fakes.CALLS == []
+
+
 def test_cli_one_line_errors(tmp_path, capsys):
     from dynapose4d.cli import main
 

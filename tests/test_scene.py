@@ -134,6 +134,25 @@ def test_broken_gt_is_an_input_error_at_load(tmp_path):
         load_scene(root)
     (gt / "keypoints3d.json").write_text(json.dumps({"frames": [[[0, 0, 0]] * 2] * 2}))
     assert load_scene(root).gt_dir == gt
+    # what the stages read from gt/ later is checked here too, so that no stage fails on it with a run half done
+    (gt / "keypoints3d.json").write_text('{"frames": [[[0, 0, NaN], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]]}')
+    with pytest.raises(InputError, match=r"keypoints3d.json: positions must be finite"):
+        load_scene(root)
+    (gt / "keypoints3d.json").write_text(json.dumps({"frames": [[[0, 0, 0]] * 2] * 2}))
+    kp2d = gt / "keypoints2d.json"
+    for text, words in (("[1]", "expected a JSON object"), ('{"az090": {"visible": "yes"}}', "'az090': 'visible'"),
+                        ('{"az090": {"visible": [[true, true]]}}', r"shape \[1, 2\], but there are 2 frames")):
+        kp2d.write_text(text)
+        with pytest.raises(InputError, match=r"keypoints2d.json: .*" + words):
+            load_scene(root)
+    kp2d.write_text(json.dumps({"az090": {"visible": [[True, False]] * 2}}))
+    assert load_scene(root).gt_dir == gt
+    iio.imwrite(gt / "az090" / "001.png", _u8(_object(h=H + 2)))
+    with pytest.raises(InputError, match=r"gt/az090/001.png: gt frame is 64x50 but 000.png is 64x48"):
+        load_scene(root)
+    (gt / "az090" / "001.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"gt/az090/001.png: unreadable gt frame"):
+        load_scene(root)
 
 
 def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):
@@ -150,6 +169,26 @@ def test_video_frames_sorted_numerically_and_preferred_over_mp4(tmp_path):
     assert s.video.shape == (12, H, W, 4)
     ids = [round(float(s.video[t, 0, 0, 0]) * 20) for t in range(12)]
     assert ids == list(range(12))
+
+
+def test_frame_names_ending_in_their_number_after_other_digits(tmp_path):
+    root = write_scene(tmp_path / "s")
+    (root / "video").mkdir()
+    for i in (0, 1, 2, 10):  # a clip's frames as an editor exports them: the clip's number, then the frame's
+        f = _object()
+        f[0, 0] = (i / 20.0, 0, 0, 1.0)  # frame id in a corner pixel
+        iio.imwrite(root / "video" / f"clip2_{i:03d}.png", _u8(f))
+    s = load_scene(root)
+    assert [round(float(s.video[t, 0, 0, 0]) * 20) for t in range(4)] == [0, 1, 2, 10]
+
+
+def test_json_files_with_a_byte_order_mark_load(tmp_path):
+    """Some Windows editors start a UTF-8 file with a byte-order mark: keypoints.json and camera.json still load."""
+    root = write_scene(tmp_path / "s")
+    for name in ("keypoints.json", "camera.json"):
+        (root / name).write_text("\ufeff" + (root / name).read_text(), encoding="utf-8")
+    s = load_scene(root)
+    assert s.num_keypoints == 3 and s.camera.radius == 2.0
 
 
 def test_mp4_video_gets_background_removed(tmp_path):
@@ -356,6 +395,8 @@ def _views(root: Path, cameras: bool = True) -> None:
 BAD = {  # name: (how to break a good scene, file named in the message, words in the message)
     "missing image": (lambda r: (r / "image.png").unlink(), "image.png", "not found"),
     "unreadable image": (lambda r: (r / "image.png").write_bytes(b"not a png"), "image.png", "unreadable"),
+    "image too small": (lambda r: iio.imwrite(r / "image.png", np.full((1, 1, 3), 200, np.uint8)), "image.png",
+                        "at least 8x8"),  # said before the cut-out finds nothing in it
     "rgb, non-uniform background": (_rgb_noise_background, "image.png", "provide an RGBA image"),
     "empty alpha": (lambda r: iio.imwrite(r / "image.png", np.zeros((H, W, 4), np.uint8)), "image.png", "empty"),
     "no keypoints.json, round object": (lambda r: (r / "keypoints.json").unlink(), "image.png",
@@ -369,6 +410,8 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
     "keypoint not finite": (lambda r: _kp(r, keypoints=[[28.5, float("nan")], [7.0, 10.0]]), "keypoints.json",
                             "not finite"),
     "keypoint malformed": (lambda r: _kp(r, keypoints=[[28.5], [7.0, 10.0]]), "keypoints.json", "[x, y]"),
+    "too many keypoints": (lambda r: _kp(r, keypoints=[[28.5, 20.5]] * 101, skeleton=[]), "keypoints.json",
+                           "at most 100"),  # the pose model's limit, found before any stage runs
     "keypoint invisible": (lambda r: _kp(r, keypoints=[[28.5, 20.5, 2], [7.0, 10.0, 0]]), "keypoints.json",
                            "visible"),
     "skeleton out of range": (lambda r: _kp(r, skeleton=[[0, 2]]), "keypoints.json", "out of range"),
@@ -386,6 +429,8 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
     "unreadable mp4": (lambda r: (r / "video.mp4").write_bytes(b"garbage"), "video.mp4", "unreadable"),
     "malformed camera.json": (lambda r: (r / "camera.json").write_text("{"), "camera.json", "JSON"),
     "bad camera value": (lambda r: (r / "camera.json").write_text('{"radius": -1}'), "camera.json", "radius"),
+    "camera value not finite": (lambda r: (r / "camera.json").write_text('{"elevation": NaN}'), "camera.json",
+                                "finite"),
     "views without cameras.json": (lambda r: _views(r, cameras=False), "views/cameras.json", "not found"),
     "view image missing": (_views, "views/a.png", "not found"),
     "views without camera.json": (lambda r: (_views(r), (r / "camera.json").unlink()), "views", "camera.json"),

@@ -29,6 +29,7 @@ from dynapose4d.core.io import save_checkpoint
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "cape_small.ckpt"
 CHECKPOINT_FORMAT = "dynapose4d-cape"
+MAX_SUPPORT_KEYPOINTS = 100  # the most support keypoints `predict` takes (a scene's keypoints file is held to it)
 POSEANYTHING_ARCH = "poseanything"  # "arch" of a pointer checkpoint (our format) naming an official file
 KeypointModel = CAPEModel | PoseAnything
 _cache: dict[tuple[str, float], KeypointModel] = {}
@@ -174,8 +175,9 @@ def prepare_support(support_image: torch.Tensor, support_keypoints: torch.Tensor
     if support_image.ndim != 3 or support_image.shape[0] != 3:
         raise InputError(f"cape.predict: support_image must be [3, H, W], got {tuple(support_image.shape)}")
     kps = torch.as_tensor(support_keypoints, dtype=torch.float32)
-    if kps.ndim != 2 or kps.shape[-1] != 2 or not 1 <= kps.shape[0] <= 100:
-        raise InputError(f"cape.predict: support_keypoints must be [N, 2] with 1 <= N <= 100, got {tuple(kps.shape)}")
+    if kps.ndim != 2 or kps.shape[-1] != 2 or not 1 <= kps.shape[0] <= MAX_SUPPORT_KEYPOINTS:
+        raise InputError(f"cape.predict: support_keypoints must be [N, 2] with 1 <= N <= {MAX_SUPPORT_KEYPOINTS}, "
+                         f"got {tuple(kps.shape)}")
     model = _model_for(checkpoint)
     if isinstance(model, PoseAnything):
         try:

@@ -16,7 +16,7 @@ import torch
 from dynapose4d.cape import letterbox, predict_prepared, prepare_support
 from dynapose4d.cape.model import CAPEModel
 from dynapose4d.cape.render_sets import RenderSet
-from dynapose4d.core.cameras import load_cameras, project
+from dynapose4d.core.cameras import load_cameras, project, read_json
 from dynapose4d.core.images import over_background
 from dynapose4d.core.io import read_image
 from dynapose4d.evaluation.gt import scale_gt_frames
@@ -99,13 +99,11 @@ def scene_gt_queries(scene: Any) -> list[tuple[str, torch.Tensor, torch.Tensor, 
     projected with gt/cameras.json), visible [T, N] (gt/keypoints2d.json's flags when present, else inside the
     image), inside [T, N]). Frames longer than the scene's `gt_max_size` are scaled down to it (the support image's
     scale, so the trivial baseline's copied keypoints are in the same pixels)."""
-    import json
-
     gt = scene.gt_dir
     cams = load_cameras(gt / "cameras.json")
-    kp3 = torch.tensor(json.loads((gt / "keypoints3d.json").read_text())["frames"], dtype=torch.float64)  # [T, N, 3]
+    kp3 = torch.tensor(read_json(gt / "keypoints3d.json")["frames"], dtype=torch.float64)  # [T, N, 3]
     kp2d_path = gt / "keypoints2d.json"
-    kp2d = json.loads(kp2d_path.read_text()) if kp2d_path.is_file() else {}
+    kp2d = read_json(kp2d_path) if kp2d_path.is_file() else {}
     out = []
     for cam in cams:
         files = sorted((gt / cam.name).glob("*.png"))[: kp3.shape[0]]

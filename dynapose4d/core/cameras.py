@@ -164,7 +164,7 @@ def _camera_from_dict(d: dict, path: Path, default_name: str) -> Camera:
 def read_json(path: str | Path):
     """Parsed JSON of `path`; a missing or unreadable file is a one-line InputError naming it."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))  # a byte-order mark is skipped
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,17 @@ def read_image(path: str | Path) -> torch.Tensor:
     its 16 bits."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            arr = _pixels(ImageOps.exif_transpose(im))
+        with warnings.catch_warnings():  # a photo over Pillow's first limit (89 megapixels) is still read
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                arr = _pixels(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, too large to read: "
+                         "scale it down") from None
     except Exception as e:  # Pillow raises many types for corrupt or unknown files
         raise InputError(f"{path}: unreadable image ({type(e).__name__})") from None
     if arr.ndim == 2:

@@ -75,6 +75,7 @@ from pathlib import Path
 
 import torch
 
+from dynapose4d.cape import MAX_SUPPORT_KEYPOINTS
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
@@ -92,7 +93,7 @@ from dynapose4d.data.recentring import (
     shrink_frame,
     stored_recentring,
 )
-from dynapose4d.evaluation.gt import gt_frame_files, gt_frame_size, load_gt
+from dynapose4d.evaluation.gt import check_gt_frames, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
@@ -167,11 +168,12 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         if not image_path.is_file():
             raise InputError(f"{image_path}: file not found (a scene needs image.png)")
     cutter = _Cutter(cutout)
-    image = _read_rgba(image_path, cutter)  # [H, W, 4]
-    cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
+    image = read_image(image_path)
     H, W = image.shape[:2]
-    if H < MIN_SIZE or W < MIN_SIZE:
+    if H < MIN_SIZE or W < MIN_SIZE:  # before the cut-out, which would only say that it found no object
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
+    image = cutter.rgba(image, image_path)  # [H, W, 4]
+    cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
     has_camera = not picture and (root / "camera.json").exists()
     kp_path = Path(keypoints) if keypoints is not None else (None if picture else root / "keypoints.json")
     auto = None
@@ -180,6 +182,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     else:
         auto = _auto_keypoints(image, image_path, has_camera)
         kps, skeleton, names = torch.tensor(auto.keypoints, dtype=torch.float32), list(auto.skeleton), list(auto.names)
+    if not has_camera and not bool((image[..., 3] > 0.5).any()):  # the recentring centres the mask's box
+        raise InputError(f"{image_path}: no pixel of the alpha channel is over 50% opaque: no object to centre")
     # video frames are stored shrunk by k when the pipeline's frames need far fewer pixels (`video_shrink`)
     k, edges = _video_shrink(image, kps, has_camera, max_size), "extend" if has_camera else "transparent"
     if video is not None:
@@ -304,7 +308,7 @@ def _read_json(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is skipped
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable file ({type(e).__name__})") from None
     except json.JSONDecodeError as e:
@@ -339,6 +343,9 @@ def _read_keypoints(path: Path, W: int, H: int, image_name: str = "image.png"
             raise InputError(f"{path}: keypoint {i} at ({x:g}, {y:g}) is outside {image_name} ({W}x{H} pixels)")
         pts.append((x, y))
     N = len(pts)
+    if N > MAX_SUPPORT_KEYPOINTS:
+        raise InputError(f"{path}: {N} keypoints; at most {MAX_SUPPORT_KEYPOINTS} are supported (the pose model's "
+                         "limit)")
     if "skeleton" not in data:
         raise InputError(f"{path}: missing 'skeleton' (a list of [i, j] keypoint index pairs; [] for none)")
     sk = data["skeleton"]
@@ -374,7 +381,7 @@ def _frame_files(folder: Path) -> list[Path]:
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
     numbered: dict[int, Path] = {}
     for p in files:
-        m = re.fullmatch(r"\D*?(\d+)", p.stem)
+        m = re.fullmatch(r".*?(\d+)", p.stem)  # the number that ends the name (clip2_007: 7)
         if m is None:
             raise InputError(f"{p}: video frame names must be numbered (000.png, 001.png, ...)")
         k = int(m.group(1))
@@ -505,7 +512,7 @@ def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) ->
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder with cameras.json and one folder of frames per camera")
     gt = load_gt(folder)
-    counts = {cam.name: len(gt_frame_files(folder / cam.name)) for cam in gt.cameras}
+    counts = {cam.name: len(check_gt_frames(folder / cam.name)) for cam in gt.cameras}
     if len(set(counts.values())) > 1:
         raise InputError(f"{folder}: gt cameras have different frame counts {counts}")
     kp = gt.keypoints3d
@@ -515,4 +522,8 @@ def _check_gt(folder: Path, num_keypoints: int, check_keypoints: bool = True) ->
     if kp.shape[0] != T or (check_keypoints and kp.shape[1] != num_keypoints):
         raise InputError(f"{folder / 'keypoints3d.json'}: {kp.shape[0]} frames of {kp.shape[1]} keypoints, but the "
                          f"gt cameras have {T} frames and keypoints.json has {num_keypoints} keypoints")
+    for name, vis in gt.visible.items():
+        if check_keypoints and name in counts and tuple(vis.shape) != (T, num_keypoints):
+            raise InputError(f"{folder / 'keypoints2d.json'}: camera {name!r} has 'visible' flags of shape "
+                             f"{list(vis.shape)}, but there are {T} frames of {num_keypoints} keypoints")
     return check_keypoints

@@ -54,10 +54,24 @@ def load_gt(gt_dir: str | Path) -> GroundTruth:
             raise InputError(f"{path}: expected {{\"frames\": [T][N][3]}} ({e})") from None
         if gt.keypoints3d.ndim != 3 or gt.keypoints3d.shape[-1] != 3:
             raise InputError(f"{path}: expected frames of shape [T][N][3], got {list(gt.keypoints3d.shape)}")
+        if not torch.isfinite(gt.keypoints3d).all():
+            raise InputError(f"{path}: positions must be finite numbers (NaN or infinity found)")
     path = gt_dir / "keypoints2d.json"
     if path.is_file():
-        gt.visible = {k: torch.tensor(v["visible"], dtype=torch.bool)
-                      for k, v in read_json(path).items() if isinstance(v, dict) and "visible" in v}
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a JSON object {{<camera>: {{\"points\", \"visible\"}}}}, got "
+                             f"{type(data).__name__}")
+        for k, v in data.items():
+            if not (isinstance(v, dict) and "visible" in v):
+                continue
+            try:
+                gt.visible[k] = torch.tensor(v["visible"], dtype=torch.bool)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise InputError(f"{path}: camera {k!r}: 'visible' must be [T][N] flags ({e})") from None
+            if gt.visible[k].ndim != 2:
+                raise InputError(f"{path}: camera {k!r}: 'visible' must be [T][N] flags, got shape "
+                                 f"{list(gt.visible[k].shape)}")
     return gt
 
 
@@ -67,6 +81,25 @@ def gt_frame_files(folder: str | Path) -> list[Path]:
     files = sorted(folder.glob("[0-9][0-9][0-9].png"))
     if not files:
         raise InputError(f"{folder}: no gt frames (000.png, 001.png, ...)")
+    return files
+
+
+def check_gt_frames(folder: str | Path) -> list[Path]:
+    """`gt_frame_files`, each checked from its header (the pixels are not read): readable, and all of one size."""
+    from PIL import Image
+
+    files = gt_frame_files(folder)
+    first: tuple[int, int] | None = None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                size = (int(im.size[0]), int(im.size[1]))
+        except OSError as e:
+            raise InputError(f"{f}: unreadable gt frame ({type(e).__name__})") from None
+        if first is None:
+            first = size
+        elif size != first:
+            raise InputError(f"{f}: gt frame is {size[0]}x{size[1]} but {files[0].name} is {first[0]}x{first[1]}")
     return files
 
 

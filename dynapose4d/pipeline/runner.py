@@ -195,6 +195,11 @@ class StageRunner:
         d = self.run_dir
         if d.exists() and not d.is_dir():
             raise InputError(f"{d}: exists and is not a folder")
+        where = d if d.exists() else next(p for p in d.absolute().parents if p.exists())  # made inside `where`
+        if not where.is_dir():
+            raise InputError(f"{d}: cannot be made: {where} is a file, not a folder")
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise InputError(f"{d}: cannot be written: {where} is not writable")
         nonempty = d.is_dir() and any(d.iterdir())
         if not nonempty:
             return None
