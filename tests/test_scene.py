@@ -403,6 +403,8 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
                                         "automatic keypoints"),  # the ellipse's medial axis is too short
     "malformed json": (lambda r: (r / "keypoints.json").write_text('{"keypoints": [[1, 2],'), "keypoints.json",
                        "malformed JSON"),
+    "keypoints.json is a folder": (lambda r: ((r / "keypoints.json").unlink(), (r / "keypoints.json").mkdir()),
+                                   "keypoints.json", "a folder, not a JSON file"),
     "not an object": (lambda r: (r / "keypoints.json").write_text("[1, 2]"), "keypoints.json", "JSON object"),
     "no keypoints": (lambda r: _kp(r, keypoints=[]), "keypoints.json", "non-empty"),
     "keypoint outside": (lambda r: _kp(r, keypoints=[[28.5, 20.5], [70.0, 10.0]]), "keypoints.json", "outside"),

@@ -305,6 +305,8 @@ def _read_rgba(path: Path, cutter: _Cutter) -> torch.Tensor:
 
 
 def _read_json(path: Path):
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a JSON file")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
