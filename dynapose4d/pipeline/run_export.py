@@ -82,8 +82,8 @@ def export_cli(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
     out = Path(args.out) if args.out else run_dir / EXPORT_DIR
-    record = export_run(run_dir, out, up=args.up, formats=args.format, mesh_level=args.mesh_level,
-                        mesh_resolution=args.mesh_resolution)
+    record = export_run(run_dir, out, up=args.up, formats=args.format, mesh_level=getattr(args, "mesh_level", None),
+                        mesh_resolution=getattr(args, "mesh_resolution", None))  # absent: the defaults
     manifest = read_manifest(run_dir)
     if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
         try:
