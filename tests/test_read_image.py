@@ -115,3 +115,34 @@ def test_a_picture_over_pillows_limits_is_read_quietly_or_refused_in_one_line(tm
         read_image(tmp_path / "big.png")
     msg = str(e.value)
     assert "big.png" in msg and "too large" in msg and "\n" not in msg, msg
+
+
+def test_heic_pictures_are_read_and_run_as_a_picture(tmp_path: Path) -> None:
+    """HEIC (what iPhones save): RGB and RGBA read as the pixels written (lossy, within a few levels), and a HEIC
+    picture goes through `load_scene` as any other picture."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()  # to write the test files; read_image registers it on its own
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([xx * 4, yy * 5, 255 - xx * 3], -1).astype(np.uint8)  # smooth: little lossy error
+    Image.fromarray(rgb).save(tmp_path / "a.HEIC", quality=100)  # the suffix in any case
+    out = read_image(tmp_path / "a.HEIC")
+    assert out.shape == (48, 64, 3) and float((out - torch.from_numpy(rgb / 255.0).float()).abs().mean()) < 0.02
+    rgba = np.full((48, 64, 4), 255, np.uint8)
+    rgba[..., :3] = 240
+    rgba[..., 3] = 0
+    rgba[10:40, 20:44] = (200, 40, 30, 255)  # an opaque block on a transparent background
+    Image.fromarray(rgba).save(tmp_path / "obj.heif", quality=100)
+    out = read_image(tmp_path / "obj.heif")
+    assert out.shape == (48, 64, 4) and float((out[..., 3] > 0.5).float().mean()) == pytest.approx(30 * 24 / (48 * 64),
+                                                                                                  abs=0.02)
+    scene = load_scene(tmp_path / "obj.heif", keypoints=_keypoints_file(tmp_path))
+    assert scene.image.shape[-1] == 4 and scene.image_path.name == "obj.heif"
+
+
+def _keypoints_file(tmp_path: Path) -> Path:
+    import json
+
+    path = tmp_path / "kp.json"
+    path.write_text(json.dumps({"keypoints": [[24, 14], [40, 36], [26, 36]], "skeleton": [[0, 1], [0, 2]]}))
+    return path

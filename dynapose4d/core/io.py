@@ -8,6 +8,7 @@ half-written. Code elsewhere writes through these two."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import warnings
@@ -59,15 +60,27 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what `read_image` reads
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif")  # `read_image` reads
+_HEIF_SUFFIXES = (".heic", ".heif")
+
+
+@functools.cache
+def _heif_opener() -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif), once, when such a file is first read. pillow-heif applies the file's
+    own rotation and mirroring and resets its EXIF orientation, so `exif_transpose` does not turn it twice."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Read an image file (PNG, JPEG, WebP, BMP, TIFF) as float32 [H, W, C] in [0, 1], C = 3 or 4, the way an image
-    viewer shows it: the camera's EXIF orientation applied; grey becomes RGB and grey + alpha RGBA; a palette
-    image RGBA when it has a transparent colour, else RGB; CMYK and other colour spaces RGB. 16-bit grey keeps
-    its 16 bits."""
+    """Read an image file (PNG, JPEG, WebP, BMP, TIFF, HEIC/HEIF) as float32 [H, W, C] in [0, 1], C = 3 or 4, the
+    way an image viewer shows it: the camera's EXIF orientation applied; grey becomes RGB and grey + alpha RGBA; a
+    palette image RGBA when it has a transparent colour, else RGB; CMYK and other colour spaces RGB. 16-bit grey
+    keeps its 16 bits."""
     path = Path(path)
+    if path.suffix.lower() in _HEIF_SUFFIXES:
+        _heif_opener()
     try:
         with warnings.catch_warnings():  # a photo over Pillow's first limit (89 megapixels) is still read
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -11,7 +11,7 @@ Files:
                   accepted, v = 0 (invisible) is an error, since the support keypoints must all be visible.
                   Optional: without it the keypoints and a tree skeleton are made from the mask's medial axis
                   (`dynapose4d.data.auto_keypoints`, kept in `Scene.auto_keypoints` so the run can write them).
-  video/000.png … driving frames, sorted by the number in their names (png, jpg, webp, bmp, tif). Preferred
+  video/000.png … driving frames, sorted by the number in their names (png, jpg, webp, bmp, tif, heic). Preferred
   video.mp4       over video.mp4 when both exist. RGB frames (and every mp4 frame) are cut out as image.png is.
   camera.json     reference camera. Without it the default reference camera is used and the scene is recentred.
   views/          cameras.json + <name>.png (RGBA, or RGB with background removal), same size as image.png.
@@ -21,8 +21,8 @@ Files:
                   (`Scene.gt_dir`); the stages and `dynapose4d eval` read it. An empty gt/ counts as none. gt
                   frames larger than `max_size` are compared scaled down to it (below).
 
-A picture alone (png, jpg, webp, bmp or tif; `load_scene(picture, video=...)`) is a scene with only image.png: no
-camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
+A picture alone (png, jpg, webp, bmp, tif or heic; `load_scene(picture, video=...)`) is a scene with only image.png:
+no camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
 `keypoints`: a keypoints.json file, also accepted for a folder, where they replace the folder's own files).
 
 Recentring (no camera.json, the DreamGaussian convention): image, keypoints and every video frame go through one
@@ -142,9 +142,9 @@ class Scene:
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
                max_size: int = 0, cutout: str = "auto") -> Scene:
-    """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif)
-    given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for the
-    files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
+    """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif,
+    heic) given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for
+    the files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
     frames are brought within `max_size` pixels on their longer side (0: kept at the files' size). `cutout` says how
     images without alpha get it: "auto", "plain" or "grabcut" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
     GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one).
@@ -158,11 +158,12 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     picture = root.is_file()
     if picture:
         if root.suffix.lower() not in IMAGE_SUFFIXES:
-            raise InputError(f"{root}: not a picture (png, jpg, webp, bmp, tif) nor a scene folder "
+            raise InputError(f"{root}: not a picture (png, jpg, webp, bmp, tif, heic) nor a scene folder "
                              "(a folder with image.png)")
         image_path, root = root, root.parent
     elif not root.is_dir():
-        raise InputError(f"{root}: a scene must be a folder (with image.png) or a picture (png, jpg, webp, bmp, tif)")
+        raise InputError(f"{root}: a scene must be a folder (with image.png) or a picture "
+                         "(png, jpg, webp, bmp, tif, heic)")
     else:
         image_path = root / "image.png"
         if not image_path.is_file():

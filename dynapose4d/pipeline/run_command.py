@@ -15,7 +15,7 @@ SET_HELP = ("config overrides (repeatable; each value holds '=', so a word after
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The arguments of `dynapose4d run` (all but --stages) on parser `p`."""
-    p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png, jpg, webp, bmp, tif) "
+    p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png, jpg, webp, bmp, tif, heic) "
                                  "alone, or synthetic:<template>:<seed>. Without alpha the object is cut out "
                                  "(plain background, else GrabCut; --set cutout=plain|grabcut|auto)")
     p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
