@@ -563,3 +563,24 @@ def test_cli_reexport_updates_the_manifest(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_cli_export_of_a_static_only_run_then_the_dynamic_stage_replaces_it(tmp_path):
+    """`fit-static`, then `dynapose4d export RUN`: the static model's outputs, listed in the manifest; running the
+    dynamic stage afterwards drops them and exports the 4D result (nothing stale)."""
+    from dynapose4d.cli import main
+
+    scene = _fakes.write_tiny_scene(tmp_path / "scene")
+    run = tmp_path / "run"
+    ov = _fakes.fake_overrides(2)
+    StageRunner(scene, run, load_config(None, ov + ["stages=[static]"]), stages=_fakes.FAKE_STAGES,
+                echo=lambda s: None).run()
+    assert not (run / "export").exists()
+    assert main(["export", str(run), "--format", "ply"]) == 0
+    rec = json.loads((run / "export" / "export.json").read_text())
+    assert rec["model"] == "static" and rec["outputs"]["ply"]["frames"] == 1
+    assert read_manifest(run)["export"]["files"] == ["export.json", "splats/frame_000.ply"]
+    StageRunner(scene, run, load_config(None, ov), resume=True, stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
+    rec = json.loads((run / "export" / "export.json").read_text())
+    assert rec["model"] == "dynamic" and rec["outputs"]["ply"]["frames"] == 4
+    assert "skeleton.glb" in rec["outputs"]["glb"]["files"]

@@ -174,6 +174,31 @@ def test_export_writes_mesh_glb_or_says_why_not(tmp_path):
     assert json.loads((tmp_path / "out" / "export.json").read_text())["outputs"]["mesh"]["faces"] == out["faces"]
 
 
+def test_a_static_only_run_exports_its_gaussians_as_one_frame(tmp_path):
+    """`fit-static` leaves RUN/static/gaussians.ply and no dynamic model: the default export writes the splats and
+    the mesh of those Gaussians as one frame (no morph targets), says why there is no skeleton, and an explicit
+    --format glb still asks for the dynamic stage's tracks."""
+    from dynapose4d.core.errors import InputError
+    from dynapose4d.gaussians import save_ply
+
+    g = torch.Generator().manual_seed(4)
+    blob = GaussianModel.from_points(torch.randn(300, 3, generator=g) * 0.12, torch.rand(300, 3, generator=g),
+                                     scale=0.05, opacity=0.9)
+    run = tmp_path / "run"
+    save_ply(blob, run / "static" / "gaussians.ply")
+    rec = export_run(run)
+    assert rec["model"] == "static" and set(rec["outputs"]) == {"ply", "mesh", "videos"}
+    assert rec["outputs"]["ply"]["files"] == ["splats/frame_000.ply"] and rec["outputs"]["mesh"]["frames"] == 1
+    assert any("skeleton.glb and skeleton.bvh not written" in n for n in rec["notes"])
+    doc, binary = read_glb(run / "export" / "mesh.glb")
+    prim = doc["meshes"][0]["primitives"][0]
+    assert "targets" not in prim and not doc.get("animations")
+    want = extract_mesh(blob).vertices @ up_matrix("+y").T
+    np.testing.assert_allclose(glb_accessor(doc, binary, prim["attributes"]["POSITION"]), want, atol=1e-5)
+    with pytest.raises(InputError, match="keypoints.json"):
+        export_run(run, formats=["glb"])
+
+
 def test_cli_mesh_level_and_resolution(tmp_path, capsys):
     """A model too faint for the default level: the export says so and how to get a mesh; --mesh-level below
     its peak makes one; bad values are one-line errors."""

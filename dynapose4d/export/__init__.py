@@ -9,13 +9,16 @@ RUN/export/ (or another folder):
                             (`export.mesh`)
   videos/                   copies of the dynamic stage's videos (reference, orbit, keypoints)
   export.json               what was written: files, up axis per output, frames, fps, source run
+A run whose dynamic stage has not run (`fit-static`) exports its static Gaussians: the splats and the mesh as one
+frame, and the static stage's orbit video; the skeleton files need the dynamic stage's 3D tracks.
 
 Up axes (`export.axes`): by default each output follows its tools: the splat files are "-y" up (SuperSplat and
 the viewers that follow the original 3DGS data roll splat files a half turn about z), the glb and bvh files "+y" up
 (glTF is +Y up by specification; Blender's glTF and BVH importers convert +Y up files to its +Z up). An explicit
 `up` applies to every output.
 
-A component: reads RUN/dynamic/{deform.ckpt, keypoints.json, videos/} and the scene's skeleton; no Lightning.
+A component: reads RUN/dynamic/{deform.ckpt, keypoints.json, videos/} (or RUN/static/) and the scene's skeleton; no
+Lightning.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dynapose4d.export.axes import UP_CHOICES, rotate_points
 from dynapose4d.export.mesh import DENSITY_LEVEL, MESH_RESOLUTION, animate_vertices, extract_mesh, write_mesh_glb
 from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
 from dynapose4d.export.skeleton import SkeletonTree, skeleton_tree, write_bvh, write_glb
+from dynapose4d.gaussians import load_ply
 
 FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "mesh", "videos")
 DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "mesh", "videos")
@@ -125,15 +129,28 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
         raise InputError(f"--mesh-resolution {mesh_resolution}: must be between 8 and 1024")
     fmts = _formats(formats)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    static_only = _static_only(run_dir)
+    notes: list[str] = []
+    if static_only and formats is None:  # the default set, of a run whose dynamic stage has not run: what exists
+        fmts = [f for f in fmts if f not in ("glb", "bvh")]
+        notes.append("skeleton.glb and skeleton.bvh not written: the dynamic stage has not run (no 3D tracks); "
+                     "the splats and the mesh are the static stage's, one frame")
     splat_fmts = [f for f in fmts if f in SPLAT_FORMATS]
     canonical = phi = None
-    if splat_fmts or "mesh" in fmts:
+    T = 1
+    if (splat_fmts or "mesh" in fmts) and static_only:
+        canonical = load_ply(run_dir / "static" / "gaussians.ply")
+    elif splat_fmts or "mesh" in fmts:
         canonical, phi = load_dynamic(run_dir)  # InputError naming deform.ckpt when missing
+        T = phi.num_frames
     names, world, skeleton = read_tracks(run_dir) if {"glb", "bvh"} & set(fmts) else ([], None, [])
     fps = run_fps(run_dir)
     old = _read_record(out_dir)
     record: dict[str, Any] = {"run": str(run_dir.resolve()), "fps": fps, "outputs": dict(old.get("outputs", {})),
-                              "skipped": list(old.get("skipped", []))}  # formats tried and not written (notes)
+                              "skipped": list(old.get("skipped", [])),  # formats tried and not written (notes)
+                              "model": "static" if static_only else "dynamic"}  # what the splats and mesh show
+    if notes:
+        record["notes"] = notes
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: exists and is not a folder")
     try:
@@ -144,7 +161,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
 
     for fmt in splat_fmts:
         axis = up or default_up(fmt)
-        T = phi.num_frames
         folder = "splats" if fmt == "ply" else f"splats_{fmt}"
         with atomic_folder(out_dir / folder) as tmp:
             files = export_splat_sequence(canonical, phi, T, tmp, up=axis, fmt=fmt)
@@ -176,14 +192,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
                 f"mesh.glb not written: {e} (`dynapose4d export {run_dir} --format mesh --mesh-level L` with a "
                 "lower L makes one)")
         else:
-            frames = rotate_points(animate_vertices(mesh.vertices, phi, phi.num_frames), axis)  # [T, V, 3]
+            frames = rotate_points(animate_vertices(mesh.vertices, phi, T), axis)  # [T, V, 3]
             write_mesh_glb(out_dir / "mesh.glb", frames, mesh.faces, mesh.colors, fps, extras={"up": axis, "fps": fps})
             record["skipped"] = [f for f in record.get("skipped", []) if f != "mesh"]
             record["outputs"]["mesh"] = {"files": ["mesh.glb"], "up": axis, "frames": int(frames.shape[0]),
                                          "vertices": int(frames.shape[1]), "faces": int(len(mesh.faces)),
                                          "level": level, "resolution": resolution, "written": stamp}
     if "videos" in fmts:
-        src = run_dir / "dynamic" / "videos"
+        src = run_dir / "static" if static_only else run_dir / "dynamic" / "videos"
         videos = sorted(p for p in src.glob("*") if p.suffix in (".mp4", ".gif")) if src.is_dir() else []
         with atomic_folder(out_dir / "videos") as tmp:
             for p in videos:
@@ -191,6 +207,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
         record["outputs"]["videos"] = {"files": [f"videos/{p.name}" for p in videos], "written": stamp}
     write_json(out_dir / EXPORT_FILE, record)
     return record
+
+
+def _static_only(run_dir: Path) -> bool:
+    """Whether the run has the static stage's Gaussians but no dynamic-stage model: then the splats and the mesh
+    are exported from RUN/static/gaussians.ply as one frame (a single-image 3D asset)."""
+    return not (run_dir / "dynamic" / "deform.ckpt").is_file() and (run_dir / "static" / "gaussians.ply").is_file()
 
 
 def export_files(record: dict[str, Any]) -> list[str]:
