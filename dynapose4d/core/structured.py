@@ -67,12 +67,12 @@ def known_keys(schema: type, data: Any, prefix: str = "") -> tuple[Any, list[str
     read. Values are left as they are (a wrong type still fails when merged)."""
     if not (is_dataclass(schema) and isinstance(data, dict)):
         return data, []
-    types = {f.name: f.type for f in fields(schema)}
+    names = {f.name for f in fields(schema)}
     hints = _field_types(schema)
     out: dict[str, Any] = {}
     dropped: list[str] = []
     for key, value in data.items():
-        if key not in types:
+        if key not in names:
             dropped.append(f"{prefix}{key}")
             continue
         out[key], sub = known_keys(hints.get(key), value, f"{prefix}{key}.")

@@ -103,7 +103,6 @@ def _soft_edges_dense(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, t
     interior = _eroded(mask, valid)
     edge = mask & ~interior if valid is None else mask & ~interior & valid
     alpha = mask.float()
-    colour = img.clone()
     if edge.any() and interior.any():
         fg = torch.zeros_like(img)  # [B, h, w, 3] estimated object colour of edge pixels
         have = torch.zeros_like(mask)  # edge pixels with an estimate
@@ -116,12 +115,25 @@ def _soft_edges_dense(img: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, t
             new = edge & ~have & (cnt > 0)
             fg[new] = (avg / cnt.clamp(min=1e-8)[..., None])[new]
             have = have | new
-        d = fg - bg  # [B, h, w, 3]
-        ok = have & (d.norm(dim=-1) > threshold)
-        a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp(min=1e-8)
-        alpha[ok] = a[ok].clamp(0.0, 1.0)
-        colour[ok] = fg[ok]
-    return torch.cat([colour, alpha[..., None]], -1).reshape(*lead, *mask.shape[-2:], 4)
+        out = unmix(img, fg, bg, alpha, have, threshold)
+    else:
+        out = torch.cat([img, alpha[..., None]], -1)
+    return out.reshape(*lead, *mask.shape[-2:], 4)
+
+
+def unmix(img: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, alpha: torch.Tensor, candidates: torch.Tensor,
+          threshold: float) -> torch.Tensor:
+    """RGBA [..., 4] of pixels img [..., 3] with alpha [...]: where `candidates` [...] and the object colour fg
+    [..., 3] is farther than `threshold` from the background colour bg ([..., 3] or [3]), the pixel is read as
+    I = a fg + (1 - a) bg: alpha a = (I - bg).(fg - bg) / |fg - bg|^2 clamped to [0, 1], colour fg (straight);
+    elsewhere img and `alpha` as given. The edge unmixing of both background removals."""
+    d = fg - bg  # [..., 3]
+    ok = candidates & (d.norm(dim=-1) > threshold)
+    a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp(min=1e-8)
+    alpha, colour = alpha.clone(), img.clone()
+    alpha[ok] = a[ok].clamp(0.0, 1.0)
+    colour[ok] = fg[ok]
+    return torch.cat([colour, alpha[..., None]], -1)
 
 
 def clean_mask(mask: np.ndarray, keep_ratio: float = 0.1, hole_ratio: float = 0.005) -> np.ndarray:

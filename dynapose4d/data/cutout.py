@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynapose4d.data.background import clean_mask
+from dynapose4d.data.background import clean_mask, unmix
 
 WORK_SIZE = 384  # GrabCut's working size: longer side in pixels (cost grows with its square)
 RING = 0.015  # border ring, fraction of the shorter side, taken as certain background (as the plain removal's)
@@ -112,13 +112,7 @@ def _matte_box(img: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
     fg, n_fg = local_mean(core.float())
     bg, n_bg = local_mean(outside.float())
-    d = fg - bg  # [h, w, 3]
-    ok = band & (n_fg > 0) & (n_bg > 0) & (d.norm(dim=-1) > EDGE_CONTRAST)
-    a = ((img - bg) * d).sum(-1) / d.pow(2).sum(-1).clamp_min(1e-8)
-    alpha, colour = m.clone(), img.clone()
-    alpha[ok] = a[ok].clamp(0.0, 1.0)
-    colour[ok] = fg[ok]
-    return torch.cat([colour, alpha[..., None]], -1)
+    return unmix(img, fg, bg, m, band & (n_fg > 0) & (n_bg > 0), EDGE_CONTRAST)
 
 
 def _initial_labels(img: np.ndarray, cv2) -> np.ndarray:

@@ -138,11 +138,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
     splat_fmts = [f for f in fmts if f in SPLAT_FORMATS]
     canonical = phi = None
     T = 1
-    if (splat_fmts or "mesh" in fmts) and static_only:
-        canonical = load_ply(run_dir / "static" / "gaussians.ply")
-    elif splat_fmts or "mesh" in fmts:
-        canonical, phi = load_dynamic(run_dir)  # InputError naming deform.ckpt when missing
-        T = phi.num_frames
+    if splat_fmts or "mesh" in fmts:
+        if static_only:
+            canonical = load_ply(run_dir / "static" / "gaussians.ply")
+        else:
+            canonical, phi = load_dynamic(run_dir)  # InputError naming deform.ckpt when missing
+            T = phi.num_frames
     names, world, skeleton = read_tracks(run_dir) if {"glb", "bvh"} & set(fmts) else ([], None, [])
     fps = run_fps(run_dir)
     old = _read_record(out_dir)
