@@ -133,7 +133,8 @@ BAD = {  # name: (arguments of load_scene relative to the test folder, file name
     "not a picture": (lambda d: dict(path=d / "notes.txt"), "notes.txt", "not a picture"),
     "picture missing": (lambda d: dict(path=d / "nope.png"), "nope.png", "not found"),
     "video missing": (lambda d: dict(path=d / "picture.png", video=d / "clip.mp4"), "clip.mp4", "not found"),
-    "video frame size": (lambda d: dict(path=d / "picture.png", video=d / "small"), "small/000.png", "picture.png"),
+    "video of another size, faint frame 0": (lambda d: dict(path=d / "picture.png", video=d / "small"), "small/000.png",
+                                             "no object"),
     "video unreadable": (lambda d: dict(path=d / "picture.png", video=d / "bad.mp4"), "bad.mp4", "unreadable"),
     "keypoints missing": (lambda d: dict(path=d / "picture.png", keypoints=d / "kp.json"), "kp.json", "not found"),
     "keypoint outside": (lambda d: dict(path=d / "picture.png", keypoints=d / "out.json"), "out.json",
@@ -147,7 +148,7 @@ BAD = {  # name: (arguments of load_scene relative to the test folder, file name
 
 def _bad_files(d: Path) -> None:
     (d / "notes.txt").write_text("x")
-    write_image(d / "small" / "000.png", _figure()[:40, :40])
+    write_image(d / "small" / "000.png", (_figure() * [1, 1, 1, 0.4])[:40, :40])  # another size, nothing to lay
     (d / "bad.mp4").write_bytes(b"garbage")
     (d / "out.json").write_text(json.dumps({"keypoints": [[500, 5]], "skeleton": []}))
     write_image(d / "empty.png", np.zeros((H, W, 4)))
@@ -227,12 +228,28 @@ def test_command_line_records_video_and_keypoints(tmp_path):
     assert command_line(args).startswith("dynapose4d run p.png --out r --video v.mp4 --keypoints k.json")
 
 
+def _onto_wider_canvas(frames: Path, scale: float = 1.5, size: tuple[int, int] = (256, 144),
+                       at: tuple[int, int] = (40, 0)) -> None:
+    """Each frame of the folder enlarged `scale` times (Pillow's Lanczos, not the project's resample) and put on a
+    transparent canvas of `size` (W, H) at `at`: a clip of another size and aspect than the picture."""
+    from PIL import Image
+
+    for f in sorted(frames.glob("*.png")):
+        im = Image.open(f).convert("RGBA")
+        big = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+        canvas.paste(big, at)
+        canvas.save(f)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("rgb,background", [(False, None), (True, None), (True, "grain")])
-def test_picture_turned_by_known_angles_is_followed(tmp_path, rgb, background):
+@pytest.mark.parametrize("rgb,background,canvas", [(False, None, False), (True, None, False), (True, "grain", False),
+                                                   (False, None, True)])
+def test_picture_turned_by_known_angles_is_followed(tmp_path, rgb, background, canvas):
     """The whole pipeline (cheap settings: the CPU preset with few steps) on a picture with a video of it turned
     by 0..20 degrees and automatic keypoints: the reference-view track follows the turn better than the
-    keypoints held still. RGBA; RGB on a plain background; RGB on a textured one (GrabCut)."""
+    keypoints held still. RGBA; RGB on a plain background; RGB on a textured one (GrabCut); RGBA with the clip
+    1.5 times larger on a 16:9 canvas (laid onto the picture by frame 0's box)."""
     from dynapose4d.cli import main
     from dynapose4d.data.synthetic import write_scene
 
@@ -240,11 +257,14 @@ def test_picture_turned_by_known_angles_is_followed(tmp_path, rgb, background):
     scene = write_scene("humanoid", tmp_path / "s", seed=0, num_frames=1, size=96)
     data = ev.make_rotation(scene / "image.png", tmp_path / "rot", degrees=20.0, frames=6, rgb=rgb,
                            background=background)
+    if canvas:
+        _onto_wider_canvas(data / "frames")
     run = tmp_path / "run"
     assert main(["run", str(data / "picture.png"), "--video", str(data / "frames"), "--out", str(run),
                  "--config", "configs/cpu.yaml", "--set", "static.prior=none", "static.steps=150", "cape.steps=150",
                  "cape.num_views=96", "dynamic.steps=150", "wandb.enabled=false", "trainer.progress_bar=false"]) == 0
     r = ev.rotation_errors(run, data)
+    print(f"rgb={rgb} background={background} canvas={canvas}: {r}")
     assert r["keypoints"] >= 8
     # the last frame is turned 20 degrees: the keypoints held still are off by several px; the track is closer
     assert r["last_no_motion_px"] > 5.0

@@ -386,6 +386,14 @@ def _frames(root: Path, *sizes: tuple[int, int]) -> None:
         iio.imwrite(root / "video" / f"{i:03d}.png", _u8(_object(h=h, w=w)))
 
 
+def _faint_frame(root: Path, size: tuple[int, int]) -> None:
+    """A frame 0 of another size than image.png whose alpha is nowhere over 50%: nothing to lay onto the picture."""
+    (root / "video").mkdir()
+    f = _u8(_object(h=size[0], w=size[1]))
+    f[..., 3] = np.minimum(f[..., 3], 100)
+    iio.imwrite(root / "video" / "000.png", f)
+
+
 def _views(root: Path, cameras: bool = True) -> None:
     (root / "views").mkdir()
     if cameras:
@@ -424,7 +432,7 @@ BAD = {  # name: (how to break a good scene, file named in the message, words in
     "names length": (lambda r: _kp(r, names=["a"]), "keypoints.json", "names"),
     "names repeated": (lambda r: _kp(r, names=["a", "a"]), "keypoints.json", "unique"),
     "frames of different sizes": (lambda r: _frames(r, (H, W), (H, W + 2)), "video/001.png", "different sizes"),
-    "frame size differs from image": (lambda r: _frames(r, (H + 2, W)), "video/000.png", "image.png"),
+    "frame of another size, no object": (lambda r: _faint_frame(r, (H + 2, W)), "video/000.png", "no object"),
     "zero frames": (lambda r: (r / "video").mkdir(), "video", "0 frames"),
     "frame not numbered": (lambda r: (_frames(r, (H, W)), (r / "video" / "000.png").rename(r / "video" / "a.png")),
                            "video/a.png", "numbered"),

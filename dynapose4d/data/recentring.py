@@ -11,6 +11,10 @@ when and why), and applying it to the image, keypoints, video and other frames i
   scale s = H' / H about the centre (a 3D point's pixel p' = (p - (W/2, H/2)) s + (W'/2, H'/2)). W' is rounded
   from W s, so the frame's left and right edges are the files' edges to within a quarter pixel.
 
+A driving video of another size than the picture is first laid onto the picture by its frame 0's object box
+(`Registration`, `registration_of`); followed by the picture's similarity it is again a `Recentring`, the video's
+own (`Registration.then`).
+
 Both are a `Recentring`, so every 2D output written "in the pixels of the scene's files" maps back through
 `Recentring.to_scene` the same way. The resample (`resample_frames`) is bilinear on premultiplied colour,
 antialiased when shrinking. Video frames much larger than the output are stored shrunk by an integer k as they are
@@ -19,6 +23,7 @@ read (`shrink_frame`: area average on premultiplied colour); `stored_recentring`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +66,61 @@ class Recentring:
         return (p - half) / self.scale + c
 
 
+@dataclass(frozen=True)
+class Registration:
+    """The similarity that lays a driving video of another size than the picture onto the picture: frame 0's
+    object box onto the picture's (`registration_of`). A video-file pixel q maps to the picture-file pixel
+    (q - video_centre) * scale + picture_centre (pixel centres at +0.5 in both)."""
+
+    scale: float  # picture pixels per video pixel
+    video_centre: tuple[float, float]  # (x, y) centre of frame 0's object box, video pixels
+    picture_centre: tuple[float, float]  # (x, y) centre of the picture's object box, picture pixels
+    video_size: tuple[int, int]  # (W, H) of the video's frames
+    picture_size: tuple[int, int]  # (W, H) of the picture
+    spread: float = 0.0  # how far the boxes' width and height ratios disagree (larger / smaller - 1; 0: same shape)
+
+    def to_picture(self, q: torch.Tensor) -> torch.Tensor:
+        """Video-file pixels [..., 2] -> picture-file pixels [..., 2]."""
+        c = torch.tensor(self.video_centre, dtype=q.dtype, device=q.device)
+        return (q - c) * self.scale + torch.tensor(self.picture_centre, dtype=q.dtype, device=q.device)
+
+    def box_to_picture(self, box: tuple[int, int, int, int] | None) -> tuple[float, float, float, float] | None:
+        """A pixel-edge box (x0, y0, x1, y1) of the video -> the same box in picture pixels (None stays None)."""
+        if box is None:
+            return None
+        (x0, y0), (x1, y1) = self.to_picture(torch.tensor([box[:2], box[2:]], dtype=torch.float64)).tolist()
+        return x0, y0, x1, y1
+
+    def then(self, rec: Recentring | None) -> Recentring:
+        """The video's own similarity to the pipeline's frames: this registration followed by the picture's `rec`
+        (None: the picture as given). With v = video_centre, s_v = scale, c_p =
+        picture_centre and rec's (c, s): p = ((q - v) s_v + c_p - c) s + out / 2 = (q - (v - (c_p - c) / s_v))
+        (s_v s) + out / 2, a `Recentring` of the video's pixels. Outside the video is transparent."""
+        if rec is None:
+            W, H = self.picture_size
+            rec = Recentring(scale=1.0, centre=(W / 2.0, H / 2.0), size=(W, H))
+        centre = tuple(v - (p - c) / self.scale for v, p, c in zip(self.video_centre, self.picture_centre, rec.centre))
+        return Recentring(scale=rec.scale * self.scale, centre=(float(centre[0]), float(centre[1])),
+                          size=self.video_size, out_size=rec.output_size, edges="transparent")
+
+
+def registration_of(video_box: tuple[int, int, int, int], picture_box: tuple[int, int, int, int],
+                    video_size: tuple[int, int], picture_size: tuple[int, int]) -> Registration:
+    """The `Registration` that puts the centre of `video_box` (frame 0's object box, video pixels) on the centre of
+    `picture_box` (the picture's, picture pixels), scaled by the geometric mean of the two boxes' width and height
+    ratios (so that a pose that widens the box a little in one direction moves the scale by half as much)."""
+    vw, vh = video_box[2] - video_box[0], video_box[3] - video_box[1]
+    pw, ph = picture_box[2] - picture_box[0], picture_box[3] - picture_box[1]
+    sx, sy = pw / vw, ph / vh
+    return Registration(scale=math.sqrt(sx * sy), video_centre=_box_centre(video_box),
+                        picture_centre=_box_centre(picture_box), video_size=(int(video_size[0]), int(video_size[1])),
+                        picture_size=(int(picture_size[0]), int(picture_size[1])), spread=max(sx, sy) / min(sx, sy) - 1)
+
+
+def _box_centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+
+
 def output_size_of(W: int, H: int, max_size: int) -> tuple[int, int]:
     """(W, H) of a frame W x H brought within `max_size` pixels on its longer side (same aspect; 0 = as it is)."""
     if max_size <= 0 or max(W, H) <= max_size:
@@ -87,7 +147,7 @@ def downscale_of(W: int, H: int, max_size: int) -> Recentring | None:
 
 def recentring_of(image: torch.Tensor, keypoints: torch.Tensor, video: torch.Tensor | None = None,
                   fill: float = FILL, max_size: int = 0,
-                  boxes: Sequence[tuple[int, int, int, int] | None] | None = None) -> Recentring | None:
+                  boxes: Sequence[tuple[float, float, float, float] | None] | None = None) -> Recentring | None:
     """The similarity that moves the mask bounding box of `image` [H, W, 4] to the frame centre, scaled to fill
     `fill` of the frame, shrunk if needed to keep all `keypoints` [N, 2] (pixels) and the mask boxes of `video`
     [T, H, W, 4] (float in [0, 1] or uint8; alpha > 0.5) inside the frame; the frame itself brought within

@@ -13,6 +13,7 @@ Files:
                   (`dynapose4d.data.auto_keypoints`, kept in `Scene.auto_keypoints` so the run can write them).
   video/000.png … driving frames, sorted by the number in their names (png, jpg, webp, bmp, tif, heic). Preferred
   video.mp4       over video.mp4 when both exist. RGB frames (and every mp4 frame) are cut out as image.png is.
+                  Frames of another size than image.png are laid onto it by frame 0's object box (below).
   camera.json     reference camera. Without it the default reference camera is used and the scene is recentred.
   views/          cameras.json + <name>.png (RGBA, or RGB with background removal), same size as image.png.
   gt/             checked here (cameras.json, a folder of 000.png … per camera, equal frame counts, and
@@ -56,6 +57,12 @@ stored at most a few times the pipeline's size, a small object that the recentri
 the files' size, and `max_size` 0 or frames within reach of it shrink nothing (k = 1: the same tensors as without
 the shrink). The resample reads the shrunk frames through the same similarity (`stored_recentring`).
 
+A video whose frames are of another size than image.png (a phone clip beside a photo) is first laid onto image.png
+by the similarity that puts frame 0's mask box on image.png's (`dynapose4d.data.recentring.Registration`: centre on
+centre, scaled by the geometric mean of the width and height ratios; `Scene.video_registration`), then goes
+through image.png's similarity; the two make one (`Scene.video_recentring`), so it is still one resample, the
+shrink k counts the clip's own pixels, and its mask boxes are kept inside the frame in image.png's pixels.
+
 Either similarity, recentring or downscale, is kept (`Scene.recentring`; `has_camera_json` tells which) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
 
@@ -85,10 +92,12 @@ from dynapose4d.data.cutout import grabcut_rgba
 from dynapose4d.data.recentring import (
     FILL,
     Recentring,
+    Registration,
     apply_recentring,
     downscale_of,
     mask_box,
     recentring_of,
+    registration_of,
     resample_frames,
     shrink_frame,
     stored_recentring,
@@ -123,6 +132,10 @@ class Scene:
     cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut cut it out (file pixels), else None
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
     gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
+    video_recentring: Recentring | None = None  # a video of another size: its files' pixels -> these frames
+    # (None: the video is the picture's size and `recentring` is its similarity too)
+    video_registration: Registration | None = None  # a video of another size than the picture: how it was laid
+    # onto the picture (frame 0's object box onto the picture's; None: the picture's size, used as it is)
 
     @property
     def height(self) -> int:
@@ -185,12 +198,15 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         kps, skeleton, names = torch.tensor(auto.keypoints, dtype=torch.float32), list(auto.skeleton), list(auto.names)
     if not has_camera and not bool((image[..., 3] > 0.5).any()):  # the recentring centres the mask's box
         raise InputError(f"{image_path}: no pixel of the alpha channel is over 50% opaque: no object to centre")
-    # video frames are stored shrunk by k when the pipeline's frames need far fewer pixels (`video_shrink`)
-    k, edges = _video_shrink(image, kps, has_camera, max_size), "extend" if has_camera else "transparent"
+    # video frames are stored shrunk by k when the pipeline's frames need far fewer pixels (`video_shrink`), and
+    # laid onto the picture by frame 0's object box when they are of another size (`Registration`)
+    target = _VideoTarget(size=(W, H), box=mask_box(image[..., 3] > 0.5), name=image_path.name,
+                          scale_bound=_scale_bound(image, kps, has_camera, max_size), max_size=max_size,
+                          edges="extend" if has_camera else "transparent")
     if video is not None:
-        block = _read_video_path(Path(video), H, W, cutter, image_path.name, shrink=k, edges=edges)
+        block = _read_video_path(Path(video), target, cutter)
     else:
-        block = None if picture else _read_video(root, H, W, cutter, shrink=k, edges=edges)
+        block = None if picture else _read_video(root, target, cutter)
 
     camera = load_camera(root / "camera.json") if has_camera else REFERENCE_CAMERA
     views_dir, gt_dir = root / "views", root / "gt"
@@ -212,15 +228,18 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         views = [(cam, resample_frames(recentring, img[None])[0]) for cam, img in views] if recentring else views
     else:  # the video frames' mask boxes were taken at the files' size as they were read
         recentring = recentring_of(image, kps, None, fill=FILL, max_size=max_size,
-                                   boxes=None if block is None else block.boxes)
+                                   boxes=None if block is None else block.picture_boxes())
     image, kps, _ = apply_recentring(recentring, image, kps)  # None: as given
-    vid = None if block is None else block.resampled(recentring)  # float, at the pipeline's size
+    video_rec = None if block is None else block.recentring(recentring)  # the video files' pixels -> the pipeline's
+    vid = None if block is None else block.resampled(video_rec)  # float, at the pipeline's size
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
         cutout=cut_picture, grabcut_cuts=cutter.grabcut, gt_max_size=gt_max_size,
+        video_registration=None if block is None else block.registration,
+        video_recentring=video_rec if block is not None and block.registration is not None else None,
     )
 
 
@@ -235,18 +254,19 @@ def video_shrink(scale: float, max_size: int) -> int:
     return max(1, math.floor(1.0 / (VIDEO_OVERSAMPLE * scale)))
 
 
-def _video_shrink(image: torch.Tensor, kps: torch.Tensor, has_camera: bool, max_size: int) -> int:
-    """`video_shrink` for this scene, before its video is read: a downscale's scale is known from the size; the
-    recentring's from image.png and the keypoints alone bounds the final one (the video's mask boxes can only
-    lower it), so a small object that the recentring magnifies keeps its frames at the files' size."""
+def _scale_bound(image: torch.Tensor, kps: torch.Tensor, has_camera: bool, max_size: int) -> float:
+    """The most the pipeline's frames magnify the picture's pixels, known before the video is read (0: frames are
+    never shrunk, `max_size` 0): a downscale's scale from the size; the recentring's from image.png and the
+    keypoints alone, which bounds the final one (the video's mask boxes can only lower it), so a small object that
+    the recentring magnifies keeps its frames at the files' size."""
     if max_size <= 0:
-        return 1
+        return 0.0
     W, H = int(image.shape[1]), int(image.shape[0])
     try:
         rec = downscale_of(W, H, max_size) if has_camera else recentring_of(image, kps, None, FILL, max_size)
     except ValueError:  # an empty mask: the recentring says so after the video is read
-        return 1
-    return 1 if rec is None else video_shrink(rec.scale, max_size)
+        return 0.0
+    return 1.0 if rec is None else rec.scale
 
 
 def _auto_keypoints(image: torch.Tensor, image_path: Path, has_camera: bool) -> AutoKeypoints:
@@ -394,68 +414,96 @@ def _frame_files(folder: Path) -> list[Path]:
     return [numbered[k] for k in sorted(numbered)]
 
 
-def _read_video(root: Path, H: int, W: int, cutter: _Cutter, shrink: int = 1,
-                edges: str = "transparent") -> _FrameBlock | None:
+@dataclass(frozen=True)
+class _VideoTarget:
+    """The picture that driving frames are read against (`_read_video_path`)."""
+
+    size: tuple[int, int]  # (W, H) of the picture's file
+    box: tuple[int, int, int, int] | None  # the picture's mask box (alpha > 0.5), its pixels
+    name: str  # the picture's file name, for messages
+    scale_bound: float  # the most the pipeline magnifies the picture's pixels (`_scale_bound`; 0: never shrink)
+    max_size: int  # the run's max_image_size
+    edges: str  # outside the files, for frames of the picture's size ("extend": a camera.json scene's downscale)
+
+
+def _read_video(root: Path, target: _VideoTarget, cutter: _Cutter) -> _FrameBlock | None:
     """A scene folder's video/ (preferred) or video.mp4, or None."""
     folder, mp4 = root / "video", root / "video.mp4"
     if folder.exists():
-        return _read_video_path(folder, H, W, cutter, shrink=shrink, edges=edges)
+        return _read_video_path(folder, target, cutter)
     if mp4.exists():
-        return _read_video_path(mp4, H, W, cutter, shrink=shrink, edges=edges)
+        return _read_video_path(mp4, target, cutter)
     return None
 
 
-def _read_video_path(path: Path, H: int, W: int, cutter: _Cutter, image_name: str = "image.png", shrink: int = 1,
-                     edges: str = "transparent") -> _FrameBlock:
-    """The frames of a folder of numbered frames or of an mp4 file, each the image's size (W x H), as a
-    `_FrameBlock`: RGBA uint8 [T, ceil(H / k), ceil(W / k), 4] with k = `shrink`, and each frame's mask box at the
-    files' size. Each frame gets its alpha (`_Cutter.rgba`) at the files' size as it is read, its mask box, then is
-    shrunk by k (area average on premultiplied colour, `shrink_frame`; `edges` pads a partial last block as the
-    resample treats the outside) and kept in 8 bits, in one block allocated up front (a long video in float does
-    not fit in memory, many frame-sized pieces fragment it, and a phone's 4K clip at its own size takes 10 GB in
-    8 bits; the recentring resample turns the frames into float at the pipeline's size)."""
+def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _FrameBlock:
+    """The frames of a folder of numbered frames or of an mp4 file as a `_FrameBlock`: RGBA uint8 [T, ceil(H / k),
+    ceil(W / k), 4] (W x H the frames' size) and each frame's mask box at the files' size. Each frame gets its
+    alpha (`_Cutter.rgba`) at the files' size as it is read, its mask box, then is shrunk by k (area average on
+    premultiplied colour, `shrink_frame`) and kept in 8 bits, in one block allocated up front (a long video in
+    float does not fit in memory, many frame-sized pieces fragment it, and a phone's 4K clip at its own size takes
+    10 GB in 8 bits; the recentring resample turns the frames into float at the pipeline's size). Frames of
+    another size than the picture are laid onto it by frame 0's object box (`_video_layout`)."""
     if not path.exists():
         raise InputError(f"{path}: video not found (an mp4 file or a folder of frames 000.png, 001.png, ...)")
     if path.is_dir():
         files = _frame_files(path)
         if not files:
             raise InputError(f"{path}: the video has 0 frames (no 000.png, 001.png, ...)")
-        out = _FrameBlock(len(files), (W, H), shrink, edges)
-        first: tuple[int, int] | None = None
-        for f in files:
-            img = read_image(f)
-            size = tuple(img.shape[:2])
-            if first is None:
-                first = size  # type: ignore[assignment]
-            elif size != first:
-                raise InputError(f"{f}: video frames of different sizes: {size[1]}x{size[0]}, "
-                                 f"but {files[0].name} is {first[1]}x{first[0]}")
-            if size != (H, W):
-                raise InputError(f"{f}: video frame is {size[1]}x{size[0]} but {image_name} is {W}x{H}")
-            out.add(cutter.rgba(img, f))
-        return out
-    if path.name == "video" and not path.suffix:
-        raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
-    out = _FrameBlock(count_video_frames(path), (W, H), shrink, edges)
-    for t, f in enumerate(iter_video(path)):  # [H, W, 3] uint8 each; InputError when unreadable
-        if f.shape[:2] != (H, W):
-            raise InputError(f"{path}: video frames are {f.shape[1]}x{f.shape[0]} but {image_name} is {W}x{H}")
-        out.add(cutter.rgba(torch.from_numpy(f).float().div_(255.0), f"{path} (frame {t})"))
-    if out.count == 0:
+        expected, frames = len(files), ((f, read_image(f)) for f in files)
+    else:
+        if path.name == "video" and not path.suffix:
+            raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
+        expected = count_video_frames(path)
+        frames = ((f"{path} (frame {t})", torch.from_numpy(f).float().div_(255.0))  # [H, W, 3] uint8 each
+                  for t, f in enumerate(iter_video(path)))
+    out: _FrameBlock | None = None
+    first: tuple[Path | str, tuple[int, int]] | None = None
+    for where, img in frames:
+        size = (int(img.shape[1]), int(img.shape[0]))  # (W, H)
+        if first is None:
+            first = (where, size)
+        elif size != first[1]:  # mp4 frames all have the stream's size
+            raise InputError(f"{where}: video frames of different sizes: {size[0]}x{size[1]}, "
+                             f"but {Path(first[0]).name} is {first[1][0]}x{first[1][1]}")
+        rgba = cutter.rgba(img, where)
+        if out is None:
+            out = _FrameBlock(expected, size, *_video_layout(rgba, target, where, path))
+        out.add(rgba)
+    if out is None or out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
     return out
+
+
+def _video_layout(frame0: torch.Tensor, target: _VideoTarget, where: Path | str, path: Path
+                  ) -> tuple[int, str, Registration | None]:
+    """How a video whose first frame is `frame0` [H, W, 4] is stored: its shrink k (`video_shrink`), what lies
+    outside its frames, and, for frames of another size than the picture, the `Registration` that lays them onto
+    it (frame 0's object box onto the picture's; InputError naming the file when either has no object)."""
+    size = (int(frame0.shape[1]), int(frame0.shape[0]))
+    if size == target.size:
+        return video_shrink(target.scale_bound, target.max_size), target.edges, None
+    (W, H), (w, h) = target.size, size
+    box = mask_box(_quantise(frame0[..., 3]) > 127)
+    if box is None or target.box is None:
+        whose = f"{where}: frame 0 shows" if box is None else f"{target.name}: the picture shows"
+        raise InputError(f"{whose} no object (alpha over 50%), needed to lay the video ({w}x{h}) onto "
+                         f"{target.name} ({W}x{H}); give frames of {target.name}'s size")
+    reg = registration_of(box, target.box, size, target.size)
+    return video_shrink(target.scale_bound * reg.scale, target.max_size), "transparent", reg
 
 
 class _FrameBlock:
     """RGBA frames in [0, 1] of the files' `size` (W, H) stored as uint8 in one [T, ceil(H / k), ceil(W / k), 4]
     block sized for `expected` frames (grown if more come, trimmed if fewer), shrunk by the integer k = `shrink`
     (`shrink_frame`; 1: as given, bit for bit), and each frame's mask box (alpha > 0.5 as stored in 8 bits) in the
-    files' pixels, taken before the shrink (`boxes`, what the recentring keeps inside the frame)."""
+    files' pixels, taken before the shrink (`boxes`, what the recentring keeps inside the frame). `registration`
+    lays frames of another size than the picture onto it (None: the picture's size)."""
 
     def __init__(self, expected: int, size: tuple[int, int] = (0, 0), shrink: int = 1,
-                 edges: str = "transparent") -> None:
+                 edges: str = "transparent", registration: Registration | None = None) -> None:
         self.expected, self.count = max(1, expected), 0
-        self.size, self.k, self.edges = size, max(1, int(shrink)), edges
+        self.size, self.k, self.edges, self.registration = size, max(1, int(shrink)), edges, registration
         self.block: torch.Tensor | None = None
         self.boxes: list[tuple[int, int, int, int] | None] = []
 
@@ -473,9 +521,21 @@ class _FrameBlock:
         assert self.block is not None
         return self.block[: self.count]
 
+    def picture_boxes(self) -> list[tuple[float, float, float, float] | None]:
+        """The frames' mask boxes in the picture's pixels (what the recentring keeps inside the frame)."""
+        reg = self.registration
+        return list(self.boxes) if reg is None else [reg.box_to_picture(b) for b in self.boxes]
+
+    def recentring(self, rec: Recentring | None) -> Recentring | None:
+        """The frames' similarity to the pipeline's frames, given the picture's `rec`: `rec` itself for frames of
+        the picture's size, else the registration followed by it (`Registration.then`)."""
+        if self.registration is None:
+            return rec
+        return self.registration.then(rec)
+
     def resampled(self, rec: Recentring | None) -> torch.Tensor:
-        """The frames moved by `rec` (a similarity of the files' pixels; None: as given) into float [T, Ho, Wo, 4]
-        (`resample_frames`, through `stored_recentring` when shrunk)."""
+        """The frames moved by `rec` (a similarity of the files' pixels, `recentring`; None: as given) into float
+        [T, Ho, Wo, 4] (`resample_frames`, through `stored_recentring` when shrunk)."""
         frames = self.frames()
         stored = (int(frames.shape[2]), int(frames.shape[1]))
         return resample_frames(stored_recentring(rec, self.size, self.k, stored), frames)

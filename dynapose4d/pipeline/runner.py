@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
 from dynapose4d.stages.cape import stage as cape
 from dynapose4d.stages.dynamic import stage as dynamic
 from dynapose4d.stages.static import stage as static
+
+#: A driving video laid onto a picture of another size whose frame 0 box differs in shape from the picture's by
+#: more than this (larger / smaller ratio of the width and height scales - 1) is reported: frame 0 may not show the
+#: object as the picture does.
+REGISTRATION_SPREAD = 0.15
 
 #: The pipeline, in order. Explicit functions, no registry; tests pass their own tuple.
 DEFAULT_STAGES: tuple[StageSpec, ...] = (
@@ -122,6 +128,9 @@ class StageRunner:
             "num_frames": int(scene.video.shape[0]) if scene.video is not None else None,
             "seed": self.cfg.seed,
             "inputs": {"video": None if self.video is None else str(Path(self.video).resolve()),
+                       "video_registration": None if scene.video_registration is None
+                       else {k: list(v) if isinstance(v, tuple) else v  # as JSON reads it back
+                             for k, v in asdict(scene.video_registration).items()},
                        "keypoints": "auto" if scene.auto_keypoints is not None
                        else str(Path(scene.keypoints_path or self.scene_path / "keypoints.json").resolve())},
         })
@@ -148,6 +157,13 @@ class StageRunner:
             self.echo(f"no alpha and a background that is not one colour: GrabCut cut the object out of "
                       f"{scene.grabcut_cuts} image(s)" + (f"; check {cut_png}" if scene.cutout is not None else "")
                       + " (where it is wrong, pass a picture with alpha)")
+        reg = scene.video_registration
+        if reg is not None:  # a clip of another size than the picture
+            self.echo(f"the video ({reg.video_size[0]}x{reg.video_size[1]}) is not the picture's size "
+                      f"({reg.picture_size[0]}x{reg.picture_size[1]}): laid onto it by frame 0's object box "
+                      f"(scaled by {reg.scale:.4g})" + (
+                          f"; their boxes differ in shape by {100 * reg.spread:.0f}%: check that frame 0 shows the "
+                          "object as the picture does" if reg.spread > REGISTRATION_SPREAD else ""))
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")

@@ -212,10 +212,12 @@ def write_frames(folder: Path, frames: torch.Tensor, source: dict[str, Any] | No
 
 def keypoint_file_recentring(scene: Any, generated: bool) -> Any:
     """The similarity between the pipeline's pixels and those of the driving frames' own files, which keypoint
-    files (cape/driving_keypoints.json) are written in: the scene's recentring (`Scene.recentring`, None when the
-    scene is used as given) for its own image and video; None for `generated` SVD frames, which are made and saved
-    (RUN/inputs/video/) in the pipeline's frame."""
-    return None if generated else getattr(scene, "recentring", None)
+    files (cape/driving_keypoints.json) are written in: the scene's video's (`Scene.video_recentring` for a video
+    of another size than the picture, else `Scene.recentring`; None when the scene is used as given); None for
+    `generated` SVD frames, which are made and saved (RUN/inputs/video/) in the pipeline's frame."""
+    if generated:
+        return None
+    return getattr(scene, "video_recentring", None) or getattr(scene, "recentring", None)
 
 
 def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | None = None, seed: int = 0,

@@ -1,0 +1,200 @@
+"""A driving video of another size than the picture (a phone clip beside a photo): laid onto the picture by frame
+0's object box (`dynapose4d.data.recentring.Registration`), checked against the same video drawn at the picture's
+size, analytically (the object is drawn from its formula at each pixel, so no resampler is the reference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dynapose4d.data.scene as scene_mod
+from dynapose4d.core.io import write_image, write_video
+from dynapose4d.data.recentring import registration_of
+from dynapose4d.data.scene import load_scene, video_shrink
+from dynapose4d.pipeline.config import TrainerConfig, WandbConfig
+from dynapose4d.priors.svd import keypoint_file_recentring
+from dynapose4d.stages.base import StageContext
+
+W, H = 120, 90  # the picture
+OBJ = dict(cx=60.0, cy=45.0, rx=30.0, ry=22.0)  # an ellipse in the picture's pixels
+SHIFT = 3.0  # px of the picture the object moves right per frame
+FRAMES = 3
+CANVAS = (320, 180)  # the clip: 16:9, the object drawn 1.6 times larger, its picture origin at OFFSET
+SCALE, OFFSET = 1.6, (40.0, 20.0)
+BG = np.array([0.93, 0.95, 0.97])
+
+
+def draw(t: int, size: tuple[int, int] = (W, H), scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0),
+         rgb: bool = False) -> np.ndarray:
+    """Frame t [h, w, 4] (or [h, w, 3] over BG): the ellipse moved right by SHIFT t picture px, striped in the
+    picture's coordinates, as a camera at `scale` video px per picture px with the picture's origin at video pixel
+    `offset` sees it; one video pixel of soft edge."""
+    w, h = size
+    qy, qx = np.mgrid[0:h, 0:w] + 0.5
+    ux, uy = (qx - offset[0]) / scale, (qy - offset[1]) / scale  # picture pixels
+    r = np.sqrt(((ux - OBJ["cx"] - SHIFT * t) / OBJ["rx"]) ** 2 + ((uy - OBJ["cy"]) / OBJ["ry"]) ** 2)
+    a = np.clip((1.0 - r) * min(OBJ["rx"], OBJ["ry"]) * scale + 0.5, 0.0, 1.0)[..., None]
+    stripes = 0.5 + 0.5 * np.sin((ux + uy) * (2 * np.pi / 24.0))
+    col = np.stack([0.15 + 0.7 * stripes, 0.3 + 0.4 * uy / H, 0.8 - 0.5 * stripes], -1)
+    return col * a + BG * (1 - a) if rgb else np.concatenate([col, a], -1)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """picture.png; same/ (the frames at the picture's size); wide/ (the clip at 320 x 180), wide.mp4 (the same
+    over a plain background)."""
+    d = tmp_path_factory.mktemp("clips")
+    write_image(d / "picture.png", draw(0))
+    for t in range(FRAMES):
+        write_image(d / "same" / f"{t:03d}.png", draw(t))
+        write_image(d / "wide" / f"{t:03d}.png", draw(t, CANVAS, SCALE, OFFSET))
+    write_video(d / "wide.mp4", np.stack([draw(t, CANVAS, SCALE, OFFSET, rgb=True) for t in range(FRAMES)]), fps=8)
+    return d
+
+
+def _premultiplied(v: torch.Tensor) -> torch.Tensor:
+    return torch.cat([v[..., :3] * v[..., 3:], v[..., 3:]], -1)
+
+
+def _centroids(v: torch.Tensor) -> torch.Tensor:
+    """Alpha-weighted centre [T, 2] (x, y) of frames [T, h, w, 4]."""
+    a = v[..., 3]
+    ys, xs = torch.meshgrid(torch.arange(a.shape[1]) + 0.5, torch.arange(a.shape[2]) + 0.5, indexing="ij")
+    m = a.sum((1, 2))
+    return torch.stack([(a * xs).sum((1, 2)) / m, (a * ys).sum((1, 2)) / m], -1)
+
+
+@pytest.mark.parametrize("max_size", [0, 64])
+def test_a_clip_of_another_size_lands_where_the_same_clip_at_the_pictures_size_does(clips, max_size):
+    """The 16:9 clip, its object 1.6 times larger and off-centre, gives the frames the same video at the picture's
+    size gives: alpha-weighted centres within 0.1 px, colour within 0.01 on average; the registration's scale and
+    the video's own similarity are the drawing's (1 / 1.6, to the boxes' whole pixels)."""
+    same = load_scene(clips / "picture.png", video=clips / "same", max_size=max_size)
+    wide = load_scene(clips / "picture.png", video=clips / "wide", max_size=max_size)
+    reg = wide.video_registration
+    assert same.video_registration is None and same.video_recentring is None and reg is not None
+    assert reg.video_size == CANVAS and reg.picture_size == (W, H)
+    assert abs(reg.scale * SCALE - 1.0) < 0.02, reg
+    assert torch.equal(wide.image, same.image) and torch.equal(wide.keypoints, same.keypoints)
+    assert wide.video.shape == same.video.shape == (FRAMES, *same.image.shape)
+    dc = (_centroids(wide.video) - _centroids(same.video)).norm(dim=-1)
+    diff = (_premultiplied(wide.video) - _premultiplied(same.video)).abs()
+    print(f"max_size {max_size}: centres {dc.max():.4f} px, colour mean {diff.mean():.4f} max {diff.max():.3f}")
+    assert dc.max() < 0.1 and diff.mean() < 0.01, (dc, diff.mean())
+    # the video's own similarity: a pipeline pixel p is the clip's pixel SCALE * (picture pixel) + OFFSET
+    p = torch.tensor([[0.0, 0.0], [same.width / 2, same.height / 2], [same.width, same.height]], dtype=torch.float64)
+    picture_px = same.recentring.to_scene(p) if same.recentring is not None else p
+    expected = picture_px * SCALE + torch.tensor(OFFSET, dtype=torch.float64)
+    torch.testing.assert_close(wide.video_recentring.to_scene(p), expected, atol=1.5, rtol=0)
+    # driving keypoint files are written in the clip's pixels; the picture's files keep the picture's
+    assert keypoint_file_recentring(wide, generated=False) is wide.video_recentring
+    assert keypoint_file_recentring(same, generated=False) is same.recentring
+    assert keypoint_file_recentring(wide, generated=True) is None
+
+
+def test_an_mp4_of_another_size_over_a_plain_background_is_laid_on_too(clips):
+    """The same clip as an RGB mp4 (cut out from its plain background, frame by frame): registered to within 2%,
+    and its object where the frames at the picture's size put it (within 0.5 px: the codec and the cut-out)."""
+    same = load_scene(clips / "picture.png", video=clips / "same", max_size=0)
+    wide = load_scene(clips / "picture.png", video=clips / "wide.mp4", max_size=0)
+    assert abs(wide.video_registration.scale * SCALE - 1.0) < 0.02
+    dc = (_centroids(wide.video) - _centroids(same.video)).norm(dim=-1)
+    assert dc.max() < 0.5, dc
+
+
+def test_a_large_clip_is_shrunk_by_what_the_registration_leaves(clips, tmp_path, monkeypatch):
+    """A clip drawing the object 4 times larger than the picture (640 x 360) needs 4 times fewer of its pixels per
+    pipeline pixel: the shrink k comes from the picture's bound times the registration's scale (4 at max_size 32,
+    where frames of the picture's size keep k = 1), and the frames equal the ones read unshrunk (mean colour
+    difference under 0.004)."""
+    for t in range(FRAMES):
+        write_image(tmp_path / "big" / f"{t:03d}.png", draw(t, (640, 360), 4.0, (80.0, 5.0)))
+    blocks = []
+    read = scene_mod._read_video_path
+
+    def spy(*args, **kw):
+        blocks.append(read(*args, **kw))
+        return blocks[-1]
+
+    monkeypatch.setattr(scene_mod, "_read_video_path", spy)
+    small = load_scene(clips / "picture.png", video=tmp_path / "big", max_size=32)
+    picture = scene_mod.read_image(clips / "picture.png")  # the picture's bound, before any video is read
+    bound = scene_mod._scale_bound(picture, torch.tensor(small.auto_keypoints.keypoints), False, 32)
+    assert video_shrink(bound, 32) == 1  # frames of the picture's size are not shrunk
+    assert blocks[0].k == video_shrink(bound * small.video_registration.scale, 32) == 4, blocks[0].k
+    monkeypatch.setattr(scene_mod, "VIDEO_OVERSAMPLE", 0)
+    whole = load_scene(clips / "picture.png", video=tmp_path / "big", max_size=32)
+    shrunk, full = blocks
+    assert full.k == 1
+    assert shrunk.boxes == full.boxes
+    diff = (_premultiplied(small.video) - _premultiplied(whole.video)).abs()
+    print(f"k {shrunk.k}: mean {diff.mean():.5f} max {diff.max():.4f}")
+    assert diff.mean() < 0.004, diff.mean()
+
+
+def test_registration_maps_boxes_and_composes_with_the_pictures_similarity():
+    """Frame 0's box lands on the picture's box; followed by the picture's similarity, the composed one takes a
+    video point where the two maps applied in turn take it."""
+    from dynapose4d.data.recentring import Recentring
+
+    reg = registration_of((100, 40, 200, 120), (20, 10, 70, 50), (320, 180), (96, 64))
+    assert reg.scale == pytest.approx(0.5)
+    assert reg.box_to_picture((100, 40, 200, 120)) == pytest.approx((20, 10, 70, 50))
+    rec = Recentring(scale=0.7, centre=(44.0, 31.0), size=(96, 64), out_size=(48, 32))
+    q = torch.tensor([[0.0, 0.0], [150.0, 80.0], [319.0, 179.5]], dtype=torch.float64)
+    torch.testing.assert_close(reg.then(rec).from_scene(q), rec.from_scene(reg.to_picture(q)))
+    torch.testing.assert_close(reg.then(rec).to_scene(rec.from_scene(reg.to_picture(q))), q)
+    torch.testing.assert_close(reg.then(None).from_scene(q), reg.to_picture(q))  # the picture as given
+    assert reg.then(rec).size == (320, 180) and reg.then(rec).output_size == (48, 32)
+
+
+def test_a_registered_run_writes_driving_keypoints_in_the_clips_pixels(clips, tmp_path):
+    """Through write_driving_keypoints: saved in the clip's pixels (the video's similarity undone), read back in
+    the pipeline's."""
+    from dynapose4d.stages.keypoints import DRIVING_KEYPOINTS, read_driving_keypoints, write_driving_keypoints
+
+    scene = load_scene(clips / "picture.png", video=clips / "wide", max_size=0)
+    ctx = StageContext(scene=scene, run_dir=tmp_path, artifacts={"cape": {"driving_keypoints": DRIVING_KEYPOINTS}},
+                       trainer=TrainerConfig(accelerator="cpu", progress_bar=False), wandb=WandbConfig(enabled=False))
+    (tmp_path / "cape").mkdir()
+    pts = scene.keypoints[None].repeat(FRAMES, 1, 1)  # [T, N, 2] pipeline pixels
+    write_driving_keypoints(ctx, pts, torch.ones(FRAMES, scene.num_keypoints), generated=False)
+    saved = torch.tensor(json.loads((tmp_path / DRIVING_KEYPOINTS).read_text())["points"])
+    picture_px = scene.recentring.to_scene(pts.double()) if scene.recentring is not None else pts.double()
+    torch.testing.assert_close(saved.double(), picture_px * SCALE + torch.tensor(OFFSET, dtype=torch.float64),
+                               atol=1.5, rtol=0)
+    back, _ = read_driving_keypoints(ctx, FRAMES)
+    torch.testing.assert_close(back, pts, atol=1e-3, rtol=0)
+
+
+def test_the_run_says_how_it_laid_the_clip_and_records_it(clips, tmp_path):
+    """The runner prints one line with the two sizes and the scale, warns when frame 0's box has another shape than
+    the picture's, and keeps the similarity in the manifest."""
+    import _fakes
+
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
+
+    def run(video: Path, out: Path) -> tuple[dict, list[str]]:
+        said: list[str] = []
+        cfg = load_config(None, _fakes.fake_overrides())
+        m = StageRunner(clips / "picture.png", out, cfg, stages=_fakes.FAKE_STAGES, echo=said.append, video=video).run()
+        return m, [s for s in said if "laid onto it" in s]
+
+    m, lines = run(clips / "wide", tmp_path / "run")
+    assert len(lines) == 1 and "(320x180)" in lines[0] and f"({W}x{H})" in lines[0] and "differ" not in lines[0]
+    reg = m["inputs"]["video_registration"]
+    assert reg["video_size"] == [320, 180] and abs(reg["scale"] * SCALE - 1) < 0.02
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]["video_registration"] == reg
+    # frame 0 squeezed to half its width: the boxes differ in shape, which the run says
+    for t in range(FRAMES):
+        f = draw(t, CANVAS, SCALE, OFFSET)
+        write_image(tmp_path / "squeezed" / f"{t:03d}.png", f[:, ::2] if t == 0 else f[:, :CANVAS[0] // 2])
+    _, lines = run(tmp_path / "squeezed", tmp_path / "run2")
+    assert len(lines) == 1 and "differ in shape by" in lines[0], lines
+    m, lines = run(clips / "same", tmp_path / "run3")  # the picture's size: nothing to say
+    assert lines == [] and m["inputs"]["video_registration"] is None
