@@ -62,6 +62,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif")  # `read_image` reads
 _HEIF_SUFFIXES = (".heic", ".heif")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif")  # video files `iter_video` reads
 
 
 @functools.cache
@@ -161,9 +162,14 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 
 
 
 def iter_video(path: str | Path) -> Iterator[np.ndarray]:
-    """The frames of an mp4 (or gif) one at a time, uint8 [H, W, 3], so that a long video is never held whole
-    in float; InputError when unreadable."""
+    """The frames of a video file one at a time, uint8 [H, W, 3] ([H, W, 4] for a GIF with a transparent colour),
+    so that a long video is never held whole in float; InputError when unreadable. A GIF is read by Pillow, each
+    stored frame once (ffmpeg resamples a GIF's frame delays to a constant rate: a one-frame GIF came out as 12
+    frames); everything else by ffmpeg."""
     path = Path(path)
+    if path.suffix.lower() == ".gif":
+        yield from _gif_frames(path)
+        return
     gen = _ffmpeg_frames(path)
     try:
         w, h = next(gen)["size"]
@@ -177,11 +183,52 @@ def iter_video(path: str | Path) -> Iterator[np.ndarray]:
         gen.close()
 
 
+def _gif_frames(path: Path) -> Iterator[np.ndarray]:
+    """The stored frames of a GIF (Pillow composes each onto the previous as the file's disposal says)."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            alpha = "transparency" in im.info or im.mode in ("RGBA", "PA", "LA")
+            for i in range(getattr(im, "n_frames", 1)):
+                im.seek(i)
+                yield np.asarray(im.convert("RGBA" if alpha else "RGB")).copy()
+    except InputError:
+        raise
+    except Exception as e:  # Pillow raises many types for corrupt files
+        raise InputError(f"{path}: unreadable GIF ({type(e).__name__})") from None
+
+
+def read_first_frame(path: str | Path) -> tuple[torch.Tensor, bool]:
+    """Frame 0 of a video file as float32 [H, W, 3] in [0, 1] ([H, W, 4]: a GIF with transparency), and whether
+    another frame follows (a GIF of one frame is a still picture); InputError when unreadable or empty."""
+    gen = iter_video(path)
+    try:
+        first = next(gen, None)
+        if first is None:
+            raise InputError(f"{path}: the video has 0 frames")
+        more = next(gen, None) is not None
+    finally:
+        gen.close()
+    return torch.from_numpy(first).float().div_(255.0), more
+
+
+def read_picture(path: str | Path) -> torch.Tensor:
+    """A picture file as `read_image` reads it, or, for a video file (`VIDEO_SUFFIXES`), its frame 0 as float32
+    [H, W, 3|4]: the picture of a run given a clip alone."""
+    if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+        return read_first_frame(path)[0]
+    return read_image(path)
+
+
 def count_video_frames(path: str | Path) -> int:
-    """The number of frames of an mp4 from its stream (not decoded); 0 when it cannot be counted."""
+    """The number of frames of a video file from its stream (not decoded); 0 when it cannot be counted."""
     import imageio_ffmpeg
 
     try:
+        if Path(path).suffix.lower() == ".gif":
+            with Image.open(path) as im:
+                return int(getattr(im, "n_frames", 1))
         return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
     except Exception:  # unreadable: `iter_video` says why
         return 0

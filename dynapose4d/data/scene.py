@@ -25,6 +25,8 @@ Files:
 A picture alone (png, jpg, webp, bmp, tif or heic; `load_scene(picture, video=...)`) is a scene with only image.png:
 no camera.json, views/ or gt/ (recentred), video and keypoints only when passed (`video`: an mp4 or a folder of frames;
 `keypoints`: a keypoints.json file, also accepted for a folder, where they replace the folder's own files).
+A clip alone (mp4, mov, webm, mkv, avi or gif) is a picture alone whose picture is the clip's frame 0 and whose
+video is the clip (unless `video` is passed; a clip of one frame, such as a still GIF, is a picture without video).
 
 Recentring (no camera.json, the DreamGaussian convention): image, keypoints and every video frame go through one
 2D similarity (one bilinear resample, antialiased when shrinking) that puts the centre of image.png's mask
@@ -85,7 +87,14 @@ import torch
 from dynapose4d.cape import MAX_SUPPORT_KEYPOINTS
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
 from dynapose4d.core.errors import InputError
-from dynapose4d.core.io import IMAGE_SUFFIXES, count_video_frames, iter_video, read_image
+from dynapose4d.core.io import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    count_video_frames,
+    iter_video,
+    read_first_frame,
+    read_image,
+)
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
 from dynapose4d.data.cutout import grabcut_rgba
@@ -105,6 +114,8 @@ from dynapose4d.data.recentring import (
 from dynapose4d.evaluation.gt import check_gt_frames, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
+PICTURES = "png, jpg, webp, bmp, tif, heic"  # the picture files a scene may be given as (messages)
+CLIPS = "mp4, mov, webm, mkv, avi, gif"  # the video files a scene may be given as alone (messages)
 AUTO_MIN_GAP = 0.035  # automatic keypoints of a scene with camera.json: least spacing, x the image's longer side
 VIDEO_OVERSAMPLE = 2  # video frames are stored shrunk by an integer k that keeps at least this many stored pixels
 # per pixel of the pipeline's frames, along each axis (`video_shrink`; 0: never shrunk)
@@ -169,20 +180,25 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     if not root.exists():
         raise InputError(f"{root}: scene folder or picture not found")
     picture = root.is_file()
+    clip = picture and root.suffix.lower() in VIDEO_SUFFIXES
     if picture:
-        if root.suffix.lower() not in IMAGE_SUFFIXES:
-            raise InputError(f"{root}: not a picture (png, jpg, webp, bmp, tif, heic) nor a scene folder "
+        if root.suffix.lower() not in IMAGE_SUFFIXES and not clip:
+            raise InputError(f"{root}: not a picture ({PICTURES}), a clip ({CLIPS}) nor a scene folder "
                              "(a folder with image.png)")
         image_path, root = root, root.parent
     elif not root.is_dir():
-        raise InputError(f"{root}: a scene must be a folder (with image.png) or a picture "
-                         "(png, jpg, webp, bmp, tif, heic)")
+        raise InputError(f"{root}: a scene must be a folder (with image.png), a picture ({PICTURES}) or a clip "
+                         f"({CLIPS})")
     else:
         image_path = root / "image.png"
         if not image_path.is_file():
             raise InputError(f"{image_path}: file not found (a scene needs image.png)")
     cutter = _Cutter(cutout)
-    image = read_image(image_path)
+    if clip:  # a clip alone: its frame 0 is the picture and, unless --video says otherwise, it drives it
+        image, more = read_first_frame(image_path)
+        video = image_path if video is None and more else video
+    else:
+        image = read_image(image_path)
     H, W = image.shape[:2]
     if H < MIN_SIZE or W < MIN_SIZE:  # before the cut-out, which would only say that it found no object
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
@@ -455,7 +471,7 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
         if path.name == "video" and not path.suffix:
             raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
         expected = count_video_frames(path)
-        frames = ((f"{path} (frame {t})", torch.from_numpy(f).float().div_(255.0))  # [H, W, 3] uint8 each
+        frames = ((f"{path} (frame {t})", torch.from_numpy(f).float().div_(255.0))  # [H, W, 3|4] uint8 each
                   for t, f in enumerate(iter_video(path)))
     out: _FrameBlock | None = None
     first: tuple[Path | str, tuple[int, int]] | None = None

@@ -16,11 +16,13 @@ SET_HELP = ("config overrides (repeatable; each value holds '=', so a word after
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The arguments of `dynapose4d run` (all but --stages) on parser `p`."""
     p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png, jpg, webp, bmp, tif, heic) "
-                                 "alone, or synthetic:<template>:<seed>. Without alpha the object is cut out "
-                                 "(plain background, else GrabCut; --set cutout=plain|grabcut|auto)")
+                                 "alone, a clip (mp4, mov, webm, mkv, avi, gif) alone (its frame 0 is the picture, "
+                                 "the clip the driving video), or synthetic:<template>:<seed>. Without alpha the "
+                                 "object is cut out (plain background, else GrabCut; --set cutout=plain|grabcut|auto)")
     p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
-    p.add_argument("--video", default=None, help="driving video: an mp4 or a folder of frames 000.png ... "
-                                                 "(replaces the scene's own)")
+    p.add_argument("--video", default=None, help="driving video: an mp4 (or mov, webm, mkv, avi, gif) or a "
+                                                 "folder of frames 000.png ... (replaces the scene's own); of any "
+                                                 "size: frame 0's object is laid onto the picture's")
     p.add_argument("--keypoints", default=None,
                    help="keypoints file in keypoints.json's format (replaces the scene's; e.g. an edited "
                         "RUN/inputs/keypoints.json). Without any, keypoints are made from the mask")

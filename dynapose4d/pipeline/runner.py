@@ -35,7 +35,7 @@ from typing import Any
 from dynapose4d.cape.overlay import draw_keypoints
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.images import over_background
-from dynapose4d.core.io import read_image, write_image, write_text
+from dynapose4d.core.io import read_picture, write_image, write_text
 from dynapose4d.core.structured import to_dict
 from dynapose4d.data import scene as scene_io
 from dynapose4d.data.scene import Scene
@@ -310,7 +310,7 @@ def write_auto_keypoints(scene: Scene, folder: Path) -> None:
     auto = scene.auto_keypoints
     assert auto is not None
     write_text(folder / "keypoints.json", auto.to_text())
-    img = read_image(scene.image_path or scene.root / "image.png")  # [H, W, 3|4] the file, not recentred
+    img = read_picture(scene.image_path or scene.root / "image.png")  # [H, W, 3|4] the file (a clip's frame 0)
     rgb = over_background(img, 1.0) if img.shape[-1] == 4 else img
     drawn = draw_keypoints(rgb, torch.from_numpy(auto.keypoints).float(), list(auto.skeleton), min_side=512,
                            labels=True)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dynapose4d.core.cameras import Camera
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.images import over_background, to_uint8
-from dynapose4d.core.io import read_image, write_video
+from dynapose4d.core.io import read_image, read_picture, write_video
 from dynapose4d.data.scene import load_scene
 from dynapose4d.deform import load_dynamic, render_4d
 from dynapose4d.pipeline.config import load_run_config
@@ -82,7 +82,7 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
     if not scene_path.exists():
         raise InputError(f"{scene_path}: the run's scene is no longer there")
     picture = scene_path / "image.png" if scene_path.is_dir() else scene_path
-    rgba = read_image(picture)
+    rgba = read_picture(picture)  # [H, W, 3|4] (a clip given alone: its frame 0)
     image = over_background(rgba, 1.0) if rgba.shape[-1] == 4 else rgba
     inputs = manifest.get("inputs") or {}  # the run's --video / --keypoints, when it was given them
     cfg = load_run_config(run_dir)

@@ -1,6 +1,7 @@
-"""A driving video of another size than the picture (a phone clip beside a photo): laid onto the picture by frame
-0's object box (`dynapose4d.data.recentring.Registration`), checked against the same video drawn at the picture's
-size, analytically (the object is drawn from its formula at each pixel, so no resampler is the reference)."""
+"""Clips as users bring them. A driving video of another size than the picture (a phone clip beside a photo): laid
+onto the picture by frame 0's object box (`dynapose4d.data.recentring.Registration`), checked against the same
+video drawn at the picture's size, analytically (the object is drawn from its formula at each pixel, so no
+resampler is the reference). A clip given alone: its frame 0 is the picture, the clip the driving video."""
 
 from __future__ import annotations
 
@@ -198,3 +199,68 @@ def test_the_run_says_how_it_laid_the_clip_and_records_it(clips, tmp_path):
     assert len(lines) == 1 and "differ in shape by" in lines[0], lines
     m, lines = run(clips / "same", tmp_path / "run3")  # the picture's size: nothing to say
     assert lines == [] and m["inputs"]["video_registration"] is None
+
+
+# ------------------------------------------------------------------------------------------------ a clip alone
+
+
+def test_a_clip_alone_is_its_frame_0_driven_by_itself(clips, tmp_path):
+    """`load_scene(clip)` equals `load_scene(frame 0 as a picture, video=clip)`, bit for bit; --video still replaces
+    the clip as the driving video; a GIF of one frame is a picture without video."""
+    from dynapose4d.core.io import iter_video
+
+    frame0 = next(iter_video(clips / "wide.mp4"))  # uint8 [h, w, 3], as decoded
+    write_image(tmp_path / "frame0.png", frame0.astype(np.float32) / 255.0)
+    alone = load_scene(clips / "wide.mp4", max_size=64)
+    given = load_scene(tmp_path / "frame0.png", video=clips / "wide.mp4", max_size=64)
+    assert alone.image_path == clips / "wide.mp4" and alone.video.shape[0] == FRAMES
+    assert torch.equal(alone.image, given.image) and torch.equal(alone.video, given.video)
+    assert torch.equal(alone.keypoints, given.keypoints) and alone.recentring == given.recentring
+    other = load_scene(clips / "wide.mp4", video=clips / "same", max_size=64)  # --video wins (at the picture's size)
+    assert abs(other.video_registration.scale / SCALE - 1) < 0.02 and torch.equal(other.image, alone.image)
+    write_video(tmp_path / "still.gif", draw(0, rgb=True)[None], fps=8)
+    still = load_scene(tmp_path / "still.gif", max_size=64)
+    assert still.video is None and still.image.shape[:2] == (48, 64)  # 120 x 90 within max_size 64
+
+
+def test_a_gif_gives_each_stored_frame_once_and_its_transparency():
+    """GIFs are read by Pillow: 3 stored frames give 3 (ffmpeg gave a one-frame GIF as 12), and a GIF with a
+    transparent colour gives RGBA frames whose alpha is the object's."""
+    import tempfile
+
+    from PIL import Image
+
+    from dynapose4d.core.io import count_video_frames, iter_video
+
+    with tempfile.TemporaryDirectory() as d:
+        frames = [draw(t) for t in range(FRAMES)]  # [H, W, 4] float
+        ims = [Image.fromarray((f * 255).round().astype(np.uint8), "RGBA") for f in frames]
+        ims[0].save(Path(d) / "clip.gif", save_all=True, append_images=ims[1:], duration=125, loop=0, disposal=2)
+        out = list(iter_video(Path(d) / "clip.gif"))
+        assert count_video_frames(Path(d) / "clip.gif") == len(out) == FRAMES
+        for f, truth in zip(out, frames):
+            assert f.shape == (H, W, 4)
+            a, b = f[..., 3] > 127, truth[..., 3] > 0.5
+            assert (a & b).sum() / (a | b).sum() > 0.95  # the writer binarises the soft edge; a frame off by 3 px: 0.88
+        write_video(Path(d) / "one.gif", draw(0, rgb=True)[None], fps=8)
+        assert len(list(iter_video(Path(d) / "one.gif"))) == 1
+
+
+def test_a_clip_alone_runs_and_writes_its_keypoints_on_frame_0(clips, tmp_path):
+    """Through the runner (fake stages): the automatic keypoints drawn on frame 0 of the clip; a file that is
+    neither picture nor clip names the kinds that are."""
+    import _fakes
+
+    from dynapose4d.core.errors import InputError
+    from dynapose4d.core.io import read_image
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
+
+    cfg = load_config(None, _fakes.fake_overrides())
+    m = StageRunner(clips / "wide.mp4", tmp_path / "run", cfg, stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
+    assert m["num_frames"] == FRAMES and m["inputs"]["video"] is None and m["inputs"]["keypoints"] == "auto"
+    drawn = read_image(tmp_path / "run" / "inputs" / "keypoints.png")
+    assert drawn.shape[1] / drawn.shape[0] == pytest.approx(CANVAS[0] / CANVAS[1], rel=0.01)  # frame 0's aspect
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match=r"notes.txt: not a picture \(png.*\), a clip \(mp4.*gif\) nor"):
+        load_scene(tmp_path / "notes.txt")
