@@ -364,8 +364,8 @@ def _stripes(points: np.ndarray) -> np.ndarray:
 def test_the_texture_holds_the_colour_of_every_surface_point(tmp_path):
     """Stripes baked on a sphere (256 texels: ~13 per stripe period) and read back from the glb: at 20 000 random
     surface points (not vertices) the bilinear texture lookup at their UV equals the pattern at their 3D point to
-    8-bit and bilinear precision (all but 1 in 1000); the same lookup with v flipped or half a texel off is far off (what the test
-    catches). UVs in [0, 1], a PNG image, linear filtering, and no COLOR_0."""
+    8-bit and bilinear precision (all but 1 in 1000); the same lookup with v flipped or half a texel off is far
+    off (what the test catches). UVs in [0, 1], a PNG image, linear filtering, and no COLOR_0."""
     mesh = extract_mesh(_one_gaussian((0.2, 0.2, 0.2), opacity=0.9), resolution=48, level=0.3)
     tex = texture_mesh(mesh.vertices, mesh.faces, _stripes, size=256)
     assert len(tex.vmap) > len(mesh.vertices)  # the atlas has seams
