@@ -1,11 +1,17 @@
 """Colour error at 100 000 random surface points of the demo mesh: vertex colours (interpolated) vs the baked
 texture, against the colour field (`ColourField`).  PYTHONPATH=. python experiments/mesh_texture_error.py"""
-import sys; sys.path.insert(0, "tests")
+
+import sys
+
 import numpy as np
-from test_export_mesh import _surface_samples, _texture_lookup
+
 from dynapose4d.deform import load_dynamic
 from dynapose4d.export.mesh import extract_mesh
 from dynapose4d.export.texture import texture_mesh
+
+sys.path.insert(0, "tests")
+from test_export_mesh import _surface_samples, _texture_lookup  # noqa: E402
+
 c, phi = load_dynamic(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/run")
 m = extract_mesh(c)
 tex = texture_mesh(m.vertices, m.faces, m.field, 1024)
