@@ -5,8 +5,9 @@ RUN/export/ (or another folder):
                             with --format ply_compressed / splat: frame_000.compressed.ply / frame_000.splat
   skeleton.glb              the 3D keypoint tracks as an animated joint hierarchy + skinned bone lines (glTF 2.0)
   skeleton.bvh              the same motion as BVH (`export.skeleton`)
-  mesh.glb                  the Gaussians' surface as a vertex-coloured triangle mesh, one morph target per frame
-                            (`export.mesh`)
+  mesh.glb                  the Gaussians' surface as a triangle mesh with a UV atlas and a baked base-colour
+                            texture (embedded PNG; vertex colours with mesh_texture=0), one morph target per frame
+                            (`export.mesh`, `export.texture`)
   videos/                   copies of the dynamic stage's videos (reference, orbit, keypoints)
   export.json               what was written: files, up axis per output, frames, fps, source run
 A run whose dynamic stage has not run (`fit-static`) exports its static Gaussians: the splats and the mesh as one
@@ -39,6 +40,7 @@ from dynapose4d.export.axes import UP_CHOICES, rotate_points
 from dynapose4d.export.mesh import DENSITY_LEVEL, MESH_RESOLUTION, animate_vertices, extract_mesh, write_mesh_glb
 from dynapose4d.export.ply import SPLAT_FORMATS, export_splat_sequence, frame_name
 from dynapose4d.export.skeleton import SkeletonTree, skeleton_tree, write_bvh, write_glb
+from dynapose4d.export.texture import TEXTURE_SIZE, texture_mesh
 from dynapose4d.gaussians import load_ply
 
 FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "mesh", "videos")
@@ -108,12 +110,13 @@ def _formats(formats: list[str] | tuple[str, ...] | None) -> list[str]:
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str | None = None,
                formats: list[str] | tuple[str, ...] | None = None, mesh_level: float | None = None,
-               mesh_resolution: int | None = None) -> dict[str, Any]:
+               mesh_resolution: int | None = None, mesh_texture: int | None = None) -> dict[str, Any]:
     """Write the run's 4D result to `out_dir` (default RUN/export); returns what export.json records.
 
     `formats`: any of FORMATS (default DEFAULT_FORMATS; "all" means the default). `up`: "+y", "-y" or "+z"
     for every output, or None for each output's own default (`default_up`). `mesh_level` / `mesh_resolution`:
-    the mesh's surface density and grid (None: `export.mesh`'s defaults). Each output replaces its previous
+    the mesh's surface density and grid (None: `export.mesh`'s defaults); `mesh_texture`: its texture's size in
+    texels, 0 for vertex colours (None: `export.texture.TEXTURE_SIZE`). Each output replaces its previous
     version in `out_dir` whole (written aside, then renamed); export.json lists every output present, and its
     "notes" say what was not written and why (a model too faint for a mesh at that level)."""
     run_dir = Path(run_dir)
@@ -127,6 +130,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
         raise InputError(f"--mesh-level {mesh_level}: must be a positive number")
     if not 8 <= resolution <= 1024:
         raise InputError(f"--mesh-resolution {mesh_resolution}: must be between 8 and 1024")
+    texture_size = TEXTURE_SIZE if mesh_texture is None else int(mesh_texture)
+    if texture_size != 0 and not 64 <= texture_size <= 8192:
+        raise InputError(f"--mesh-texture {mesh_texture}: must be 0 (vertex colours) or between 64 and 8192 texels")
     fmts = _formats(formats)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
     static_only = _static_only(run_dir)
@@ -194,11 +200,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
                 "lower L makes one)")
         else:
             frames = rotate_points(animate_vertices(mesh.vertices, phi, T), axis)  # [T, V, 3]
-            write_mesh_glb(out_dir / "mesh.glb", frames, mesh.faces, mesh.colors, fps, extras={"up": axis, "fps": fps})
+            texture = texture_mesh(mesh.vertices, mesh.faces, mesh.field, texture_size) if texture_size else None
+            write_mesh_glb(out_dir / "mesh.glb", frames, mesh.faces, mesh.colors, fps, extras={"up": axis, "fps": fps},
+                           texture=texture)
             record["skipped"] = [f for f in record.get("skipped", []) if f != "mesh"]
             record["outputs"]["mesh"] = {"files": ["mesh.glb"], "up": axis, "frames": int(frames.shape[0]),
-                                         "vertices": int(frames.shape[1]), "faces": int(len(mesh.faces)),
-                                         "level": level, "resolution": resolution, "written": stamp}
+                                         "vertices": int(len(texture.vmap) if texture else frames.shape[1]),
+                                         "surface_vertices": int(frames.shape[1]), "faces": int(len(mesh.faces)),
+                                         "texture": texture_size, "level": level, "resolution": resolution,
+                                         "written": stamp}
     if "videos" in fmts:
         src = run_dir / "static" if static_only else run_dir / "dynamic" / "videos"
         videos = sorted(p for p in src.glob("*") if p.suffix in (".mp4", ".gif")) if src.is_dir() else []

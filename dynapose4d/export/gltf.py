@@ -15,7 +15,8 @@ _DTYPES = {FLOAT: "<f4", USHORT: "<u2", UINT: "<u4"}
 
 
 class GlbBuilder:
-    """`gltf` is the pygltflib document to fill; `accessor` stores an array in the binary chunk; `save` writes."""
+    """`gltf` is the pygltflib document to fill; `accessor` stores an array in the binary chunk, `view` raw bytes;
+    `save` writes."""
 
     def __init__(self) -> None:
         import pygltflib as g
@@ -45,6 +46,13 @@ class GlbBuilder:
             acc.min, acc.max = flat.min(0).tolist(), flat.max(0).tolist()
         self.gltf.accessors.append(acc)
         return len(self.gltf.accessors) - 1
+
+    def view(self, data: bytes) -> int:
+        """Index of a new buffer view holding raw bytes (an embedded image)."""
+        self._align()
+        self.gltf.bufferViews.append(self.g.BufferView(buffer=0, byteOffset=len(self.blob), byteLength=len(data)))
+        self.blob.extend(data)
+        return len(self.gltf.bufferViews) - 1
 
     def save(self, path: str | Path) -> Path:
         """Write the document and its buffer as one .glb (atomically)."""

@@ -75,7 +75,8 @@ def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[st
 
 
 def export_cli(args: argparse.Namespace) -> int:
-    """`dynapose4d export RUN [--format ...] [--up +y|-y|+z] [--out DIR] [--mesh-level L] [--mesh-resolution R]`:
+    """`dynapose4d export RUN [--format ...] [--up +y|-y|+z] [--out DIR] [--mesh-level L] [--mesh-resolution R]
+    [--mesh-texture N]`:
     rewrite a run's exported outputs.
     Into RUN/export (the default) it also updates the manifest's "export" record and the W&B artifact."""
     run_dir = Path(args.run)
@@ -83,7 +84,8 @@ def export_cli(args: argparse.Namespace) -> int:
         raise InputError(f"{run_dir}: run folder not found")
     out = Path(args.out) if args.out else run_dir / EXPORT_DIR
     record = export_run(run_dir, out, up=args.up, formats=args.format, mesh_level=getattr(args, "mesh_level", None),
-                        mesh_resolution=getattr(args, "mesh_resolution", None))  # absent: the defaults
+                        mesh_resolution=getattr(args, "mesh_resolution", None),
+                        mesh_texture=getattr(args, "mesh_texture", None))  # absent: the defaults
     manifest = read_manifest(run_dir)
     if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
         try:
