@@ -251,3 +251,28 @@ def test_second_generator_masks(template, tmp_path):
     root = _fakes.load_sdf_scenes().make_scene(template, tmp_path / template, seed=0, frames=1, size=64)
     mask = _alpha(root / "image.png")
     assert_valid(mask, auto_keypoints(mask))
+
+
+def test_a_large_mask_gets_its_keypoints_on_a_shrunk_copy(tmp_path, monkeypatch):
+    """A 2560-px stick figure (the 128-px one, 20 times larger): the scene's automatic keypoints are made on its
+    mask shrunk by k = 2 (`AUTO_MAX_SIDE` 1024) and scaled back; they agree with the ones made at full size (same
+    ends and count, ends within 1% of the figure's size) and lie inside the mask."""
+    import torch
+
+    import dynapose4d.data.scene as scene_mod
+
+    big = np.kron(stick_figure(), np.ones((20, 20), bool))  # [2560, 2560]
+    image = torch.zeros(*big.shape, 4)
+    image[..., 3] = torch.from_numpy(big).float()
+    shrunk = scene_mod._auto_keypoints(image, tmp_path / "p.png", has_camera=False)
+    monkeypatch.setattr(scene_mod, "AUTO_MAX_SIDE", 10**6)
+    whole = scene_mod._auto_keypoints(image, tmp_path / "p.png", has_camera=False)
+    e1, e2 = _ends(shrunk), _ends(whole)
+    assert len(e1) == len(e2) == 5 and len(shrunk.keypoints) == len(whole.keypoints)
+    gap = np.hypot(*(e1[:, None] - e2[None]).transpose(2, 0, 1)).min(1)  # each shrunk end to its nearest
+    side = 2560 * (120 - 5) / 128  # the figure's height, px
+    assert gap.max() < 0.01 * side, gap
+    for e in STICK_ENDS:  # the true extremities, 20 times larger
+        assert np.hypot(*(e1 - 20 * np.array(e)).T).min() < 200
+    ij = np.floor(shrunk.keypoints).astype(int)
+    assert big[ij[:, 1], ij[:, 0]].all()

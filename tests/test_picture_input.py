@@ -271,3 +271,24 @@ def test_picture_turned_by_known_angles_is_followed(tmp_path, rgb, background, c
     assert r["last_error_px"] < 0.6 * r["last_no_motion_px"], r
     assert r["mean_error_px"] < r["mean_no_motion_px"], r
     assert torch.isfinite(torch.tensor(r["error_px"])).all()
+
+
+def test_keypoints_png_of_a_large_picture_is_drawn_shrunk(tmp_path):
+    """A 4320 x 3240 picture: RUN/inputs/keypoints.png is drawn on it shrunk by k = 3 (at most 2048 px), each
+    keypoint's dot at its file position / k; keypoints.json stays in the file's pixels."""
+    from dynapose4d.cape.overlay import keypoint_colours
+    from dynapose4d.pipeline.runner import KEYPOINTS_PNG_SIDE, write_auto_keypoints
+
+    big = np.kron(_figure(), np.ones((45, 45, 1)))  # [3240, 4320, 4]
+    write_image(tmp_path / "big.png", big)
+    s = load_scene(tmp_path / "big.png", max_size=256)
+    write_auto_keypoints(s, tmp_path / "inputs")
+    png = iio.imread(tmp_path / "inputs" / "keypoints.png")
+    k = -(-4320 // KEYPOINTS_PNG_SIDE)
+    assert k == 3 and png.shape[:2] == (3240 // k, 4320 // k)
+    saved = np.array(json.loads((tmp_path / "inputs" / "keypoints.json").read_text())["keypoints"])
+    np.testing.assert_allclose(saved, s.auto_keypoints.keypoints, atol=0.01)
+    assert big[saved[:, 1].astype(int), saved[:, 0].astype(int), 3].all()  # on the object, in file pixels
+    cols = keypoint_colours(len(saved))
+    for (x, y), c in zip(saved / k, cols):
+        assert tuple(png[int(y), int(x), :3]) == c, (x, y, png[int(y), int(x)], c)

@@ -65,6 +65,9 @@ from dynapose4d.stages.static import stage as static
 #: object as the picture does.
 REGISTRATION_SPREAD = 0.15
 
+#: RUN/inputs/keypoints.png is drawn on the picture shrunk to at most this many pixels on its longer side.
+KEYPOINTS_PNG_SIDE = 2048
+
 #: The pipeline, in order. Explicit functions, no registry; tests pass their own tuple.
 DEFAULT_STAGES: tuple[StageSpec, ...] = (
     ("static", lambda ctx, cfg: static.run(ctx, cfg), lambda c: c.static),
@@ -304,15 +307,23 @@ class StageRunner:
 
 def write_auto_keypoints(scene: Scene, folder: Path) -> None:
     """FOLDER/keypoints.json (keypoints.json's format, in the pixels of the scene's image file) and
-    FOLDER/keypoints.png (them drawn on the image) of a scene's automatic keypoints."""
+    FOLDER/keypoints.png (them drawn on the image, shrunk by an integer to at most `KEYPOINTS_PNG_SIDE` pixels
+    on its longer side: a 48-megapixel photo drawn at its own size shows dots too small to see and takes seconds
+    to encode) of a scene's automatic keypoints."""
     import torch
+
+    from dynapose4d.data.recentring import shrink_frame
 
     auto = scene.auto_keypoints
     assert auto is not None
     write_text(folder / "keypoints.json", auto.to_text())
     img = read_picture(scene.image_path or scene.root / "image.png")  # [H, W, 3|4] the file (a clip's frame 0)
+    k = max(1, -(-max(img.shape[:2]) // KEYPOINTS_PNG_SIDE))
+    if k > 1:  # area average of k x k blocks (premultiplied), then the points in those pixels
+        rgba = img if img.shape[-1] == 4 else torch.cat([img, torch.ones_like(img[..., :1])], -1)
+        img = shrink_frame(rgba, k)
     rgb = over_background(img, 1.0) if img.shape[-1] == 4 else img
-    drawn = draw_keypoints(rgb, torch.from_numpy(auto.keypoints).float(), list(auto.skeleton), min_side=512,
+    drawn = draw_keypoints(rgb, torch.from_numpy(auto.keypoints / k).float(), list(auto.skeleton), min_side=512,
                            labels=True)
     write_image(folder / "keypoints.png", drawn.astype("float32") / 255.0)
 
