@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent("""
     sc.cycles.device = "CPU"
     sc.cycles.samples = 32
     sc.cycles.use_denoising = False
-    sc.view_settings.view_transform = "Standard"  # show the vertex colours as they are (no Filmic tone curve)
+    sc.view_settings.view_transform = "Standard"  # show the colours as they are (no Filmic tone curve)
     sc.render.resolution_x = sc.render.resolution_y = int(size)
     for f in frames:
         sc.frame_set(int(f))
