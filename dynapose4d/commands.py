@@ -134,22 +134,26 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--format", action="extend", nargs="+", default=None,
                    choices=["all", "ply", "ply_compressed", "splat", "glb", "bvh", "mesh", "videos", "ply-sequence"],
-                   help="what to write (default all = ply glb bvh mesh videos): ply: one 3DGS PLY per frame; "
-                        "ply_compressed: SuperSplat's compressed PLY; splat: antimatter15 .splat; glb/bvh: the "
-                        "animated keypoint skeleton; mesh: mesh.glb, the Gaussians' surface as a textured mesh "
-                        "with one morph target per frame; videos: copies of the dynamic stage's videos")
+                   help="what to write (default: the run config's export.formats; all = ply glb bvh mesh "
+                        "videos): ply: one 3DGS PLY per frame; ply_compressed: SuperSplat's compressed PLY; "
+                        "splat: antimatter15 .splat; glb/bvh: the animated keypoint skeleton; mesh: mesh.glb, the "
+                        "Gaussians' surface as a textured mesh with one morph target per frame; videos: copies of "
+                        "the dynamic stage's videos")
     p.add_argument("--up", choices=["+y", "-y", "+z"], default=None,
                    help="up axis of every output (default: -y for splat files, as SuperSplat and most 3DGS "
                         "viewers expect; +y for glb/bvh/mesh, as glTF and Blender's importers expect)")
     p.add_argument("--mesh-level", type=float, default=None,
-                   help="the mesh's surface: the Gaussians' summed, opacity-weighted density there (default 1.0; "
-                        "lower it for a model of faint Gaussians, raise it to drop haze)")
+                   help="the mesh's surface: the Gaussians' summed, opacity-weighted density there (default the "
+                        "run's export.mesh_level, 1.0 unless set; lower it for a model of faint Gaussians, raise "
+                        "it to drop haze)")
     p.add_argument("--mesh-resolution", type=int, default=None,
-                   help="grid cells along the object's longer side for the mesh (default 128; vertex count and "
-                        "time grow with its square and cube)")
+                   help="grid cells along the object's longer side for the mesh (default the run's "
+                        "export.mesh_resolution, 128 unless set; vertex count and time grow with its square and "
+                        "cube)")
     p.add_argument("--mesh-texture", type=int, default=None,
-                   help="texels along each side of the mesh's baked colour texture (default 1024); 0 writes "
-                        "vertex colours instead (no UV atlas, fewer vertices, a faster export)")
+                   help="texels along each side of the mesh's baked colour texture (default the run's "
+                        "export.mesh_texture, 1024 unless set); 0 writes vertex colours instead (no UV atlas, "
+                        "fewer vertices, a faster export)")
     p.add_argument("--out", default=None, help="output folder (default RUN/export, recorded in the manifest)")
     p.set_defaults(func=_export)
 

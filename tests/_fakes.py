@@ -161,10 +161,11 @@ FAKE_STAGES = (
 
 
 def fake_overrides(steps: int = 3) -> list[str]:
-    """Config overrides for the fake pipeline: tiny steps, CPU, checkpoint every step, no bar, W&B off."""
+    """Config overrides for the fake pipeline: tiny steps, CPU, checkpoint every step, no bar, W&B off, the mesh
+    exported with vertex colours (its UV atlas costs ~5 s an export; tests/test_export_mesh.py checks the texture)."""
     return [f"static.steps={steps}", f"cape.steps={steps}", f"dynamic.steps={steps}", "trainer.accelerator=cpu",
             "trainer.checkpoint_every_n_steps=1", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
-            "wandb.enabled=false"]
+            "wandb.enabled=false", "export.mesh_texture=0"]
 
 
 def main_subprocess(scene: str, run: str, resume: bool, overrides: list[str]) -> None:

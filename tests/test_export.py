@@ -584,3 +584,48 @@ def test_cli_export_of_a_static_only_run_then_the_dynamic_stage_replaces_it(tmp_
     rec = json.loads((run / "export" / "export.json").read_text())
     assert rec["model"] == "dynamic" and rec["outputs"]["ply"]["frames"] == 4
     assert "skeleton.glb" in rec["outputs"]["glb"]["files"]
+
+
+def test_the_run_configs_export_section_says_what_is_written(tmp_path):
+    """export.formats picks the outputs; a change of the section rebuilds the export on --resume (its settings are
+    in the manifest); `dynapose4d export RUN` starts from the run's section; [] writes none; a bad value is a
+    one-line config error naming the key."""
+    from pygltflib import GLTF2
+
+    from dynapose4d.cli import main
+    from dynapose4d.core.errors import ConfigError
+
+    scene = _fakes.write_tiny_scene(tmp_path / "scene")
+    run = tmp_path / "run"
+    ov = _fakes.fake_overrides(2)
+
+    def go(*extra: str, resume: bool = True) -> dict:
+        StageRunner(scene, run, load_config(None, [*ov, *extra]), resume=resume, stages=_fakes.FAKE_STAGES,
+                    echo=lambda s: None).run()
+        return read_manifest(run)
+
+    m = go("export.formats=[glb,bvh]", resume=False)
+    assert set(m["export"]["files"]) == {"export.json", "skeleton.glb", "skeleton.bvh"}
+    assert m["export"]["settings"]["formats"] == ["bvh", "glb"]
+    m = go("export.formats=[mesh]", "export.mesh_texture=0")  # same dynamic output, other settings: rebuilt
+    assert set(m["export"]["files"]) == {"export.json", "mesh.glb"} and m["export"]["settings"]["mesh_texture"] == 0
+    prim = GLTF2().load(str(run / "export" / "mesh.glb")).meshes[0].primitives[0]
+    assert prim.attributes.COLOR_0 is not None and prim.attributes.TEXCOORD_0 is None  # vertex colours
+    before = (run / "export" / "mesh.glb").stat().st_mtime_ns
+    assert go("export.formats=[mesh]", "export.mesh_texture=0")["export"] == m["export"]  # unchanged: kept
+    assert (run / "export" / "mesh.glb").stat().st_mtime_ns == before
+    # the command reads the run's section: config.yaml now says mesh only, vertex colours
+    assert main(["export", str(run)]) == 0
+    ex = read_manifest(run)["export"]
+    assert set(ex["files"]) == {"export.json", "mesh.glb"} and ex["settings"] == m["export"]["settings"]
+    assert main(["export", str(run), "--mesh-texture", "128"]) == 0  # an option overrides it: not the run's
+    prim = GLTF2().load(str(run / "export" / "mesh.glb")).meshes[0].primitives[0]
+    assert prim.attributes.TEXCOORD_0 is not None and "settings" not in read_manifest(run)["export"]
+    m = go("export.formats=[]")  # none asked for: none kept
+    assert "export" not in m and not (run / "export").exists()
+    for bad, key in (("export.formats=[obj]", "export.formats"), ("export.mesh_texture=32", "export.mesh_texture"),
+                     ("export.mesh_resolution=4", "export.mesh_resolution"),
+                     ("export.mesh_level=0", "export.mesh_level")):
+        with pytest.raises(ConfigError, match=key) as e:
+            load_config(None, [bad])
+        assert "\n" not in str(e.value)

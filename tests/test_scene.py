@@ -148,7 +148,7 @@ def test_broken_gt_is_an_input_error_at_load(tmp_path):
     kp2d.write_text(json.dumps({"az090": {"visible": [[True, False]] * 2}}))
     assert load_scene(root).gt_dir == gt
     iio.imwrite(gt / "az090" / "001.png", _u8(_object(h=H + 2)))
-    with pytest.raises(InputError, match=r"gt/az090/001.png: gt frame is 64x50 but 000.png is 64x48"):
+    with pytest.raises(InputError, match=r"gt/az090/001.png: gt frame is 64x50, but 000.png is 64x48"):
         load_scene(root)
     (gt / "az090" / "001.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"gt/az090/001.png: unreadable gt frame"):

@@ -99,8 +99,14 @@ def check_gt_frames(folder: str | Path) -> list[Path]:
         if first is None:
             first = size
         elif size != first:
-            raise InputError(f"{f}: gt frame is {size[0]}x{size[1]} but {files[0].name} is {first[0]}x{first[1]}")
+            raise _other_size(f, size, files[0], first)
     return files
+
+
+def _other_size(f: Path, size: tuple[int, int], first_file: Path, first: tuple[int, int]) -> InputError:
+    """The error of a gt frame `f` of (W, H) `size` beside `first_file`'s `first`."""
+    return InputError(f"{f}: gt frame is {size[0]}x{size[1]}, but {first_file.name} is {first[0]}x{first[1]} "
+                      "(a camera's frames must share one size)")
 
 
 def read_gt_frames(folder: str | Path, max_size: int = 0) -> torch.Tensor:
@@ -116,8 +122,7 @@ def read_gt_frames(folder: str | Path, max_size: int = 0) -> torch.Tensor:
         if first is None:
             first = img.shape[:2]
         elif img.shape[:2] != first:  # RGB and RGBA frames may mix: an RGB frame gets alpha 1
-            raise InputError(f"{f}: gt frame is {img.shape[1]}x{img.shape[0]}, but {files[0].name} is "
-                             f"{first[1]}x{first[0]} (a camera's frames must share one size)")
+            raise _other_size(f, (img.shape[1], img.shape[0]), files[0], (first[1], first[0]))
         rgba = img if img.shape[-1] == 4 else torch.cat([img, torch.ones_like(img[..., :1])], -1)
         imgs.append(scale_gt_frames(rgba[None], max_size)[0])
     return torch.stack(imgs)
@@ -139,7 +144,7 @@ def gt_frame_size(folder: str | Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
     except OSError as e:
-        raise InputError(f"{path}: unreadable gt frame ({e})") from None
+        raise InputError(f"{path}: unreadable gt frame ({type(e).__name__})") from None
 
 
 def same_camera(a: Camera, b: Camera) -> bool:

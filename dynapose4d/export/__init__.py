@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,37 @@ FORMATS: tuple[str, ...] = (*SPLAT_FORMATS, "glb", "bvh", "mesh", "videos")
 DEFAULT_FORMATS: tuple[str, ...] = ("ply", "glb", "bvh", "mesh", "videos")
 EXPORT_FILE = "export.json"
 DEFAULT_FPS = 8.0  # when the run's config gives no dynamic.video_fps
+MESH_RESOLUTIONS = (8, 1024)  # the accepted range of mesh_resolution (grid cells)
+TEXTURE_SIZES = (64, 8192)  # the accepted range of mesh_texture (texels), besides 0 (vertex colours)
+
+
+@dataclass
+class ExportConfig:
+    """The run config's `export` section: what a run writes to RUN/export after the dynamic stage.
+    `dynapose4d export RUN` starts from the run's section too; its options override it."""
+
+    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))  # outputs: ply (one splat PLY per
+    # frame), glb (skeleton), bvh, mesh, videos, and the other splat formats of `dynapose4d export --help`; [] = none
+    mesh_level: float = DENSITY_LEVEL  # the mesh's surface: where the opacity-weighted Gaussian density equals this
+    mesh_resolution: int = MESH_RESOLUTION  # marching-cubes cells along the object's longer side (8-1024)
+    mesh_texture: int = TEXTURE_SIZE  # side of the mesh's baked colour texture in texels (64-8192); 0 = vertex
+    # colours (no UV atlas: a smaller file, ~5 s less per export on the demo)
+
+
+def export_settings_problem(cfg: ExportConfig) -> str | None:
+    """What is wrong with an export section, in one line naming the key, or None."""
+    bad = [f for f in cfg.formats if f not in FORMATS]
+    if bad:
+        return f"export.formats: unknown {bad}; choose from {list(FORMATS)}"
+    if not (cfg.mesh_level > 0 and math.isfinite(cfg.mesh_level)):
+        return f"export.mesh_level: {cfg.mesh_level}; must be a positive number"
+    if not MESH_RESOLUTIONS[0] <= cfg.mesh_resolution <= MESH_RESOLUTIONS[1]:
+        return f"export.mesh_resolution: {cfg.mesh_resolution}; must be between {MESH_RESOLUTIONS[0]} and " \
+               f"{MESH_RESOLUTIONS[1]}"
+    if cfg.mesh_texture != 0 and not TEXTURE_SIZES[0] <= cfg.mesh_texture <= TEXTURE_SIZES[1]:
+        return f"export.mesh_texture: {cfg.mesh_texture}; must be 0 (vertex colours) or between " \
+               f"{TEXTURE_SIZES[0]} and {TEXTURE_SIZES[1]} texels"
+    return None
 
 
 def default_up(fmt: str) -> str:
@@ -128,11 +160,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, up: str |
     resolution = MESH_RESOLUTION if mesh_resolution is None else int(mesh_resolution)
     if not (level > 0 and math.isfinite(level)):
         raise InputError(f"--mesh-level {mesh_level}: must be a positive number")
-    if not 8 <= resolution <= 1024:
-        raise InputError(f"--mesh-resolution {mesh_resolution}: must be between 8 and 1024")
+    if not MESH_RESOLUTIONS[0] <= resolution <= MESH_RESOLUTIONS[1]:
+        raise InputError(f"--mesh-resolution {mesh_resolution}: must be between {MESH_RESOLUTIONS[0]} and "
+                         f"{MESH_RESOLUTIONS[1]}")
     texture_size = TEXTURE_SIZE if mesh_texture is None else int(mesh_texture)
-    if texture_size != 0 and not 64 <= texture_size <= 8192:
-        raise InputError(f"--mesh-texture {mesh_texture}: must be 0 (vertex colours) or between 64 and 8192 texels")
+    if texture_size != 0 and not TEXTURE_SIZES[0] <= texture_size <= TEXTURE_SIZES[1]:
+        raise InputError(f"--mesh-texture {mesh_texture}: must be 0 (vertex colours) or between {TEXTURE_SIZES[0]} "
+                         f"and {TEXTURE_SIZES[1]} texels")
     fmts = _formats(formats)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
     static_only = _static_only(run_dir)

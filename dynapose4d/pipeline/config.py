@@ -20,6 +20,7 @@ from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.io import write_text
 from dynapose4d.core.structured import known_keys, merge_structured
 from dynapose4d.data.scene import CUTOUTS
+from dynapose4d.export import ExportConfig, export_settings_problem
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.cape.config import CapeStageConfig
 from dynapose4d.stages.dynamic.config import DynamicConfig
@@ -52,6 +53,7 @@ class RunConfig:
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)  # RUN/export, written after the dynamic stage
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -66,6 +68,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")
+    problem = export_settings_problem(obj.export)
+    if problem:
+        raise ConfigError(f"config key {problem}")
     return obj
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dynapose4d.core.errors import InputError
-from dynapose4d.export import DEFAULT_FORMATS, export_files, export_run
+from dynapose4d.export import DEFAULT_FORMATS, ExportConfig, export_files, export_run, export_settings_problem
 from dynapose4d.pipeline.config import load_run_config
 from dynapose4d.pipeline.run_folder import EXPORT_DIR, export_source, now_iso, read_manifest, write_manifest
 from dynapose4d.stages import logger as dlog
@@ -28,22 +28,34 @@ def drop_stale_export(run_dir: Path, manifest: dict[str, Any]) -> None:
     shutil.rmtree(run_dir / EXPORT_DIR, ignore_errors=True)
 
 
-def export_after_run(run_dir: Path, manifest: dict[str, Any], wandb_cfg: Any, echo: Callable[[str], None]) -> None:
-    """After the dynamic stage: RUN/export/ (splat PLY sequence, skeleton glb and bvh, mesh glb, videos), listed
-    in the manifest and logged to W&B as an Artifact; kept when it was made from the same dynamic output. A failure is
-    recorded and reported, not raised: the stages' results stand and `dynapose4d export RUN` retries."""
+def export_after_run(run_dir: Path, manifest: dict[str, Any], wandb_cfg: Any, echo: Callable[[str], None],
+                     cfg: ExportConfig | None = None) -> None:
+    """After the dynamic stage: RUN/export/ as the run config's `export` section says (`cfg`; None: its defaults),
+    listed in the manifest and logged to W&B as an Artifact; kept when it was made from the same dynamic output
+    with the same settings. A failure is recorded and reported, not raised: the stages' results stand and
+    `dynapose4d export RUN` retries."""
+    cfg = cfg or ExportConfig()
     source = export_source(manifest)
     old = manifest.get("export")
     if source is None:
         return
+    if not cfg.formats:  # none asked for: none kept
+        if manifest.pop("export", None) is not None:
+            write_manifest(run_dir, manifest)
+        shutil.rmtree(run_dir / EXPORT_DIR, ignore_errors=True)
+        return
+    settings = export_settings(cfg)
     if (old and old.get("status") == "done" and old.get("source") == source
-            and set(DEFAULT_FORMATS) <= set(old.get("formats", []))  # made by a version that wrote them all
+            and old.get("settings") == settings  # made with these settings (an earlier version recorded none)
+            and set(cfg.formats) <= set(old.get("formats", []))  # and every format written (or tried and noted)
             and all((run_dir / EXPORT_DIR / f).is_file() for f in old.get("files", []))):
         echo(f"[export] up to date: {run_dir / EXPORT_DIR}")
         return
+    shutil.rmtree(run_dir / EXPORT_DIR, ignore_errors=True)  # RUN/export holds what the section asks for, no more
     try:
-        record = export_run(run_dir, run_dir / EXPORT_DIR)
-        record_export(run_dir, manifest, record, wandb_cfg)
+        record = export_run(run_dir, run_dir / EXPORT_DIR, formats=list(cfg.formats), mesh_level=cfg.mesh_level,
+                            mesh_resolution=cfg.mesh_resolution, mesh_texture=cfg.mesh_texture)
+        record_export(run_dir, manifest, record, wandb_cfg, settings)
     except Exception as e:  # noqa: BLE001 - reported in the manifest and on the console
         manifest["export"] = {"status": "failed", "source": source, "error": f"{type(e).__name__}: {e}",
                               "ended": now_iso()}
@@ -53,18 +65,27 @@ def export_after_run(run_dir: Path, manifest: dict[str, Any], wandb_cfg: Any, ec
     for note in record.get("notes", []):
         echo(f"[export] {note}")
     echo(f"[export] {run_dir / EXPORT_DIR}: {len(manifest['export']['files'])} files "
-         "(splats/frame_*.ply, skeleton.glb, skeleton.bvh, mesh.glb, videos/)")
+         f"({', '.join(sorted(record['outputs']))})")
 
 
-def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[str, Any], wandb_cfg: Any) -> None:
-    """List an export of RUN/export in the manifest ("export": status, files, up axes, source) and log it to
-    W&B (`logging.log_export`) when the run's config enables W&B."""
+def export_settings(cfg: ExportConfig) -> dict[str, Any]:
+    """The settings an export was made with, as the manifest's export record keeps them."""
+    return {"formats": sorted(cfg.formats), "mesh_level": float(cfg.mesh_level),
+            "mesh_resolution": int(cfg.mesh_resolution), "mesh_texture": int(cfg.mesh_texture)}
+
+
+def record_export(run_dir: str | Path, manifest: dict[str, Any], record: dict[str, Any], wandb_cfg: Any,
+                  settings: dict[str, Any] | None = None) -> None:
+    """List an export of RUN/export in the manifest ("export": status, files, up axes, source, and the
+    `settings` it was made with when they are the run config's) and log it to W&B (`logging.log_export`) when the
+    run's config enables W&B."""
     run_dir = Path(run_dir)
     files = export_files(record)
     manifest["export"] = {
         "status": "done", "dir": EXPORT_DIR, "source": export_source(manifest), "files": files,
         "up": {k: v["up"] for k, v in record["outputs"].items() if "up" in v}, "ended": now_iso(),
         "formats": sorted({*record["outputs"], *record.get("skipped", [])}),  # written, or tried and noted
+        **({"settings": settings} if settings is not None else {}),
     }
     write_manifest(run_dir, manifest)
     name = dlog.log_export(run_dir, wandb_cfg, run_dir / EXPORT_DIR, files,
@@ -83,16 +104,22 @@ def export_cli(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
     out = Path(args.out) if args.out else run_dir / EXPORT_DIR
-    record = export_run(run_dir, out, up=args.up, formats=args.format, mesh_level=getattr(args, "mesh_level", None),
-                        mesh_resolution=getattr(args, "mesh_resolution", None),
-                        mesh_texture=getattr(args, "mesh_texture", None))  # absent: the defaults
+    try:  # the run's export section, which the options override
+        run_cfg = load_run_config(run_dir) if (run_dir / "config.yaml").is_file() else None
+    except InputError:
+        run_cfg = None
+    section = run_cfg.export if run_cfg is not None else ExportConfig()
+    if export_settings_problem(section):  # an edited config.yaml: its defaults, as for a run without one
+        section = ExportConfig()
+    formats = args.format or (None if sorted(section.formats) == sorted(DEFAULT_FORMATS) else section.formats)
+    picked = {k: getattr(args, k, None) for k in ("mesh_level", "mesh_resolution", "mesh_texture")}
+    picked = {k: getattr(section, k) if v is None else v for k, v in picked.items()}
+    record = export_run(run_dir, out, up=args.up, formats=formats, **picked)
     manifest = read_manifest(run_dir)
     if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
-        try:
-            wandb_cfg = load_run_config(run_dir).wandb if (run_dir / "config.yaml").is_file() else None
-        except InputError:
-            wandb_cfg = None
-        record_export(run_dir, manifest, record, wandb_cfg)
+        same = not args.format and args.up is None and all(picked[k] == getattr(section, k) for k in picked)
+        record_export(run_dir, manifest, record, run_cfg.wandb if run_cfg is not None else None,
+                      export_settings(section) if same else None)  # other settings: rebuilt after a rerun
     files = export_files(record)
     for note in record.get("notes", []):
         print(note)

@@ -192,7 +192,7 @@ class StageRunner:
                 if created and not any(r.get("status") == "done" for r in manifest["stages"].values()):
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 raise
-        export_after_run(self.run_dir, manifest, self.cfg.wandb, self.echo)
+        export_after_run(self.run_dir, manifest, self.cfg.wandb, self.echo, self.cfg.export)
         self._report_outputs(manifest)
         return manifest
 

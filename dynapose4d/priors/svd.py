@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,12 +115,14 @@ def load_svd_pipeline(model: str, device: str | torch.device = "cpu") -> Any:
     device = torch.device(device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     src = str(check_svd_weights(model))
-    kwargs = dict(torch_dtype=dtype, local_files_only=True)
+    kwargs = dict(torch_dtype=dtype, local_files_only=True)  # `dtype` only from diffusers 0.36; >= 0.30 is allowed
     try:
-        try:
-            pipe = StableVideoDiffusionPipeline.from_pretrained(src, variant="fp16", **kwargs)
-        except (OSError, ValueError):  # no fp16 files: the full-precision ones
-            pipe = StableVideoDiffusionPipeline.from_pretrained(src, **kwargs)
+        with warnings.catch_warnings():  # newer diffusers call `torch_dtype` deprecated: it is still read
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            try:
+                pipe = StableVideoDiffusionPipeline.from_pretrained(src, variant="fp16", **kwargs)
+            except (OSError, ValueError):  # no fp16 files: the full-precision ones
+                pipe = StableVideoDiffusionPipeline.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as e:  # unreadable or partial files
         raise _missing(model, load_failure(e)) from None
     pipe.set_progress_bar_config(disable=True)
