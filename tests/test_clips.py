@@ -264,3 +264,43 @@ def test_a_clip_alone_runs_and_writes_its_keypoints_on_frame_0(clips, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match=r"notes.txt: not a picture \(png.*\), a clip \(mp4.*gif\) nor"):
         load_scene(tmp_path / "notes.txt")
+
+
+# ------------------------------------------------------------------------------------------------ video_align
+
+
+def test_video_align_box_lays_on_a_clip_of_the_pictures_size_framed_otherwise(clips, tmp_path):
+    """A clip of the picture's size whose object is 1.2 times larger and off-centre: "auto" uses it as it is and
+    the run says it is framed otherwise; "box" lays it on by frame 0's box (centres within 0.1 px of the frames
+    drawn as the picture frames them); "none" refuses a clip of another size, naming the frame."""
+    import _fakes
+
+    from dynapose4d.core.errors import ConfigError, InputError
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
+
+    for t in range(FRAMES):
+        write_image(tmp_path / "framed" / f"{t:03d}.png", draw(t, (W, H), 1.2, (-8.0, -5.0)))
+    same = load_scene(clips / "picture.png", video=clips / "same", max_size=0)
+    auto = load_scene(clips / "picture.png", video=tmp_path / "framed", max_size=0)
+    box = load_scene(clips / "picture.png", video=tmp_path / "framed", max_size=0, video_align="box")
+    assert auto.video_registration is None and abs(auto.video_fit.scale * 1.2 - 1) < 0.02
+    assert box.video_registration is not None and (_centroids(auto.video) - _centroids(same.video)).norm(dim=-1).max() > 3
+    assert (_centroids(box.video) - _centroids(same.video)).norm(dim=-1).max() < 0.1
+    assert same.video_fit is not None and same.video_fit.scale == pytest.approx(1.0)
+
+    said: list[str] = []
+    cfg = load_config(None, _fakes.fake_overrides())
+    StageRunner(clips / "picture.png", tmp_path / "run", cfg, stages=_fakes.FAKE_STAGES, echo=said.append,
+                video=tmp_path / "framed").run()
+    assert [s for s in said if "video_align=box" in s and "framed otherwise" in s], said
+    said.clear()
+    StageRunner(clips / "picture.png", tmp_path / "run2", cfg, stages=_fakes.FAKE_STAGES, echo=said.append,
+                video=clips / "same").run()
+    assert not [s for s in said if "video_align=box" in s or "laid onto it" in s], said
+    with pytest.raises(InputError, match=r"wide/000.png: video frame is 320x180 but picture.png is 120x90 "
+                                         r"\(video_align=none") as e:
+        load_scene(clips / "picture.png", video=clips / "wide", video_align="none")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="video_align"):
+        load_config(None, ["video_align=crop"])

@@ -151,6 +151,8 @@ class Scene:
     # (None: the video is the picture's size and `recentring` is its similarity too)
     video_registration: Registration | None = None  # a video of another size than the picture: how it was laid
     # onto the picture (frame 0's object box onto the picture's; None: the picture's size, used as it is)
+    video_fit: Registration | None = None  # frame 0's box onto the picture's, applied or not (how far apart they
+    # are; None without a video or an object in either)
 
     @property
     def height(self) -> int:
@@ -169,13 +171,15 @@ class Scene:
 
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
-               max_size: int = 0, cutout: str = "auto") -> Scene:
+               max_size: int = 0, cutout: str = "auto", video_align: str = "auto") -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif,
     heic) given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for
     the files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
     frames are brought within `max_size` pixels on their longer side (0: kept at the files' size). `cutout` says how
     images without alpha get it: "auto", "plain" or "grabcut" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
-    GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one).
+    GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one). `video_align` says how the video is
+    laid onto the picture: "auto" by frame 0's object box when its frames are of another size (else as they are),
+    "box" always by that box, "none" as they are (frames of another size are an error).
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -197,6 +201,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         image_path = root / "image.png"
         if not image_path.is_file():
             raise InputError(f"{image_path}: file not found (a scene needs image.png)")
+    if video_align not in VIDEO_ALIGNS:
+        raise ValueError(f"video_align {video_align!r}: expected one of {VIDEO_ALIGNS}")
     cutter = _Cutter(cutout)
     if clip:  # a clip alone: its frame 0 is the picture and, unless --video says otherwise, it drives it
         image, more = read_first_frame(image_path)
@@ -222,7 +228,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     # laid onto the picture by frame 0's object box when they are of another size (`Registration`)
     target = _VideoTarget(size=(W, H), box=mask_box(image[..., 3] > 0.5), name=image_path.name,
                           scale_bound=_scale_bound(image, kps, has_camera, max_size), max_size=max_size,
-                          edges="extend" if has_camera else "transparent")
+                          edges="extend" if has_camera else "transparent", align=video_align)
     if video is not None:
         block = _read_video_path(Path(video), target, cutter)
     else:
@@ -259,6 +265,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
         cutout=cut_picture, grabcut_cuts=cutter.grabcut, gt_max_size=gt_max_size,
         video_registration=None if block is None else block.registration,
+        video_fit=None if block is None else block.fit,
         video_recentring=video_rec if block is not None and block.registration is not None else None,
     )
 
@@ -322,6 +329,7 @@ def _shrink_alpha(alpha: torch.Tensor, k: int) -> np.ndarray:
 
 
 CUTOUTS = ("auto", "plain", "grabcut")  # how pictures and frames without alpha are cut out (RunConfig.cutout)
+VIDEO_ALIGNS = ("auto", "box", "none")  # how a driving video is laid onto the picture (RunConfig.video_align)
 
 
 class _Cutter:
@@ -461,6 +469,7 @@ class _VideoTarget:
     scale_bound: float  # the most the pipeline magnifies the picture's pixels (`_scale_bound`; 0: never shrink)
     max_size: int  # the run's max_image_size
     edges: str  # outside the files, for frames of the picture's size ("extend": a camera.json scene's downscale)
+    align: str = "auto"  # `load_scene`'s video_align
 
 
 def _read_video(root: Path, target: _VideoTarget, cutter: _Cutter) -> _FrameBlock | None:
@@ -505,7 +514,9 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
                              f"but {Path(first[0]).name} is {first[1][0]}x{first[1][1]}")
         rgba = cutter.rgba(img, where)
         if out is None:
-            out = _FrameBlock(expected, size, *_video_layout(rgba, target, where, path))
+            shrink, edges, reg, fit = _video_layout(rgba, target, where, path)
+            out = _FrameBlock(expected, size, shrink, edges, reg)
+            out.fit = fit
         out.add(rgba)
     if out is None or out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
@@ -513,21 +524,28 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
 
 
 def _video_layout(frame0: torch.Tensor, target: _VideoTarget, where: Path | str, path: Path
-                  ) -> tuple[int, str, Registration | None]:
+                  ) -> tuple[int, str, Registration | None, Registration | None]:
     """How a video whose first frame is `frame0` [H, W, 4] is stored: its shrink k (`video_shrink`), what lies
-    outside its frames, and, for frames of another size than the picture, the `Registration` that lays them onto
-    it (frame 0's object box onto the picture's; InputError naming the file when either has no object)."""
+    outside its frames, the `Registration` that lays them onto the picture when `target.align` asks for one
+    (frame 0's object box onto the picture's: "box", or "auto" for frames of another size; InputError naming the
+    file when either has no object, or for another size under "none"), and that registration whether applied or
+    not (the fit, None when a box is missing)."""
     size = (int(frame0.shape[1]), int(frame0.shape[0]))
-    if size == target.size:
-        return video_shrink(target.scale_bound, target.max_size), target.edges, None
     (W, H), (w, h) = target.size, size
     box = mask_box(_quantise(frame0[..., 3]) > 127)
-    if box is None or target.box is None:
+    fit = None if box is None or target.box is None else registration_of(box, target.box, size, target.size)
+    register = target.align == "box" or (target.align == "auto" and size != target.size)
+    if size != target.size and target.align == "none":
+        raise InputError(f"{where}: video frame is {w}x{h} but {target.name} is {W}x{H} (video_align=none; "
+                         "'auto' or 'box' lays it onto the picture by frame 0's object box)")
+    if not register:
+        return video_shrink(target.scale_bound, target.max_size), target.edges, None, fit
+    if fit is None:
         whose = f"{where}: frame 0 shows" if box is None else f"{target.name}: the picture shows"
         raise InputError(f"{whose} no object (alpha over 50%), needed to lay the video ({w}x{h}) onto "
-                         f"{target.name} ({W}x{H}); give frames of {target.name}'s size")
-    reg = registration_of(box, target.box, size, target.size)
-    return video_shrink(target.scale_bound * reg.scale, target.max_size), "transparent", reg
+                         f"{target.name} ({W}x{H}) by its box" + ("; give frames of its size" if size != target.size
+                                                                   else "; set video_align=auto"))
+    return video_shrink(target.scale_bound * fit.scale, target.max_size), "transparent", fit, fit
 
 
 class _FrameBlock:
@@ -543,6 +561,7 @@ class _FrameBlock:
         self.size, self.k, self.edges, self.registration = size, max(1, int(shrink)), edges, registration
         self.block: torch.Tensor | None = None
         self.boxes: list[tuple[int, int, int, int] | None] = []
+        self.fit: Registration | None = None  # frame 0's box onto the picture's, applied or not (`_video_layout`)
 
     def add(self, rgba: torch.Tensor) -> None:
         self.boxes.append(mask_box(_quantise(rgba[..., 3]) > 127))

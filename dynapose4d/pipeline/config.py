@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.io import write_text
 from dynapose4d.core.structured import known_keys, merge_structured
-from dynapose4d.data.scene import CUTOUTS
+from dynapose4d.data.scene import CUTOUTS, VIDEO_ALIGNS
 from dynapose4d.export import ExportConfig, export_settings_problem
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.cape.config import CapeStageConfig
@@ -47,6 +47,9 @@ class RunConfig:
     cutout: str = "auto"  # pictures, frames and views without alpha: "plain" removes a uniform background and
     # refuses any other; "grabcut" cuts the object out of any background (OpenCV GrabCut, no model; see
     # dynapose4d/data/cutout.py for its limits); "auto" uses plain where the border is one colour, else grabcut
+    video_align: str = "auto"  # how the driving video is laid onto the picture: "auto" by frame 0's object box when
+    # its frames are of another size than the picture (else as they are); "box" always so (a clip framed otherwise
+    # than the picture); "none" as they are (frames of another size are refused). docs/scene-folder.md
     zero123: Zero123Config = field(default_factory=Zero123Config)  # Zero-1-to-3 of static.prior, dynamic.lambda_sds
     static: StaticConfig = field(default_factory=StaticConfig)
     cape: CapeStageConfig = field(default_factory=CapeStageConfig)
@@ -65,6 +68,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     obj = merge_structured(RunConfig, path, overrides)
     if obj.cutout not in CUTOUTS:
         raise ConfigError(f"config key 'cutout': {obj.cutout!r}; choose from {list(CUTOUTS)}")
+    if obj.video_align not in VIDEO_ALIGNS:
+        raise ConfigError(f"config key 'video_align': {obj.video_align!r}; choose from {list(VIDEO_ALIGNS)}")
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")

@@ -65,6 +65,18 @@ from dynapose4d.stages.static import stage as static
 #: object as the picture does.
 REGISTRATION_SPREAD = 0.15
 
+#: A video used as it is whose frame 0 object is this far from the picture's (a fraction of the picture's longer side,
+#: or a size ratio off by this fraction) is reported: the clip may be framed otherwise than the picture.
+MISFIT = 0.1
+
+
+def misfit(fit: Any) -> bool:
+    """Whether frame 0's object box (`Scene.video_fit`, a `Registration` not applied) is off the picture's by more
+    than `MISFIT`: its centre by that fraction of the picture's longer side, or its size by that factor."""
+    off = max(abs(v - p) for v, p in zip(fit.video_centre, fit.picture_centre)) / max(fit.picture_size)
+    return off > MISFIT or abs(fit.scale - 1.0) > MISFIT
+
+
 #: RUN/inputs/keypoints.png is drawn on the picture shrunk to at most this many pixels on its longer side.
 KEYPOINTS_PNG_SIDE = 2048
 
@@ -167,6 +179,12 @@ class StageRunner:
                       f"(scaled by {reg.scale:.4g})" + (
                           f"; their boxes differ in shape by {100 * reg.spread:.0f}%: check that frame 0 shows the "
                           "object as the picture does" if reg.spread > REGISTRATION_SPREAD else ""))
+        elif scene.video_fit is not None and misfit(scene.video_fit):  # as it is, but framed otherwise than the picture
+            fit = scene.video_fit
+            dx, dy = (v - p for v, p in zip(fit.video_centre, fit.picture_centre))
+            self.echo(f"note: frame 0's object is ({dx:+.0f}, {dy:+.0f}) px from the picture's and {1 / fit.scale:.2f} "
+                      "times its size: if the clip is framed otherwise than the picture, --set video_align=box lays "
+                      "it onto the picture by its object box")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
@@ -232,7 +250,8 @@ class StageRunner:
 
     def _load_scene(self) -> Scene:
         return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints,
-                                   max_size=self.cfg.max_image_size, cutout=self.cfg.cutout)
+                                   max_size=self.cfg.max_image_size, cutout=self.cfg.cutout,
+                                   video_align=self.cfg.video_align)
 
     def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
         """The plan of this run against `manifest` (`plan.plan_stages`; marks stale stages in it)."""
