@@ -64,6 +64,8 @@ by the similarity that puts frame 0's mask box on image.png's (`dynapose4d.data.
 centre, scaled by the geometric mean of the width and height ratios; `Scene.video_registration`), then goes
 through image.png's similarity; the two make one (`Scene.video_recentring`), so it is still one resample, the
 shrink k counts the clip's own pixels, and its mask boxes are kept inside the frame in image.png's pixels.
+`video_align` "box" does the same for a video of image.png's size (framed otherwise); "none" never does, and
+refuses another size. `Scene.video_fit` is that similarity whether applied or not (the run reports a misfit).
 
 Either similarity, recentring or downscale, is kept (`Scene.recentring`; `has_camera_json` tells which) so that 2D
 outputs can be written back in the pixels of the scene's own files (`dynapose4d.data.recentring`).
