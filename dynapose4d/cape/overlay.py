@@ -15,16 +15,17 @@ def keypoint_colours(n: int) -> list[tuple[int, int, int]]:
 
 def draw_keypoints(image: torch.Tensor, points: torch.Tensor, skeleton: list[tuple[int, int]],
                    confidence: torch.Tensor | None = None, min_side: int = 256, low: float = 0.3,
-                   labels: bool = False) -> np.ndarray:
+                   labels: bool = False, max_side: int = 4096) -> np.ndarray:
     """Draw keypoints [N, 2] (pixels of `image`) and skeleton lines on an image [H, W, 3] in [0, 1].
 
-    The image is enlarged (nearest neighbour, integer factor) until its shorter side is >= `min_side`.
+    The image is enlarged (nearest neighbour, integer factor) until its shorter side is >= `min_side`, but not
+    past `max_side` on its longer side (a long strip stays within what a video encoder takes).
     Keypoints with confidence < `low` are drawn hollow; `labels` writes each keypoint's index beside it.
     Returns uint8 [H', W', 3]."""
     from PIL import Image, ImageDraw
 
     H, W = image.shape[:2]
-    f = max(1, -(-min_side // min(H, W)))
+    f = max(1, min(-(-min_side // min(H, W)), max_side // max(H, W)))
     arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
     arr = arr.repeat(f, 0).repeat(f, 1)
     im = Image.fromarray(arr)
