@@ -75,7 +75,7 @@ def _missing(model: str, why: str) -> MissingWeightsError:
         f"video (`--video clip.mp4` or a folder of frames; in a scene folder video/ or video.mp4), or download "
         f"the pipeline's fp16 files once "
         f"(accept its licence on the Hub first): `hf download {DEFAULT_SVD_MODEL} {include} --local-dir DIR` "
-        f"and set dynamic.svd.model=DIR"
+        f"and set dynamic.svd.model=DIR; or make a still 3D asset without motion (`dynapose4d fit-static`)"
     )
 
 
