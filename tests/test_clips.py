@@ -324,3 +324,58 @@ def test_a_long_strip_is_drawn_within_what_a_video_encoder_takes(tmp_path):
     assert (tmp_path / "overlay.mp4").stat().st_size > 0
     small = draw_keypoints(torch.rand(20, 30, 3), pts[:1] / 10, [], min_side=256)  # enlarged to min_side as before
     assert small.shape == (20 * 13, 30 * 13, 3)
+
+
+# ------------------------------------------------------------------------------------------------ video_frames
+
+
+def test_frame_picks_are_evenly_spaced_with_both_ends():
+    from dynapose4d.data.scene import frame_picks
+
+    assert frame_picks(300, 16)[0] == 0 and frame_picks(300, 16)[-1] == 299 and len(set(frame_picks(300, 16))) == 16
+    assert frame_picks(5, 3) == [0, 2, 4] and frame_picks(16, 16) is None and frame_picks(10, 0) is None
+    gaps = np.diff(frame_picks(301, 16))
+    assert gaps.min() == gaps.max() == 20  # 300 / 15
+
+
+@pytest.mark.parametrize("kind", ["frames", "mp4"])
+def test_video_frames_keeps_n_evenly_spaced_frames(tmp_path, kind, monkeypatch):
+    """A 13-frame clip with video_frames=4 keeps frames 0, 4, 8, 12: the same tensors as loading those four frames
+    alone (the others are never cut out); an mp4 whose frames cannot be counted up front is read whole and picked
+    after; the run says how many it used; a long clip used whole gets a note."""
+    import _fakes
+
+    import dynapose4d.data.scene as scene_mod
+    from dynapose4d.pipeline.config import load_config
+    from dynapose4d.pipeline.runner import StageRunner
+
+    write_image(tmp_path / "picture.png", draw(0))
+    for t in range(13):
+        write_image(tmp_path / "all" / f"{t:03d}.png", draw(t))
+    for i, t in enumerate((0, 4, 8, 12)):
+        write_image(tmp_path / "four" / f"{i:03d}.png", draw(t))
+    if kind == "mp4":
+        write_video(tmp_path / "all.mp4", np.stack([draw(t, rgb=True) for t in range(13)]), fps=8)
+        write_video(tmp_path / "four.mp4", np.stack([draw(t, rgb=True) for t in (0, 4, 8, 12)]), fps=8)
+    src, ref = (tmp_path / "all", tmp_path / "four") if kind == "frames" else (tmp_path / "all.mp4", None)
+    picked = load_scene(tmp_path / "picture.png", video=src, max_size=64, video_frames=4)
+    assert picked.video.shape[0] == 4 and picked.video_source_frames == 13
+    if ref is not None:
+        assert torch.equal(picked.video, load_scene(tmp_path / "picture.png", video=ref, max_size=64).video)
+    else:  # an mp4: each kept frame is the decoded frame at its index
+        whole = load_scene(tmp_path / "picture.png", video=src, max_size=64)
+        assert torch.equal(picked.video, whole.video[[0, 4, 8, 12]])
+        monkeypatch.setattr(scene_mod, "count_video_frames", lambda p: 0)  # not countable: read whole, then picked
+        late = load_scene(tmp_path / "picture.png", video=src, max_size=64, video_frames=4)
+        assert torch.equal(late.video, picked.video) and late.video_source_frames == 13
+        return
+    said: list[str] = []
+    cfg = load_config(None, [*_fakes.fake_overrides(), "video_frames=4"])
+    StageRunner(tmp_path / "picture.png", tmp_path / "run", cfg, stages=_fakes.FAKE_STAGES, echo=said.append,
+                video=src).run()
+    assert [s for s in said if s.startswith("the video has 13 frames: 4 of them used")], said
+    monkeypatch.setattr("dynapose4d.pipeline.runner.LONG_CLIP", 8)
+    said.clear()
+    StageRunner(tmp_path / "picture.png", tmp_path / "run2", load_config(None, _fakes.fake_overrides()),
+                stages=_fakes.FAKE_STAGES, echo=said.append, video=src).run()
+    assert [s for s in said if "13 frames, all used" in s and "video_frames=16" in s], said

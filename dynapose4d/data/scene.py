@@ -155,6 +155,7 @@ class Scene:
     # onto the picture (frame 0's object box onto the picture's; None: the picture's size, used as it is)
     video_fit: Registration | None = None  # frame 0's box onto the picture's, applied or not (how far apart they
     # are; None without a video or an object in either)
+    video_source_frames: int = 0  # frames in the video's file or folder (more than `video` holds with video_frames)
 
     @property
     def height(self) -> int:
@@ -173,7 +174,7 @@ class Scene:
 
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
-               max_size: int = 0, cutout: str = "auto", video_align: str = "auto") -> Scene:
+               max_size: int = 0, cutout: str = "auto", video_align: str = "auto", video_frames: int = 0) -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif,
     heic) given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for
     the files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
@@ -181,7 +182,9 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     images without alpha get it: "auto", "plain" or "grabcut" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
     GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one). `video_align` says how the video is
     laid onto the picture: "auto" by frame 0's object box when its frames are of another size (else as they are),
-    "box" always by that box, "none" as they are (frames of another size are an error).
+    "box" always by that box, "none" as they are (frames of another size are an error). `video_frames` N > 0 keeps
+    N frames of a longer video, evenly spaced, its first and last included (`frame_picks`; the others are not cut
+    out nor stored); 0 keeps all.
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
@@ -230,7 +233,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     # laid onto the picture by frame 0's object box when they are of another size (`Registration`)
     target = _VideoTarget(size=(W, H), box=mask_box(image[..., 3] > 0.5), name=image_path.name,
                           scale_bound=_scale_bound(image, kps, has_camera, max_size), max_size=max_size,
-                          edges="extend" if has_camera else "transparent", align=video_align)
+                          edges="extend" if has_camera else "transparent", align=video_align, frames=video_frames)
     if video is not None:
         block = _read_video_path(Path(video), target, cutter)
     else:
@@ -268,6 +271,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         cutout=cut_picture, grabcut_cuts=cutter.grabcut, gt_max_size=gt_max_size,
         video_registration=None if block is None else block.registration,
         video_fit=None if block is None else block.fit,
+        video_source_frames=0 if block is None else block.source_frames,
         video_recentring=video_rec if block is not None and block.registration is not None else None,
     )
 
@@ -472,6 +476,7 @@ class _VideoTarget:
     max_size: int  # the run's max_image_size
     edges: str  # outside the files, for frames of the picture's size ("extend": a camera.json scene's downscale)
     align: str = "auto"  # `load_scene`'s video_align
+    frames: int = 0  # `load_scene`'s video_frames (0: all)
 
 
 def _read_video(root: Path, target: _VideoTarget, cutter: _Cutter) -> _FrameBlock | None:
@@ -498,13 +503,18 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
         files = _frame_files(path)
         if not files:
             raise InputError(f"{path}: the video has 0 frames (no 000.png, 001.png, ...)")
+        total, picks = len(files), frame_picks(len(files), target.frames)
+        files = files if picks is None else [files[i] for i in picks]
         expected, frames = len(files), ((f, read_image(f)) for f in files)
     else:
         if path.name == "video" and not path.suffix:
             raise InputError(f"{path}: expected a folder of frames (000.png, 001.png, ...)")
-        expected = count_video_frames(path)
+        total = count_video_frames(path)  # 0 when it cannot be counted: every frame is read, then picked
+        picks = frame_picks(total, target.frames)
+        chosen = None if picks is None else set(picks)
+        expected = total if picks is None else len(picks)
         frames = ((f"{path} (frame {t})", torch.from_numpy(f).float().div_(255.0))  # [H, W, 3|4] uint8 each
-                  for t, f in enumerate(iter_video(path)))
+                  for t, f in enumerate(iter_video(path)) if chosen is None or t in chosen)
     out: _FrameBlock | None = None
     first: tuple[Path | str, tuple[int, int]] | None = None
     for where, img in frames:
@@ -522,7 +532,21 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
         out.add(rgba)
     if out is None or out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
+    out.source_frames = max(total, out.count)
+    picks = frame_picks(out.count, target.frames) if total == 0 else None  # not counted up front: picked now
+    if picks is not None:
+        out.select(picks)
     return out
+
+
+def frame_picks(total: int, n: int) -> list[int] | None:
+    """`n` indices of `total` frames evenly spaced, the first and the last included (round((total - 1) i /
+    (n - 1))), or None (all of them) when `n` is 0 or there are no more than `n`."""
+    if n <= 0 or total <= n:
+        return None
+    if n == 1:
+        return [0]
+    return [round(i * (total - 1) / (n - 1)) for i in range(n)]
 
 
 def _video_layout(frame0: torch.Tensor, target: _VideoTarget, where: Path | str, path: Path
@@ -564,6 +588,7 @@ class _FrameBlock:
         self.block: torch.Tensor | None = None
         self.boxes: list[tuple[int, int, int, int] | None] = []
         self.fit: Registration | None = None  # frame 0's box onto the picture's, applied or not (`_video_layout`)
+        self.source_frames = 0  # frames in the file or folder (`_read_video_path`)
 
     def add(self, rgba: torch.Tensor) -> None:
         self.boxes.append(mask_box(_quantise(rgba[..., 3]) > 127))
@@ -578,6 +603,12 @@ class _FrameBlock:
     def frames(self) -> torch.Tensor:
         assert self.block is not None
         return self.block[: self.count]
+
+    def select(self, picks: list[int]) -> None:
+        """Keep the frames at `picks` (indices of the frames added, in order)."""
+        self.block = self.frames()[picks].clone()
+        self.boxes = [self.boxes[i] for i in picks]
+        self.count = len(picks)
 
     def picture_boxes(self) -> list[tuple[float, float, float, float] | None]:
         """The frames' mask boxes in the picture's pixels (what the recentring keeps inside the frame)."""

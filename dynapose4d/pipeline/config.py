@@ -50,6 +50,8 @@ class RunConfig:
     video_align: str = "auto"  # how the driving video is laid onto the picture: "auto" by frame 0's object box when
     # its frames are of another size than the picture (else as they are); "box" always so (a clip framed otherwise
     # than the picture); "none" as they are (frames of another size are refused). docs/scene-folder.md
+    video_frames: int = 0  # driving frames used from a longer video: N >= 2 keeps N evenly spaced, the first and
+    # last included (DreamGaussian4D trains on 14, DynaPose4D on 16); 0 keeps all (the run suggests N for a long clip)
     zero123: Zero123Config = field(default_factory=Zero123Config)  # Zero-1-to-3 of static.prior, dynamic.lambda_sds
     static: StaticConfig = field(default_factory=StaticConfig)
     cape: CapeStageConfig = field(default_factory=CapeStageConfig)
@@ -70,6 +72,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config key 'cutout': {obj.cutout!r}; choose from {list(CUTOUTS)}")
     if obj.video_align not in VIDEO_ALIGNS:
         raise ConfigError(f"config key 'video_align': {obj.video_align!r}; choose from {list(VIDEO_ALIGNS)}")
+    if obj.video_frames < 0 or obj.video_frames == 1:
+        raise ConfigError(f"config key 'video_frames': {obj.video_frames}; 0 (all) or at least 2")
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"config key 'stages': unknown stage(s) {bad}; choose from {list(STAGE_NAMES)}")

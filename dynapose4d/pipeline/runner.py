@@ -77,6 +77,9 @@ def misfit(fit: Any) -> bool:
     return off > MISFIT or abs(fit.scale - 1.0) > MISFIT
 
 
+#: A driving video of more frames than this, all used, gets a note suggesting `video_frames`.
+LONG_CLIP = 48
+
 #: RUN/inputs/keypoints.png is drawn on the picture shrunk to at most this many pixels on its longer side.
 KEYPOINTS_PNG_SIDE = 2048
 
@@ -185,6 +188,13 @@ class StageRunner:
             self.echo(f"note: frame 0's object is ({dx:+.0f}, {dy:+.0f}) px from the picture's and {1 / fit.scale:.2f} "
                       "times its size: if the clip is framed otherwise than the picture, --set video_align=box lays "
                       "it onto the picture by its object box")
+        used = 0 if scene.video is None else int(scene.video.shape[0])
+        if scene.video_source_frames > used:
+            self.echo(f"the video has {scene.video_source_frames} frames: {used} of them used, evenly spaced "
+                      "(video_frames)")
+        elif used > LONG_CLIP:
+            self.echo(f"note: the driving video has {used} frames, all used (CAPE, training and the export grow with "
+                      "them); --set video_frames=16 keeps 16 evenly spaced")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
@@ -251,7 +261,7 @@ class StageRunner:
     def _load_scene(self) -> Scene:
         return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints,
                                    max_size=self.cfg.max_image_size, cutout=self.cfg.cutout,
-                                   video_align=self.cfg.video_align)
+                                   video_align=self.cfg.video_align, video_frames=self.cfg.video_frames)
 
     def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
         """The plan of this run against `manifest` (`plan.plan_stages`; marks stale stages in it)."""
