@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_video_memory import _block_spy
 
 import dynapose4d.data.scene as scene_mod
 from dynapose4d.core.io import write_image, write_video
@@ -114,14 +115,7 @@ def test_a_large_clip_is_shrunk_by_what_the_registration_leaves(clips, tmp_path,
     difference under 0.004)."""
     for t in range(FRAMES):
         write_image(tmp_path / "big" / f"{t:03d}.png", draw(t, (640, 360), 4.0, (80.0, 5.0)))
-    blocks = []
-    read = scene_mod._read_video_path
-
-    def spy(*args, **kw):
-        blocks.append(read(*args, **kw))
-        return blocks[-1]
-
-    monkeypatch.setattr(scene_mod, "_read_video_path", spy)
+    blocks = _block_spy(monkeypatch)  # the _FrameBlocks load_scene reads the video into
     small = load_scene(clips / "picture.png", video=tmp_path / "big", max_size=32)
     picture = scene_mod.read_image(clips / "picture.png")  # the picture's bound, before any video is read
     bound = scene_mod._scale_bound(picture, torch.tensor(small.auto_keypoints.keypoints), False, 32)
