@@ -78,6 +78,7 @@ uses the first where the border is one colour and the second elsewhere, image by
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -149,13 +150,18 @@ class Scene:
     cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut cut it out (file pixels), else None
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
     gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
-    video_recentring: Recentring | None = None  # a video of another size: its files' pixels -> these frames
-    # (None: the video is the picture's size and `recentring` is its similarity too)
     video_registration: Registration | None = None  # a video of another size than the picture: how it was laid
     # onto the picture (frame 0's object box onto the picture's; None: the picture's size, used as it is)
     video_fit: Registration | None = None  # frame 0's box onto the picture's, applied or not (how far apart they
     # are; None without a video or an object in either)
     video_source_frames: int = 0  # frames in the video's file or folder (more than `video` holds with video_frames)
+
+    @functools.cached_property
+    def video_recentring(self) -> Recentring | None:
+        """A registered video's own similarity, its files' pixels -> these frames (`Registration.then`); None when
+        the video is used as it is (`recentring` is its similarity too)."""
+        reg = self.video_registration
+        return None if reg is None else reg.then(self.recentring)
 
     @property
     def height(self) -> int:
@@ -261,8 +267,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         recentring = recentring_of(image, kps, None, fill=FILL, max_size=max_size,
                                    boxes=None if block is None else block.picture_boxes())
     image, kps, _ = apply_recentring(recentring, image, kps)  # None: as given
-    video_rec = None if block is None else block.recentring(recentring)  # the video files' pixels -> the pipeline's
-    vid = None if block is None else block.resampled(video_rec)  # float, at the pipeline's size
+    vid = None if block is None else block.resampled(recentring)  # float, at the pipeline's size
     return Scene(
         root=root, image=image.contiguous(), keypoints=kps, skeleton=skeleton, names=names, camera=camera,
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
@@ -272,7 +277,6 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         video_registration=None if block is None else block.registration,
         video_fit=None if block is None else block.fit,
         video_source_frames=0 if block is None else block.source_frames,
-        video_recentring=video_rec if block is not None and block.registration is not None else None,
     )
 
 
@@ -526,9 +530,7 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
                              f"but {Path(first[0]).name} is {first[1][0]}x{first[1][1]}")
         rgba = cutter.rgba(img, where)
         if out is None:
-            shrink, edges, reg, fit = _video_layout(rgba, target, where, path)
-            out = _FrameBlock(expected, size, shrink, edges, reg)
-            out.fit = fit
+            out = _FrameBlock(expected, size, *_video_layout(rgba, target, where))
         out.add(rgba)
     if out is None or out.count == 0:
         raise InputError(f"{path}: the video has 0 frames")
@@ -549,7 +551,7 @@ def frame_picks(total: int, n: int) -> list[int] | None:
     return [round(i * (total - 1) / (n - 1)) for i in range(n)]
 
 
-def _video_layout(frame0: torch.Tensor, target: _VideoTarget, where: Path | str, path: Path
+def _video_layout(frame0: torch.Tensor, target: _VideoTarget, where: Path | str
                   ) -> tuple[int, str, Registration | None, Registration | None]:
     """How a video whose first frame is `frame0` [H, W, 4] is stored: its shrink k (`video_shrink`), what lies
     outside its frames, the `Registration` that lays them onto the picture when `target.align` asks for one
@@ -579,15 +581,17 @@ class _FrameBlock:
     block sized for `expected` frames (grown if more come, trimmed if fewer), shrunk by the integer k = `shrink`
     (`shrink_frame`; 1: as given, bit for bit), and each frame's mask box (alpha > 0.5 as stored in 8 bits) in the
     files' pixels, taken before the shrink (`boxes`, what the recentring keeps inside the frame). `registration`
-    lays frames of another size than the picture onto it (None: the picture's size)."""
+    lays the frames onto the picture (None: used as they are); `fit` is frame 0's box onto the picture's, applied
+    or not (`_video_layout`)."""
 
     def __init__(self, expected: int, size: tuple[int, int] = (0, 0), shrink: int = 1,
-                 edges: str = "transparent", registration: Registration | None = None) -> None:
+                 edges: str = "transparent", registration: Registration | None = None,
+                 fit: Registration | None = None) -> None:
         self.expected, self.count = max(1, expected), 0
-        self.size, self.k, self.edges, self.registration = size, max(1, int(shrink)), edges, registration
+        self.size, self.k, self.edges = size, max(1, int(shrink)), edges
+        self.registration, self.fit = registration, fit
         self.block: torch.Tensor | None = None
         self.boxes: list[tuple[int, int, int, int] | None] = []
-        self.fit: Registration | None = None  # frame 0's box onto the picture's, applied or not (`_video_layout`)
         self.source_frames = 0  # frames in the file or folder (`_read_video_path`)
 
     def add(self, rgba: torch.Tensor) -> None:
@@ -615,16 +619,12 @@ class _FrameBlock:
         reg = self.registration
         return list(self.boxes) if reg is None else [reg.box_to_picture(b) for b in self.boxes]
 
-    def recentring(self, rec: Recentring | None) -> Recentring | None:
-        """The frames' similarity to the pipeline's frames, given the picture's `rec`: `rec` itself for frames of
-        the picture's size, else the registration followed by it (`Registration.then`)."""
-        if self.registration is None:
-            return rec
-        return self.registration.then(rec)
-
     def resampled(self, rec: Recentring | None) -> torch.Tensor:
-        """The frames moved by `rec` (a similarity of the files' pixels, `recentring`; None: as given) into float
-        [T, Ho, Wo, 4] (`resample_frames`, through `stored_recentring` when shrunk)."""
+        """The frames moved into float [T, Ho, Wo, 4] by the picture's similarity `rec` (None: as given), after the
+        registration when there is one (`Registration.then`), in one resample (`resample_frames`, through
+        `stored_recentring` when shrunk)."""
+        if self.registration is not None:
+            rec = self.registration.then(rec)
         frames = self.frames()
         stored = (int(frames.shape[2]), int(frames.shape[1]))
         return resample_frames(stored_recentring(rec, self.size, self.k, stored), frames)

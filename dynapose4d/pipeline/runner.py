@@ -175,26 +175,8 @@ class StageRunner:
             self.echo(f"no alpha and a background that is not one colour: GrabCut cut the object out of "
                       f"{scene.grabcut_cuts} image(s)" + (f"; check {cut_png}" if scene.cutout is not None else "")
                       + " (where it is wrong, pass a picture with alpha)")
-        reg = scene.video_registration
-        if reg is not None:  # a clip of another size than the picture
-            self.echo(f"the video ({reg.video_size[0]}x{reg.video_size[1]}) is not the picture's size "
-                      f"({reg.picture_size[0]}x{reg.picture_size[1]}): laid onto it by frame 0's object box "
-                      f"(scaled by {reg.scale:.4g})" + (
-                          f"; their boxes differ in shape by {100 * reg.spread:.0f}%: check that frame 0 shows the "
-                          "object as the picture does" if reg.spread > REGISTRATION_SPREAD else ""))
-        elif scene.video_fit is not None and misfit(scene.video_fit):  # as it is, but framed otherwise than the picture
-            fit = scene.video_fit
-            dx, dy = (v - p for v, p in zip(fit.video_centre, fit.picture_centre))
-            self.echo(f"note: frame 0's object is ({dx:+.0f}, {dy:+.0f}) px from the picture's and {1 / fit.scale:.2f} "
-                      "times its size: if the clip is framed otherwise than the picture, --set video_align=box lays "
-                      "it onto the picture by its object box")
-        used = 0 if scene.video is None else int(scene.video.shape[0])
-        if scene.video_source_frames > used:
-            self.echo(f"the video has {scene.video_source_frames} frames: {used} of them used, evenly spaced "
-                      "(video_frames)")
-        elif used > LONG_CLIP:
-            self.echo(f"note: the driving video has {used} frames, all used (CAPE, training and the export grow with "
-                      "them); --set video_frames=16 keeps 16 evenly spaced")
+        for line in video_notes(scene):
+            self.echo(line)
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
@@ -332,6 +314,33 @@ class StageRunner:
             self.echo(f"  video: {v}")
         if manifest.get("export", {}).get("status") == "done":
             self.echo(f"  export: {self.run_dir / EXPORT_DIR} (glb/bvh for Blender, splats/ for splat viewers)")
+
+
+def video_notes(scene: Scene) -> list[str]:
+    """What the run says about how it used the scene's driving video: how a clip of another size was laid onto the
+    picture (and whether their boxes differ in shape), a clip of the picture's size framed otherwise (`misfit`),
+    how many frames of a longer clip it kept, or that a long clip is used whole."""
+    lines = []
+    reg, fit = scene.video_registration, scene.video_fit
+    if reg is not None:  # a clip of another size than the picture
+        lines.append(f"the video ({reg.video_size[0]}x{reg.video_size[1]}) is not the picture's size "
+                     f"({reg.picture_size[0]}x{reg.picture_size[1]}): laid onto it by frame 0's object box "
+                     f"(scaled by {reg.scale:.4g})" + (
+                         f"; their boxes differ in shape by {100 * reg.spread:.0f}%: check that frame 0 shows the "
+                         "object as the picture does" if reg.spread > REGISTRATION_SPREAD else ""))
+    elif fit is not None and misfit(fit):  # used as it is, but framed otherwise than the picture
+        dx, dy = (v - p for v, p in zip(fit.video_centre, fit.picture_centre))
+        lines.append(f"note: frame 0's object is ({dx:+.0f}, {dy:+.0f}) px from the picture's and {1 / fit.scale:.2f} "
+                     "times its size: if the clip is framed otherwise than the picture, --set video_align=box lays "
+                     "it onto the picture by its object box")
+    used = 0 if scene.video is None else int(scene.video.shape[0])
+    if scene.video_source_frames > used:
+        lines.append(f"the video has {scene.video_source_frames} frames: {used} of them used, evenly spaced "
+                     "(video_frames)")
+    elif used > LONG_CLIP:
+        lines.append(f"note: the driving video has {used} frames, all used (CAPE, training and the export grow with "
+                     "them); --set video_frames=16 keeps 16 evenly spaced")
+    return lines
 
 
 def write_auto_keypoints(scene: Scene, folder: Path) -> None:
