@@ -78,8 +78,9 @@ def plan_stages(specs: Sequence[StageSpec], selected: Sequence[str], cfg: RunCon
     """[(stage, "skip"|"resume"|"fresh", new manifest record, reason)] for the `selected` stages of `specs` (in
     pipeline order) on the scene with fingerprint `fp`; also marks unselected done stages whose upstream reruns as
     "stale" in `manifest`. `auto_prior` is what static.prior=auto resolves to (hashed with the static stage);
-    `generated_video`: the scene has no video, so the cape stage runs CAPE on the one SVD makes from
-    `dynamic.svd` (hashed with the cape stage too). A done stage whose recorded files are gone runs again."""
+    `generated_video`: the scene has no video, so the cape stage runs CAPE on the one `dynamic.driver` makes
+    (that generator's settings are hashed with the cape stage too). A done stage whose recorded files are gone runs
+    again."""
     effective: dict[str, str | None] = {}
     plan = []
     upstream_runs: list[str] = []
@@ -89,8 +90,8 @@ def plan_stages(specs: Sequence[StageSpec], selected: Sequence[str], cfg: RunCon
             section["zero123"] = _section_dict(cfg.zero123)
         if name == "static" and auto_prior:
             section["auto_prior"] = auto_prior
-        if name == "cape" and generated_video:
-            section["svd"] = _section_dict(cfg.dynamic.svd)
+        if name == "cape" and generated_video:  # "svd" or "puppet": the settings of what makes the video
+            section[cfg.dynamic.driver] = _section_dict(cfg.dynamic.driving_source())
         if name in OUTPUTS_VERSION:
             section["outputs_version"] = OUTPUTS_VERSION[name]
         upstream = {k: effective[k] for k in effective}

@@ -177,6 +177,9 @@ class StageRunner:
                       + " (where it is wrong, pass a picture with alpha)")
         for line in video_notes(scene):
             self.echo(line)
+        if scene.video is None and self.cfg.dynamic.driver == "puppet" and {"cape", "dynamic"} & set(self.selected):
+            self.echo(f"no driving video: the picture is moved on its own skeleton by rule (dynamic.driver=puppet; "
+                      f"motion in the picture's plane only) into {self.run_dir / 'inputs' / 'video'}")
         if self.command:
             old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
             write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
@@ -259,7 +262,7 @@ class StageRunner:
                      if v.get("status") == "done"}
         ctx = StageContext(
             scene=scene, run_dir=self.run_dir, artifacts=artifacts, trainer=self.cfg.trainer, wandb=self.cfg.wandb,
-            seed=self.cfg.seed, resume=resume, zero123=self.cfg.zero123, svd=self.cfg.dynamic.svd,
+            seed=self.cfg.seed, resume=resume, zero123=self.cfg.zero123, driving=self.cfg.dynamic.driving_source(),
             config=to_dict(self.cfg), is_last=is_last,
         )
         rec = manifest["stages"][name]

@@ -1,16 +1,18 @@
 """Stable Video Diffusion (diffusers) as the driving-video prior of the dynamic stage.
 
-`driving_video(scene, run_dir, cfg, seed)` returns the scene's own video when it has one; otherwise it generates
-T frames from the input image with `StableVideoDiffusionPipeline` (default
+`driving_video(scene, run_dir, cfg, seed)` returns the scene's own video when it has one; otherwise it makes T
+frames from the input image: with the puppet (`cfg` a `PuppetConfig`: `dynapose4d.priors.puppet`, no weights) or
+with `StableVideoDiffusionPipeline` (default
 `stabilityai/stable-video-diffusion-img2vid`, or a local folder saved with `save_pretrained`; its fp16 weight files,
 `variant="fp16"`, are read when present, else the full-precision ones; fp16 on CUDA, fp32 on CPU).
 
-The generated video is an artifact with its own hash (`video_hash`: the scene image, the seed and every SVD
-setting but `device`): RUN/inputs/video/000.png … with RUN/inputs/video/source.json ({"hash", "seed", "svd",
-"image_sha256"}). It is reused only when source.json's hash is the current one and regenerated (atomically
-replacing the folder) otherwise; frames without a source.json are never reused. Missing weights raise
-`MissingWeightsError` with the exact download command. The pipeline is built lazily, used under
-`torch.no_grad()`, freed after generation and never stored in a checkpoint.
+The generated video is an artifact with its own hash (`video_hash`: the scene image, the seed and every setting
+of its generator but `device`; for the puppet also the keypoints and skeleton it moves): RUN/inputs/video/000.png …
+with RUN/inputs/video/source.json ({"hash", "seed", "image_sha256", and "svd" or "puppet" with its settings; the
+puppet's also "keypoints" [T][N][2], where its keypoints are in each frame}). It is reused only when
+source.json's hash is the current one and regenerated (atomically replacing the folder) otherwise; frames without
+a source.json are never reused. Missing weights raise `MissingWeightsError` with the exact download command. The
+pipeline is built lazily, used under `torch.no_grad()`, freed after generation and never stored in a checkpoint.
 
 Framing: the image (over white) is padded with white to the generation size's aspect ratio and resized (never
 squeezed); the frames are resized back to the padded size and cropped to the image's box (`framing`).
@@ -41,6 +43,7 @@ from dynapose4d.core.io import atomic_folder, read_image, write_image, write_jso
 from dynapose4d.core.memory import free_memory
 from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
+from dynapose4d.priors.puppet import PuppetConfig, puppet_video
 
 DEFAULT_SVD_MODEL = "stabilityai/stable-video-diffusion-img2vid"
 #: The files `load_svd_pipeline` reads from a diffusers SVD folder (glob patterns, as `hf download --include`).
@@ -75,7 +78,8 @@ def _missing(model: str, why: str) -> MissingWeightsError:
         f"video (`--video clip.mp4` or a folder of frames; in a scene folder video/ or video.mp4), or download "
         f"the pipeline's fp16 files once "
         f"(accept its licence on the Hub first): `hf download {DEFAULT_SVD_MODEL} {include} --local-dir DIR` "
-        f"and set dynamic.svd.model=DIR; or make a still 3D asset without motion (`dynapose4d fit-static`)"
+        f"and set dynamic.svd.model=DIR; or move the picture on its own skeleton, no weights "
+        f"(`--set dynamic.driver=puppet`); or make a still 3D asset without motion (`dynapose4d fit-static`)"
     )
 
 
@@ -167,12 +171,21 @@ def generate_video(image: torch.Tensor, cfg: SVDConfig, seed: int = 0, pipe: Any
     return rgba_from_white(frames, cfg.alpha_threshold)
 
 
-def video_hash(image: torch.Tensor, cfg: SVDConfig, seed: int) -> str:
-    """The generated video's identity: hash of the scene image [H, W, 4], the seed and every SVD setting that
-    shapes the frames (all but `device`)."""
+def video_hash(image: torch.Tensor, cfg: SVDConfig | PuppetConfig, seed: int, keypoints: torch.Tensor | None = None,
+               skeleton: list[tuple[int, int]] | None = None) -> str:
+    """The generated video's identity: hash of the scene image [H, W, 4], the seed and every setting of its
+    generator that shapes the frames (all but `device`); the puppet's also of the `keypoints` [N, 2] and
+    `skeleton` it moves."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    what: dict[str, Any] = {"seed": int(seed)}
+    if isinstance(cfg, PuppetConfig):
+        what["puppet"] = settings
+        what["keypoints"] = None if keypoints is None else [[round(float(v), 4) for v in p] for p in keypoints.tolist()]
+        what["skeleton"] = [list(map(int, b)) for b in skeleton or []]
+    else:
+        what["svd"] = settings
     h = hashlib.sha256(_image_sha(image).encode())
-    h.update(json.dumps({"seed": int(seed), "svd": settings}, sort_keys=True, default=str).encode())
+    h.update(json.dumps(what, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
@@ -223,23 +236,30 @@ def keypoint_file_recentring(scene: Any, generated: bool) -> Any:
     return getattr(scene, "video_recentring", None) or getattr(scene, "recentring", None)
 
 
-def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | None = None, seed: int = 0,
+def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | PuppetConfig | None = None, seed: int = 0,
                   pipe: Any = None) -> torch.Tensor:
     """The driving video [T, H, W, 4] RGBA: the scene's, else RUN/inputs/video/ when its source.json carries the
-    current `video_hash`, else generated now with SVD and saved there (replacing stale frames). Shared by the
-    cape stage (driving keypoints) and the dynamic stage."""
+    current `video_hash`, else made now (SVD, or the puppet when `cfg` is a PuppetConfig) and saved there
+    (replacing stale frames). Shared by the cape stage (driving keypoints) and the dynamic stage."""
     if getattr(scene, "video", None) is not None:
         return scene.video
     cfg = cfg or SVDConfig()
+    puppet = isinstance(cfg, PuppetConfig)
     folder = generated_video_folder(run_dir)
-    key = video_hash(scene.image, cfg, seed)
+    key = video_hash(scene.image, cfg, seed, *((scene.keypoints, scene.skeleton) if puppet else ()))
     source = read_source(folder)
     if source is not None and source.get("hash") == key:
         frames = read_frames(folder)
         if frames is not None and frames.shape[0] == cfg.num_frames:
             return frames
-    frames = generate_video(scene.image, cfg, seed=seed, pipe=pipe)
-    free_memory()  # the pipeline is gone: hand its memory back before training
-    write_frames(folder, frames, {"hash": key, "seed": int(seed), "image_sha256": _image_sha(scene.image),
-                                  "svd": asdict(cfg)})
+    source: dict[str, Any] = {"hash": key, "seed": int(seed), "image_sha256": _image_sha(scene.image)}
+    if puppet:
+        frames, motion = puppet_video(scene.image, scene.keypoints, scene.skeleton, cfg, seed)
+        source.update(puppet=asdict(cfg), keypoints=[[[round(v, 4) for v in p] for p in f]
+                                                     for f in motion.keypoints.tolist()])
+    else:
+        frames = generate_video(scene.image, cfg, seed=seed, pipe=pipe)
+        free_memory()  # the pipeline is gone: hand its memory back before training
+        source["svd"] = asdict(cfg)
+    write_frames(folder, frames, source)
     return frames

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.precision import resolve_precision
 from dynapose4d.data.scene import Scene
+from dynapose4d.priors.puppet import PuppetConfig
 from dynapose4d.priors.svd import SVDConfig
 from dynapose4d.priors.zero123 import Zero123Config
 from dynapose4d.stages.logger import RunLogger, make_logger
@@ -38,7 +39,8 @@ class StageContext:
     seed: int = 0
     resume: bool = False  # resume an interrupted stage from RUN/<stage>/checkpoints/last.ckpt
     zero123: Zero123Config = field(default_factory=Zero123Config)  # the run's Zero-1-to-3 (static, dynamic SDS)
-    svd: SVDConfig = field(default_factory=SVDConfig)  # the driving-video generator (dynamic.svd; cape, dynamic)
+    driving: SVDConfig | PuppetConfig = field(default_factory=SVDConfig)  # what makes a driving video for a scene
+    # without one (dynamic.driving_source(); read by the cape and dynamic stages)
     config: dict[str, Any] = field(default_factory=dict)  # the whole resolved run config, plain (the W&B config)
     is_last: bool = True  # the last stage of this invocation (under `wandb agent` it reports to the sweep's run)
 

@@ -168,7 +168,7 @@ def _driving_frames(ctx: StageContext) -> tuple[torch.Tensor, str]:
     """Driving frames RGBA [T, H, W, 4] and where they came from; the scene image alone when no video exists and
     none can be generated (no SVD weights)."""
     try:
-        return driving_video(ctx.scene, ctx.run_dir, ctx.svd, seed=ctx.seed), "video"
+        return driving_video(ctx.scene, ctx.run_dir, ctx.driving, seed=ctx.seed), "video"
     except MissingWeightsError as e:
         warnings.warn(f"cape: no driving video ({str(e).splitlines()[0]}); keypoints of the input image only",
                       stacklevel=2)

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.deform import DEFORM_KINDS, ControlConfig, HexPlaneConfig
+from dynapose4d.priors.puppet import PuppetConfig
 from dynapose4d.priors.sds import SDSConfig
 from dynapose4d.priors.svd import SVDConfig
+
+DRIVERS = ("svd", "puppet")  # how a driving video is made for a scene without one (DynamicConfig.driver)
 
 
 @dataclass
@@ -45,13 +48,24 @@ class DynamicConfig:
     # 0 = the whole frame batch in one call). Fewer, larger calls run faster; each frame of a chunk holds its
     # VAE-encoder graph until the chunk's gradient is taken, so the SDS term's memory grows with the chunk.
     background: float = 1.0  # background grey level of renders and targets (1 = white, as DreamGaussian4D)
-    svd: SVDConfig = field(default_factory=SVDConfig)  # driving-video generation when the scene has no video
+    driver: str = "svd"  # how the driving video is made when the scene has none: "svd" (Stable Video Diffusion,
+    # needs its weights) or "puppet" (the picture moved on its own keypoints' skeleton by rule: no weights; motion
+    # in the picture's plane only; dynapose4d/priors/puppet.py)
+    svd: SVDConfig = field(default_factory=SVDConfig)  # the SVD generator (driver = "svd")
+    puppet: PuppetConfig = field(default_factory=PuppetConfig)  # the puppet motion (driver = "puppet")
     track_neighbours: int = 8  # Gaussians each 3D keypoint is attached to
     evaluate: bool = True  # metrics against the scene's gt/ (when present) into RUN/dynamic/metrics.json
     video_fps: int = 8  # frame rate of the written videos
     orbit_frames: int = 36  # frames of the orbit video (one turn; the motion loops meanwhile)
 
+    def driving_source(self) -> SVDConfig | PuppetConfig:
+        """The settings of the driver that makes the driving video of a scene without one (`driver`)."""
+        return self.puppet if self.driver == "puppet" else self.svd
+
     def validate(self) -> None:
+        if self.driver not in DRIVERS:
+            raise ConfigError(f"config key 'dynamic.driver': {self.driver!r} is not one of {list(DRIVERS)}")
+        self.puppet.validate()
         if self.deform not in DEFORM_KINDS:
             raise ConfigError(f"config key 'dynamic.deform': {self.deform!r} is not one of {list(DEFORM_KINDS)}")
         if self.sds_chunk < 0:

@@ -52,7 +52,7 @@ def run(ctx: StageContext, cfg: DynamicConfig, keypoints_fn: KeypointFn | None =
         resolve_zero123(zero123.source)
     scene = ctx.scene
     device = reset_peak_memory(ctx.trainer)  # the stage's peak includes a driving video generated here
-    video = driving_video(scene, ctx.run_dir, cfg.svd, seed=ctx.seed)  # [T, H, W, 4]
+    video = driving_video(scene, ctx.run_dir, cfg.driving_source(), seed=ctx.seed)  # [T, H, W, 4]
     if tuple(video.shape[1:3]) != (scene.height, scene.width):
         raise InputError(f"{scene.root}: driving video frames are {tuple(video.shape[1:3])}, the image is "
                          f"{(scene.height, scene.width)}")
@@ -79,11 +79,12 @@ def run(ctx: StageContext, cfg: DynamicConfig, keypoints_fn: KeypointFn | None =
 
 def check_weights(cfg: DynamicConfig, scene: Any, zero123: Zero123Config, run_dir: Path) -> None:
     """Raise MissingWeightsError now (before a run folder exists) when this stage will need weights that this
-    machine does not have: Zero-1-to-3 for λ_sds > 0, Stable Video Diffusion when the scene has no video and
-    none was generated into `run_dir` yet."""
+    machine does not have: Zero-1-to-3 for λ_sds > 0, Stable Video Diffusion when the scene has no video, the
+    driver is "svd" and no video was generated into `run_dir` yet."""
     if cfg.lambda_sds > 0:
         resolve_zero123(zero123.source)
-    if scene.video is None and not (Path(run_dir) / "inputs" / "video" / "source.json").is_file():
+    if (scene.video is None and cfg.driver == "svd"
+            and not (Path(run_dir) / "inputs" / "video" / "source.json").is_file()):
         check_svd_weights(cfg.svd.model)
 
 
