@@ -42,8 +42,8 @@ def test_zero123_and_svd_checked_up_front(scene, tmp_path, capsys, monkeypatch):
     _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), *smoke, "dynamic.lambda_sds=0.1",
                                  "zero123.path=" + str(tmp_path / "nowhere")], "nowhere")
     shutil.rmtree(scene / "video")
-    _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), *smoke[:2]], "Stable Video Diffusion",
-                   "hf download")
+    _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), *smoke, "dynamic.driver=svd"],
+                   "Stable Video Diffusion", "hf download", "dynamic.driver=puppet")
     # a stage that will not run needs nothing: static alone on the video-less scene starts
     assert main(["run", str(scene), "--out", str(run), *smoke[:2], "--stages", "static"]) == 0
 
@@ -85,7 +85,8 @@ def test_nothing_is_downloaded_even_where_downloads_are_allowed(scene, tmp_path,
     monkeypatch.setattr(socket, "create_connection", no_network)
     shutil.rmtree(scene / "video")
     run = tmp_path / "r"
-    _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), "--config", "smoke"],
-                   "Stable Video Diffusion", "not in the local Hugging Face cache", "--video")
+    _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), "--config", "smoke", "--set",
+                                 "dynamic.driver=svd"], "Stable Video Diffusion", "not in the local Hugging Face cache",
+                   "--video")
     _fails_cleanly(capsys, run, ["run", str(scene), "--out", str(run), "--config", "smoke", "--set",
                                  "static.prior=zero123"], "zero123", "not in the local Hugging Face cache")

@@ -323,3 +323,53 @@ def test_the_svd_settings_are_the_cape_stages_input_only_for_a_generated_video(t
     other = ["dynamic.svd.num_inference_steps=7"]
     assert cape_hash(True, []) != cape_hash(True, other)
     assert cape_hash(False, []) == cape_hash(False, other)
+
+
+def test_a_picture_alone_runs_with_the_puppet_and_its_settings_rerun_cape_and_dynamic(tmp_path, capsys):
+    """A picture with neither video nor keypoints (smoke preset, `dynamic.driver=puppet`): the automatic skeleton
+    moves it, RUN/inputs/video/ holds the frames and their source, --resume skips every stage, and a change of
+    `dynamic.puppet` makes the video again and reruns the cape stage (CAPE ran on the old frames) and the dynamic
+    one. With the SVD driver the same picture stops before anything is written, naming the puppet."""
+    from dynapose4d.cli import main
+    from dynapose4d.data.synthetic import write_scene
+
+    scene = write_scene("quadruped", tmp_path / "scene", seed=1, num_frames=2, size=48)
+    picture = tmp_path / "pic" / "animal.png"
+    picture.parent.mkdir()
+    picture.write_bytes((scene / "image.png").read_bytes())
+    run = tmp_path / "run"
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    base = ["run", str(picture), "--out", str(run), "--config", smoke, "--set", "dynamic.driver=puppet",
+            "dynamic.puppet.num_frames=4", "export.formats=[]"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "moved on its own skeleton" in out
+    source = json.loads((run / "inputs" / "video" / "source.json").read_text())
+    assert source["puppet"]["num_frames"] == 4 and len(source["keypoints"]) == 4
+    assert len(list((run / "inputs" / "video").glob("*.png"))) == 4
+    assert len(json.loads((run / "cape" / "driving_keypoints.json").read_text())["points"]) == 4
+    assert read_manifest(run)["stages"]["dynamic"]["artifacts"]["driving_video"] == "inputs/video"
+    assert main(base + ["--resume"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 3
+    assert main(base[:-1] + ["dynamic.puppet.amplitude=10", "export.formats=[]", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 1 and "[cape] starting" in out and "[dynamic] starting" in out
+    assert json.loads((run / "inputs" / "video" / "source.json").read_text())["puppet"]["amplitude"] == 10
+    other = tmp_path / "run_svd"
+    assert main(["run", str(picture), "--out", str(other), "--config", smoke,
+                 "--set", "dynamic.driver=svd", "dynamic.svd.model=" + str(tmp_path / "no_svd")]) != 0
+    assert "dynamic.driver=puppet" in capsys.readouterr().err and not other.exists()
+
+
+def test_the_puppet_without_bones_is_a_one_line_error_before_anything_is_written(tmp_path, capsys):
+    from dynapose4d.cli import main
+
+    scene = _fakes.write_tiny_scene(tmp_path / "scene")
+    kp = tmp_path / "flat.json"
+    kp.write_text(json.dumps({"keypoints": [[12, 16], [16, 16], [20, 16]], "skeleton": []}))
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    run = tmp_path / "run"
+    assert main(["run", str(scene / "image.png"), "--keypoints", str(kp), "--out", str(run), "--config", smoke,
+                 "--set", "dynamic.driver=puppet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "flat.json" in err and "no bones" in err and len(err.splitlines()) == 1 and not run.exists()

@@ -131,7 +131,8 @@ def test_a_generated_video_hands_its_keypoints_on_by_hash(tmp_path, monkeypatch,
     root = write_scene("lamp", tmp_path / "scene", seed=1, num_frames=1, size=24)
     shutil.rmtree(root / "video")
     run = tmp_path / "run"
-    smoke = ["--config", "configs/smoke.yaml", "--set", "static.prior=none", "dynamic.svd.num_frames=3",
+    smoke = ["--config", "configs/smoke.yaml", "--set", "static.prior=none", "dynamic.driver=svd",
+             "dynamic.svd.num_frames=3",
              "dynamic.svd.width=32", "dynamic.svd.height=32"]
     assert main(["run", str(root), "--out", str(run), *smoke]) == 0
     d = json.loads((run / DRIVING_KEYPOINTS).read_text())

@@ -22,7 +22,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
     p.add_argument("--video", default=None, help="driving video: an mp4 (or mov, webm, mkv, avi, gif) or a "
                                                  "folder of frames 000.png ... (replaces the scene's own); of any "
-                                                 "size: frame 0's object is laid onto the picture's")
+                                                 "size: frame 0's object is laid onto the picture's. Without "
+                                                 "any, dynamic.driver makes one: svd (Stable Video Diffusion) "
+                                                 "or puppet (the picture moved on its skeleton; --config cpu)")
     p.add_argument("--keypoints", default=None,
                    help="keypoints file in keypoints.json's format (replaces the scene's; e.g. an edited "
                         "RUN/inputs/keypoints.json). Without any, keypoints are made from the mask")

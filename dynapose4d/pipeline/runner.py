@@ -158,6 +158,12 @@ class StageRunner:
         self._generated_video = scene.video is None
         plan = self._plan(manifest, fp)
         self._check_weights(scene, [name for name, action, _, _ in plan if action != "skip"])
+        puppet = scene.video is None and self.cfg.dynamic.driver == "puppet" and bool({"cape", "dynamic"} & set(
+            name for name, action, _, _ in plan if action != "skip"))
+        if puppet and not scene.skeleton:  # the puppet moves the picture by its bones: say so before writing
+            raise InputError(f"{scene.keypoints_path or scene.image_path or scene.root}: the skeleton has no bones, "
+                             "and the puppet driving video (dynamic.driver=puppet) moves the picture by them; add "
+                             "bones or give a video (--video)")
 
         created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +183,7 @@ class StageRunner:
                       + " (where it is wrong, pass a picture with alpha)")
         for line in video_notes(scene):
             self.echo(line)
-        if scene.video is None and self.cfg.dynamic.driver == "puppet" and {"cape", "dynamic"} & set(self.selected):
+        if puppet:
             self.echo(f"no driving video: the picture is moved on its own skeleton by rule (dynamic.driver=puppet; "
                       f"motion in the picture's plane only) into {self.run_dir / 'inputs' / 'video'}")
         if self.command:
