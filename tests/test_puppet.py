@@ -195,6 +195,10 @@ def test_no_svd_weights_are_asked_for_with_the_puppet(tmp_path):
         check_weights(cfg, scene, Zero123Config(), tmp_path)
     cfg.driver = "puppet"
     check_weights(cfg, scene, Zero123Config(), tmp_path)  # nothing needed
-    cfg.driver = "sora"
-    with pytest.raises(Exception, match="dynamic.driver"):
-        cfg.validate()
+    from dynapose4d.core.errors import ConfigError
+    from dynapose4d.pipeline.config import load_config
+
+    for bad, key in (("dynamic.driver=sora", "dynamic.driver"), ("dynamic.puppet.num_frames=1", "num_frames"),
+                     ("dynamic.deform=nope", "dynamic.deform")):  # at load time: before any stage runs
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])

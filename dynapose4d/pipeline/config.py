@@ -80,6 +80,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     problem = export_settings_problem(obj.export)
     if problem:
         raise ConfigError(f"config key {problem}")
+    obj.cape.validate()  # the stages check their sections again; here a bad value stops before any stage runs
+    obj.dynamic.validate()
     return obj
 
 
