@@ -12,7 +12,7 @@ from dynapose4d.gaussians.densify import DensifyConfig
 from dynapose4d.priors.sds import SDSConfig
 
 PRIORS = ("auto", "zero123", "views", "none")  # static.prior
-INITS = ("image", "sphere")  # static.init
+INITS = ("auto", "image", "sphere")  # static.init
 
 
 @dataclass
@@ -20,7 +20,8 @@ class StaticConfig:
     """Settings of the static stage (defaults: DreamGaussian's image-to-3D stage 1 where it has one)."""
 
     steps: int = 500  # optimisation steps (DreamGaussian: 500)
-    init: str = "sphere"  # "sphere": random ball (DreamGaussian); "image": inflated lift of the input mask
+    init: str = "auto"  # "sphere": random ball (DreamGaussian); "image": inflated lift of the input mask; "auto":
+    # image when the prior (resolved) is none, else sphere (experiments/RESULTS.md, "Static stage")
     num_points: int = 5000  # initial Gaussians (DreamGaussian: 5000)
     init_radius: float = 0.5  # ball radius of the "sphere" init (DreamGaussian: 0.5)
     init_opacity: float = 0.1  # initial opacity (DreamGaussian: 0.1)

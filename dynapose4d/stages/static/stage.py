@@ -43,6 +43,10 @@ def run(ctx: StageContext, cfg: StaticConfig, zero123: Zero123Config | None = No
     if cfg.prior == "auto":
         print(f"[{STAGE}] prior: {prior} ({why})", flush=True)
         cfg = replace(cfg, prior=prior)
+    if cfg.init == "auto":
+        cfg = replace(cfg, init=resolve_init(cfg))
+        why_init = "the mask lifted, for the reference view alone" if cfg.init == "image" else "DreamGaussian's ball"
+        print(f"[{STAGE}] init: {cfg.init} (auto: {why_init})", flush=True)
     if prior == "zero123":  # fail before any training when the weights are missing
         resolve_zero123(zero123.source)
     t0 = time.perf_counter()
@@ -72,10 +76,19 @@ def fit(module: StaticGaussianModule, ctx: StageContext, max_steps: int, ckpt_pa
     return trainer
 
 
+def resolve_init(cfg: StaticConfig) -> str:
+    """What `static.init` means: "image" or "sphere" as set; "auto": the inflated lift of the mask ("image") when the
+    prior is "none" (the reference view alone: better on every novel view, measured), else the DreamGaussian ball
+    ("sphere"; with extra views it is the better start). `cfg.prior` must be resolved already (not "auto")."""
+    if cfg.init != "auto":
+        return cfg.init
+    return "image" if cfg.prior == "none" else "sphere"
+
+
 def initial_gaussians(scene: Scene, cfg: StaticConfig, seed: int) -> GaussianModel:
-    """The configured initialisation ("image" lift of the mask, or "sphere")."""
+    """The configured initialisation ("image" lift of the mask, or "sphere"; "auto": `resolve_init`)."""
     g = torch_generator(seed)
-    if cfg.init == "sphere":
+    if resolve_init(cfg) == "sphere":
         return sphere_init(cfg.num_points, cfg.init_radius, cfg.init_opacity, generator=g)
     try:
         return image_init(scene.image, scene.camera, cfg.num_points, cfg.inflate, cfg.init_opacity, generator=g)
