@@ -124,11 +124,10 @@ def skeleton_tree(keypoints: torch.Tensor, skeleton: list[tuple[int, int]], alph
     seen = [False] * n
     bones: list[tuple[int, int]] = []
     depth: list[int] = []
-    for _ in range(n):
-        rest = [k for k in range(n) if not seen[k]]
-        if not rest:
-            break
-        part = _part(rest[0], nbrs)
+    for start in range(n):
+        if seen[start]:
+            continue
+        part = _part(start, nbrs)
         hubs = [k for k in part if len(set(nbrs[k])) >= 2] or part
         root = min(hubs, key=lambda k: (float(dist[k]), k))
         level = {root: 0}
@@ -143,8 +142,6 @@ def skeleton_tree(keypoints: torch.Tensor, skeleton: list[tuple[int, int]], alph
                     bones.append((p, c))
                     depth.append(level[c])
                     queue.append(c)
-        for k in part:
-            seen[k] = True
     return bones, torch.tensor(depth, dtype=torch.float32)
 
 
