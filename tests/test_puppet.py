@@ -126,11 +126,11 @@ def test_a_limb_is_drawn_over_the_body_it_hangs_from():
     tip = motion.keypoints[:, 3]
     t = int((tip[:, 0] - 30).abs().argmin())  # the frame where the arm's tip is nearest the body's axis
     f = frames[t]
-    on_arm = torch.zeros(h, w, dtype=torch.bool)  # pixels near the arm's moved axis, over the body
     k2, k3 = motion.keypoints[t, 2], motion.keypoints[t, 3]
     d = (k3 - k2) / (k3 - k2).norm()
     rel = torch.stack([xx - k2[0], yy - k2[1]], -1)
     along, across = rel @ d, rel @ torch.stack([-d[1], d[0]])
+    # pixels near the arm's moved axis, over the body
     on_arm = (across.abs() < 2) & (along > 4) & (along < (k3 - k2).norm() - 4) & body
     assert on_arm.sum() > 10, "the arm does not cross the body in any frame: the test's geometry is off"
     assert (f[on_arm][:, 0] > 0.8).all() and (f[on_arm][:, 2] < 0.2).all()
