@@ -8,6 +8,8 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 export OMP_WAIT_POLICY ?= PASSIVE  # no OpenMP spin-waiting on shared CPUs (see dynapose4d/__init__.py)
+export PIP_RETRIES ?= 10  # a flaky network: pip retries connections and resumes interrupted downloads (a 68 MB
+export PIP_RESUME_RETRIES ?= 20  # wheel cut off six times failed a fresh setup)
 
 .PHONY: help setup demo test test-slow test-full-size test-gpu bench bench-gpu lint format train-cape clean
 

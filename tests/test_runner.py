@@ -344,6 +344,7 @@ def test_a_picture_alone_runs_with_the_puppet_and_its_settings_rerun_cape_and_dy
     assert main(base) == 0
     out = capsys.readouterr().out
     assert "moved on its own skeleton" in out
+    assert "cape/puppet_error_px=" in out and "cape/puppet_held_still_px=" in out  # CAPE against the known truth
     source = json.loads((run / "inputs" / "video" / "source.json").read_text())
     assert source["puppet"]["num_frames"] == 4 and len(source["keypoints"]) == 4
     assert len(list((run / "inputs" / "video").glob("*.png"))) == 4

@@ -47,7 +47,7 @@ from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.core.images import over_background
 from dynapose4d.core.io import write_json, write_text, write_video
 from dynapose4d.gaussians.ply import load_ply
-from dynapose4d.priors.svd import driving_video
+from dynapose4d.priors.svd import driving_video, generated_video_folder, read_source
 from dynapose4d.stages.base import StageContext, build_trainer, resume_checkpoint, stage_logger
 from dynapose4d.stages.cape.config import CapeStageConfig
 from dynapose4d.stages.cape.module import STAGE, CAPEModule, fit, pair_loader
@@ -208,6 +208,11 @@ def write_outputs(ctx: StageContext, cfg: CapeStageConfig, model: Any, start: CA
     write_video(out / "overlay.gif", drawn, fps=cfg.overlay_fps)
     summary: dict[str, Any] = {"cape/seconds": round(seconds, 1), "cape/driving_frames": int(frames.shape[0]),
                                "cape/mean_confidence": float(conf.mean())}
+    made = read_source(generated_video_folder(ctx.run_dir)) if scene.video is None and source == "video" else None
+    truth = torch.tensor(made["keypoints"]) if made and "keypoints" in made else None  # [T, N, 2] the puppet's
+    if truth is not None and truth.shape == pts.shape:  # where the puppet put them: CAPE's error is known
+        summary["cape/puppet_error_px"] = float((pts[1:] - truth[1:]).norm(dim=-1).mean())
+        summary["cape/puppet_held_still_px"] = float((truth[1:] - truth[:1]).norm(dim=-1).mean())  # the baseline
     metrics: dict[str, Any] = {}
     if scene.gt_dir is not None and scene.auto_keypoints is None:  # auto: not the gt's keypoints
         metrics = evaluate_scene_gt(scene, {"start": start, "finetuned": model} if start is not None
