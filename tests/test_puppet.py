@@ -202,3 +202,13 @@ def test_no_svd_weights_are_asked_for_with_the_puppet(tmp_path):
                      ("dynamic.deform=nope", "dynamic.deform")):  # at load time: before any stage runs
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
+
+
+def test_a_single_bone_still_swings():
+    """Two keypoints, one bone: it carries the whole object, and swings by the floor share of the amplitude."""
+    from dynapose4d.priors.puppet import MIN_SWING
+
+    img, kp = _bar()
+    frames, motion = puppet_video(img, kp[:2], [(0, 1)], PuppetConfig(num_frames=8, amplitude=20.0))
+    assert motion.angles.abs().max() > 0.7 * math.radians(20.0) * MIN_SWING  # (sin(x + 0.6) - sin 0.6) / 2 <= 0.78
+    assert (frames[4, ..., 3] - frames[0, ..., 3]).abs().sum() > 50  # the picture moved

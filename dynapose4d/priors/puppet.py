@@ -16,10 +16,10 @@ The method:
             joint are shared by the bones that meet there, so the picture bends smoothly.
   motion:   bone b swings about its parent joint by θ_b(t) = s_b A_b (sin(2πt/T + φ_b) - sin φ_b) / 2 over one
             loop of T frames (θ = 0 at t = 0 and t = T): A_b = `amplitude` x (1 - the share of the object the
-            bone carries, itself and the bones below it), so a bone carrying a torso barely moves and a limb
-            swings fully; φ_b = `lag` x the bone's depth in the tree, so a swing runs towards the tips; the
-            signs s_b alternate between sibling bones, and the seed picks the overall sign. Forward
-            kinematics turns the angles into one rigid motion per bone.
+            bone carries, itself and the bones below it; at least `MIN_SWING`), so a bone carrying a torso moves
+            little and a limb swings fully; φ_b = `lag` x the bone's depth in the tree, so a swing runs towards
+            the tips; the signs s_b alternate between sibling bones, and the seed picks the overall sign.
+            Forward kinematics turns the angles into one rigid motion per bone.
   drawing:  every pixel moves by the blend of its bones' motions (linear blend skinning). Each frame is drawn
             backwards: for every output pixel and every bone, the source point is found by inverting that
             bone's motion and refining (Newton steps on the blended motion); points that land where the pixel
@@ -46,6 +46,8 @@ from dynapose4d.core.errors import InputError
 OUTSIDE = 50.0  # cost of a step outside the object relative to one inside it (geodesic skinning distances)
 NEWTON_STEPS = 4  # refinement steps of each bone's inverse (the blended motion is near-rigid at a bone)
 CONVERGED = 0.5  # a candidate source point is kept when it moves to within this many pixels of the output pixel
+MIN_SWING = 0.25  # the least share of `amplitude` a bone swings, however much of the object it carries (a single
+# bone carries all of it: without a floor a two-keypoint skeleton would not move)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class PuppetConfig:
 
     num_frames: int = 16  # T frames, one loop of the motion; frame 0 is the picture itself
     amplitude: float = 20.0  # largest swing of a bone about its parent joint (degrees), for a bone carrying little
-    # of the object; a bone that carries a share s of it (with the bones below it) swings (1 - s) times this
+    # of the object; a bone that carries a share s of it (with the bones below it) swings max(1 - s, 0.25) times this
     lag: float = 0.6  # phase delay (radians) of a bone's swing per level down the tree: swings run to the tips
     blend: float = 0.03  # skinning blend width at the joints, as a fraction of the object's longer side
 
@@ -198,7 +200,7 @@ def plan_motion(keypoints: torch.Tensor, bones: list[tuple[int, int]], depth: to
     for kids in children.values():
         for rank, j in enumerate(kids):
             s[j] = sign * (1.0 if rank % 2 == 0 else -1.0)
-    amp = math.radians(cfg.amplitude) * (1.0 - carried.clamp(0, 1))  # [B]
+    amp = math.radians(cfg.amplitude) * (1.0 - carried.clamp(0, 1)).clamp_min(MIN_SWING)  # [B]
     phase = cfg.lag * depth  # [B]
     t = torch.arange(T, dtype=torch.float32)[:, None]  # [T, 1]
     angles = s * amp * (torch.sin(2 * math.pi * t / T + phase) - torch.sin(phase)) / 2  # [T, B]
