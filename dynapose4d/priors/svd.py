@@ -79,7 +79,8 @@ def _missing(model: str, why: str) -> MissingWeightsError:
         f"the pipeline's fp16 files once "
         f"(accept its licence on the Hub first): `hf download {DEFAULT_SVD_MODEL} {include} --local-dir DIR` "
         f"and set dynamic.svd.model=DIR; or move the picture on its own skeleton, no weights "
-        f"(`--set dynamic.driver=puppet`); or make a still 3D asset without motion (`dynapose4d fit-static`)"
+        f"(`--set dynamic.driver=puppet`; `--config cpu` does so and needs no weights at all); or make a still 3D "
+        f"asset without motion (`dynapose4d fit-static`)"
     )
 
 
