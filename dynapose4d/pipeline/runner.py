@@ -157,9 +157,9 @@ class StageRunner:
                             if self.cfg.static.prior == "auto" else None)
         self._generated_video = scene.video is None
         plan = self._plan(manifest, fp)
-        self._check_weights(scene, [name for name, action, _, _ in plan if action != "skip"])
-        puppet = scene.video is None and self.cfg.dynamic.driver == "puppet" and bool({"cape", "dynamic"} & set(
-            name for name, action, _, _ in plan if action != "skip"))
+        to_run = [name for name, action, _, _ in plan if action != "skip"]
+        self._check_weights(scene, to_run)
+        puppet = scene.video is None and self.cfg.dynamic.driver == "puppet" and bool({"cape", "dynamic"} & set(to_run))
         if puppet and not scene.skeleton:  # the puppet moves the picture by its bones: say so before writing
             raise InputError(f"{scene.keypoints_path or scene.image_path or scene.root}: the skeleton has no bones, "
                              "and the puppet driving video (dynamic.driver=puppet) moves the picture by them; add "

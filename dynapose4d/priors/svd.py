@@ -181,13 +181,18 @@ def video_hash(image: torch.Tensor, cfg: SVDConfig | PuppetConfig, seed: int, ke
     what: dict[str, Any] = {"seed": int(seed)}
     if isinstance(cfg, PuppetConfig):
         what["puppet"] = settings
-        what["keypoints"] = None if keypoints is None else [[round(float(v), 4) for v in p] for p in keypoints.tolist()]
+        what["keypoints"] = None if keypoints is None else _rounded(keypoints)
         what["skeleton"] = [list(map(int, b)) for b in skeleton or []]
     else:
         what["svd"] = settings
     h = hashlib.sha256(_image_sha(image).encode())
     h.update(json.dumps(what, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def _rounded(points: torch.Tensor) -> list:
+    """Pixel positions [..., 2] as nested lists rounded to 1e-4 px (the hash and source.json stay stable)."""
+    return (points.detach().double().cpu() * 1e4).round().div(1e4).tolist()
 
 
 def _image_sha(image: torch.Tensor) -> str:
@@ -256,8 +261,7 @@ def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | PuppetConfig
     source: dict[str, Any] = {"hash": key, "seed": int(seed), "image_sha256": _image_sha(scene.image)}
     if puppet:
         frames, motion = puppet_video(scene.image, scene.keypoints, scene.skeleton, cfg, seed)
-        source.update(puppet=asdict(cfg), keypoints=[[[round(v, 4) for v in p] for p in f]
-                                                     for f in motion.keypoints.tolist()])
+        source.update(puppet=asdict(cfg), keypoints=_rounded(motion.keypoints))
     else:
         frames = generate_video(scene.image, cfg, seed=seed, pipe=pipe)
         free_memory()  # the pipeline is gone: hand its memory back before training

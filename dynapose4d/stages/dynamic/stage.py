@@ -29,7 +29,7 @@ from dynapose4d.evaluation.report import write_videos
 from dynapose4d.evaluation.score import ScoreOptions, score_4d
 from dynapose4d.evaluation.table import flat_metrics
 from dynapose4d.gaussians import load_ply
-from dynapose4d.priors.svd import check_svd_weights, driving_video, generated_video_folder, read_source
+from dynapose4d.priors.svd import SOURCE, check_svd_weights, driving_video, generated_video_folder, read_source
 from dynapose4d.priors.zero123 import Zero123Config, Zero123Prior, resolve_zero123
 from dynapose4d.stages.base import StageContext, build_trainer, quiet_fit, resume_checkpoint
 from dynapose4d.stages.dynamic.config import DynamicConfig
@@ -84,7 +84,7 @@ def check_weights(cfg: DynamicConfig, scene: Any, zero123: Zero123Config, run_di
     if cfg.lambda_sds > 0:
         resolve_zero123(zero123.source)
     if (scene.video is None and cfg.driver == "svd"
-            and not (Path(run_dir) / "inputs" / "video" / "source.json").is_file()):
+            and not (generated_video_folder(run_dir) / SOURCE).is_file()):
         check_svd_weights(cfg.svd.model)
 
 
