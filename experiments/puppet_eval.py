@@ -38,7 +38,8 @@ def evaluate(run: Path) -> dict:
     manifest = json.loads((run / "manifest.json").read_text())
     cfg = load_run_config(run)
     scene = load_scene(manifest["scene"], keypoints=None if manifest["inputs"]["keypoints"] == "auto"
-                       else manifest["inputs"]["keypoints"], max_size=cfg.max_image_size, cutout=cfg.cutout)
+                       else manifest["inputs"]["keypoints"], max_size=cfg.max_image_size, cutout=cfg.cutout,
+                       mask=manifest["inputs"].get("mask"))
     source = read_source(generated_video_folder(run))
     if source is None or "puppet" not in source:
         raise SystemExit(f"{run}: no puppet video (RUN/inputs/video/source.json without 'puppet')")

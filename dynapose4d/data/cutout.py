@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynapose4d.data.background import clean_mask, unmix
+from dynapose4d.data.background import clean_mask, connected_components, unmix
 
 WORK_SIZE = 384  # GrabCut's working size: longer side in pixels (cost grows with its square)
 RING = 0.015  # border ring, fraction of the shorter side, taken as certain background (as the plain removal's)
@@ -40,6 +40,9 @@ ITERATIONS = 5  # GrabCut iterations (colour-model / graph-cut rounds)
 EDGE_BAND = 1  # pixels on either side of the cut's edge whose alpha is re-estimated by local unmixing
 EDGE_WINDOW = 3  # half-side (pixels) of the window over which the local object and background colours are averaged
 EDGE_CONTRAST = 0.1  # RGB distance (0-1) under which the local object and background colours are too close to unmix
+ONE_PIECE = 0.9  # a cut whose largest 8-connected piece holds less of the object than this is reported as doubtful
+# (`object_pieces`): every good cut of experiments/cutout_eval.py's scenes was one piece; the failed cuts of
+# photographs were 2-6 pieces, the largest 32-84% of the object
 
 
 def grabcut_alpha(rgb: torch.Tensor) -> torch.Tensor:
@@ -65,6 +68,16 @@ def grabcut_alpha(rgb: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(torch.from_numpy(obj)[None, None], size=(H, W), mode="bilinear", align_corners=False)
         obj = up[0, 0].numpy()
     return torch.from_numpy(clean_mask(obj > 0.5).astype(np.float32))  # [H, W]
+
+
+def object_pieces(alpha: torch.Tensor) -> list[float]:
+    """The object's 8-connected pieces in alpha [H, W] (alpha > 1/2) holding 1% of its pixels or more, each as its
+    share of the object's pixels, largest first ([] for no object). A GrabCut cut of one object is one piece; a
+    cut in several pieces of similar size (largest under `ONE_PIECE`) has often taken parts of the background."""
+    _, sizes = connected_components(alpha.detach().cpu().numpy() > 0.5, diagonal=True)
+    total = float(sizes[1:].sum())
+    shares = [] if total == 0 else [float(n) / total for n in sizes[1:]]
+    return sorted((f for f in shares if f >= 0.01), reverse=True)
 
 
 def grabcut_rgba(rgb: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@
 message that names the offending file and the problem. It never leaves anything behind (it writes nothing).
 
 Files:
-  image.png       RGBA: alpha is the object mask. RGB (or RGBA whose alpha is fully opaque): the object is cut
+  image.png       RGBA: alpha is the object mask. RGB (or RGBA opaque on 99.5% of it or more): the object is cut
                   out (border-colour estimation on a uniform background, else GrabCut; below).
   keypoints.json  {"keypoints": [[x, y] | [x, y, v], ...] pixels, "skeleton": [[i, j], ...], "names": [...]}.
                   "names" is optional (default kp00, kp01, ...). A third entry v is a visibility flag: v > 0 is
@@ -102,7 +102,7 @@ from dynapose4d.core.io import (
 )
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
-from dynapose4d.data.cutout import grabcut_rgba
+from dynapose4d.data.cutout import grabcut_rgba, matte_edges, object_pieces
 from dynapose4d.data.recentring import (
     FILL,
     Recentring,
@@ -147,7 +147,11 @@ class Scene:
     keypoints_path: Path | None = None  # the keypoints file read; None when the keypoints are automatic
     auto_keypoints: AutoKeypoints | None = None  # automatic keypoints in the image file's pixels (no keypoints file)
     gt_keypoints: bool = False  # gt/keypoints3d.json holds this scene's keypoints (False for automatic keypoints)
-    cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut cut it out (file pixels), else None
+    cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut or the mask file cut it out (file
+    # pixels), else None
+    cutout_pieces: list[float] = field(default_factory=list)  # the GrabCut cut picture's pieces, shares of the
+    # object largest first (`data.cutout.object_pieces`); [] when GrabCut did not cut the picture
+    mask_path: Path | None = None  # the mask file that gave the picture its alpha (`load_scene`'s `mask`), else None
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
     gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
     video_registration: Registration | None = None  # a video of another size than the picture: how it was laid
@@ -180,7 +184,8 @@ class Scene:
 
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
-               max_size: int = 0, cutout: str = "auto", video_align: str = "auto", video_frames: int = 0) -> Scene:
+               max_size: int = 0, cutout: str = "auto", video_align: str = "auto", video_frames: int = 0,
+               mask: str | Path | None = None) -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif,
     heic) given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for
     the files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
@@ -194,7 +199,9 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
 
     `video` (an mp4, or a folder of numbered frames) replaces the folder's video/ or video.mp4; `keypoints` (a
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
-    and skeleton are made from the mask (`dynapose4d.data.auto_keypoints`) and kept in `Scene.auto_keypoints`."""
+    and skeleton are made from the mask (`dynapose4d.data.auto_keypoints`) and kept in `Scene.auto_keypoints`.
+    `mask` (an image of the picture's size, `_masked`) replaces the folder's mask.png; either gives the picture
+    its alpha in place of its own and of any cut-out (video frames and views are cut out as before)."""
     root = Path(path)
     if not root.exists():
         raise InputError(f"{root}: scene folder or picture not found")
@@ -223,8 +230,15 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     H, W = image.shape[:2]
     if H < MIN_SIZE or W < MIN_SIZE:  # before the cut-out, which would only say that it found no object
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
-    image = cutter.rgba(image, image_path)  # [H, W, 4]
-    cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
+    mask_path = Path(mask) if mask is not None else (None if picture else root / "mask.png")
+    if mask_path is not None and (mask is not None or mask_path.exists()):
+        image = _masked(image, mask_path, image_path.name)  # [H, W, 4]: the user's mask replaces any cut-out
+        cut_picture, pieces = image, []
+    else:
+        mask_path = None
+        image = cutter.rgba(image, image_path)  # [H, W, 4]
+        cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
+        pieces = object_pieces(image[..., 3]) if cutter.grabcut else []
     has_camera = not picture and (root / "camera.json").exists()
     kp_path = Path(keypoints) if keypoints is not None else (None if picture else root / "keypoints.json")
     auto = None
@@ -273,7 +287,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
-        cutout=cut_picture, grabcut_cuts=cutter.grabcut, gt_max_size=gt_max_size,
+        cutout=cut_picture, grabcut_cuts=cutter.grabcut, cutout_pieces=pieces, mask_path=mask_path,
+        gt_max_size=gt_max_size,
         video_registration=None if block is None else block.registration,
         video_fit=None if block is None else block.fit,
         video_source_frames=0 if block is None else block.source_frames,
@@ -338,6 +353,8 @@ def _shrink_alpha(alpha: torch.Tensor, k: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+MIN_CLEAR = 0.005  # an alpha under 1/2 on less of the image than this is no mask: the image is cut out as if opaque
+# (a PNG saved as RGBA with a few stray translucent pixels outlined nothing)
 CUTOUTS = ("auto", "plain", "grabcut")  # how pictures and frames without alpha are cut out (RunConfig.cutout)
 VIDEO_ALIGNS = ("auto", "box", "none")  # how a driving video is laid onto the picture (RunConfig.video_align)
 
@@ -351,14 +368,17 @@ class _Cutter:
         self.mode, self.grabcut = mode, 0
 
     def rgba(self, img: torch.Tensor, path: Path | str) -> torch.Tensor:
-        """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is not fully opaque; else "plain" removes a uniform
-        background, "grabcut" cuts the object out of any background, "auto" does the first when the border is
-        one colour and the second otherwise."""
+        """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is under 1/2 on `MIN_CLEAR` of the image or more; else
+        "plain" removes a uniform background, "grabcut" cuts the object out of any background, "auto" does the
+        first when the border is one colour and the second otherwise."""
         if img.shape[-1] == 4 and img[..., 3].min().item() < 1.0:
             if img[..., 3].max().item() <= 0.0:
                 raise InputError(f"{path}: the alpha channel is empty (fully transparent): no object to use")
-            return img.float()
-        kind = "alpha is fully opaque" if img.shape[-1] == 4 else "no alpha"
+            if (img[..., 3] < 0.5).float().mean().item() >= MIN_CLEAR:
+                return img.float()
+        kind = "no alpha" if img.shape[-1] == 3 else (
+            "alpha is fully opaque" if img[..., 3].min().item() >= 1.0 else
+            f"alpha is {100 * (1 - MIN_CLEAR):g}% opaque or more (not an object's mask)")
         out = remove_background(img[..., :3]) if self.mode != "grabcut" else None
         how = "on the uniform background"
         if out is None and self.mode == "plain":
@@ -374,6 +394,28 @@ class _Cutter:
             raise InputError(f"{path}: {kind} and the object found {how} covers {100 * frac:.1f}% of the image: "
                              "provide an RGBA image")
         return out
+
+
+def _masked(image: torch.Tensor, path: Path, image_name: str) -> torch.Tensor:
+    """The picture [H, W, 3|4] with its alpha from the mask file at `path` -> [H, W, 4]. The mask must have the
+    picture's size; its alpha is used when it has one that is a mask (under 1/2 on `MIN_CLEAR` of it, such as a
+    cut-out PNG), else its grey level (white: object). A mask of only 0 and 1 (a painted or segmented one) gets its
+    edge matted as a GrabCut cut does (`data.cutout.matte_edges`); other values are used as the alpha they say."""
+    m = read_image(path)  # [H, W, 3|4]
+    H, W = image.shape[:2]
+    if tuple(m.shape[:2]) != (H, W):
+        raise InputError(f"{path}: the mask is {m.shape[1]}x{m.shape[0]} pixels, the picture ({image_name}) "
+                         f"{W}x{H}: a mask must have the picture's size")
+    if m.shape[-1] == 4 and (m[..., 3] < 0.5).float().mean().item() >= MIN_CLEAR:
+        alpha = m[..., 3]
+    else:
+        alpha = m[..., :3].mean(-1)  # [H, W]
+    if not bool((alpha > 0.5).any()):
+        raise InputError(f"{path}: the mask has no pixel over 1/2 (white: object): no object")
+    rgb = image[..., :3].float()
+    if bool(((alpha == 0) | (alpha == 1)).all()):
+        return matte_edges(rgb, alpha)
+    return torch.cat([rgb, alpha[..., None].float()], -1)
 
 
 def _read_rgba(path: Path, cutter: _Cutter) -> torch.Tensor:

@@ -28,6 +28,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keypoints", default=None,
                    help="keypoints file in keypoints.json's format (replaces the scene's; e.g. an edited "
                         "RUN/inputs/keypoints.json). Without any, keypoints are made from the mask")
+    p.add_argument("--mask", default=None,
+                   help="the picture's object mask: an image of its size, white on black (or a cut-out PNG, whose "
+                        "alpha is used); replaces the picture's alpha and the automatic cut-out (replaces the "
+                        "scene's mask.png)")
     p.add_argument("--config", default=None, help=CONFIG_HELP)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help=SET_HELP + ", e.g. --set static.steps=200 dynamic.lambda_kml=0")
@@ -37,9 +41,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 def run_argv(args: argparse.Namespace) -> list[str]:
     """The `run ...` arguments equivalent to `args` (the program name left out): SCENE --out RUN [--video V]
-    [--keypoints K] [--config C] [--set KEY=VALUE ...] [--stages S] [--resume]."""
+    [--keypoints K] [--mask M] [--config C] [--set KEY=VALUE ...] [--stages S] [--resume]."""
     parts = ["run", str(args.scene), "--out", str(args.out)]
-    for flag in ("video", "keypoints"):
+    for flag in ("video", "keypoints", "mask"):
         if getattr(args, flag, None):
             parts += [f"--{flag}", str(getattr(args, flag))]
     if getattr(args, "config", None):

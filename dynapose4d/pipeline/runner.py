@@ -38,6 +38,7 @@ from dynapose4d.core.images import over_background
 from dynapose4d.core.io import read_picture, write_image, write_text
 from dynapose4d.core.structured import to_dict
 from dynapose4d.data import scene as scene_io
+from dynapose4d.data.cutout import ONE_PIECE
 from dynapose4d.data.scene import Scene
 from dynapose4d.data.scene_spec import resolve_scene
 from dynapose4d.pipeline import ddp
@@ -108,10 +109,12 @@ class StageRunner:
         echo: Callable[[str], None] = print,
         video: str | Path | None = None,
         keypoints: str | Path | None = None,
+        mask: str | Path | None = None,
     ) -> None:
         self.scene_path = Path(scene)
         self.video = video  # replaces the scene's video (mp4 or folder of frames); needed with a picture alone
         self.keypoints = keypoints  # replaces the scene's keypoints.json; without either, automatic keypoints
+        self.mask = mask  # replaces the scene's mask.png: the picture's alpha (else its own, or a cut-out)
         self.run_dir = Path(run_dir)
         self.cfg = config
         self.resume = resume
@@ -150,7 +153,8 @@ class StageRunner:
                        else {k: list(v) if isinstance(v, tuple) else v  # as JSON reads it back
                              for k, v in asdict(scene.video_registration).items()},
                        "keypoints": "auto" if scene.auto_keypoints is not None
-                       else str(Path(scene.keypoints_path or self.scene_path / "keypoints.json").resolve())},
+                       else str(Path(scene.keypoints_path or self.scene_path / "keypoints.json").resolve()),
+                       "mask": None if scene.mask_path is None else str(scene.mask_path.resolve())},
         })
         # static.prior=auto is hashed as what it resolves to here, so weights that appear later rerun the stage
         self._auto_prior = (static.resolve_prior(self.cfg.static, scene, self.cfg.zero123)[0]
@@ -177,10 +181,17 @@ class StageRunner:
             write_image(cut_png, scene.cutout)
         elif cut_png.is_file():  # left by an earlier run of this folder on another picture: no longer true
             cut_png.unlink()
+        if scene.mask_path is not None:
+            self.echo(f"the picture's alpha is the mask {scene.mask_path}; cut out: {cut_png}")
         if scene.grabcut_cuts:
             self.echo(f"no alpha and a background that is not one colour: GrabCut cut the object out of "
                       f"{scene.grabcut_cuts} image(s)" + (f"; check {cut_png}" if scene.cutout is not None else "")
-                      + " (where it is wrong, pass a picture with alpha)")
+                      + " (where it is wrong, pass --mask FILE or a picture with alpha)")
+        if scene.cutout_pieces and scene.cutout_pieces[0] < ONE_PIECE:
+            self.echo(f"warning: GrabCut's cut of the picture is in {len(scene.cutout_pieces)} pieces, the largest "
+                      f"{100 * scene.cutout_pieces[0]:.0f}% of it: it has probably taken background for the object "
+                      f"or split it; look at {cut_png} and, where it is wrong, give the object's mask (--mask FILE: "
+                      "white on black, the picture's size) or a picture with alpha")
         for line in video_notes(scene):
             self.echo(line)
         if puppet:
@@ -250,7 +261,7 @@ class StageRunner:
         return manifest
 
     def _load_scene(self) -> Scene:
-        return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints,
+        return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints, mask=self.mask,
                                    max_size=self.cfg.max_image_size, cutout=self.cfg.cutout,
                                    video_align=self.cfg.video_align, video_frames=self.cfg.video_frames)
 
@@ -392,6 +403,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if str(scene).startswith("synthetic:"):  # synthetic:<template>:<seed>[:<frames>[:<size>]], made once
         scene = resolve_scene(str(scene), os.environ.get("DYNAPOSE4D_SCENES", "runs/scenes"))
     StageRunner(scene, args.out, cfg, resume=bool(args.resume), command=command_line(args),
-                video=getattr(args, "video", None), keypoints=getattr(args, "keypoints", None)).run()
+                video=getattr(args, "video", None), keypoints=getattr(args, "keypoints", None),
+                mask=getattr(args, "mask", None)).run()
     sys.stdout.flush()
     return 0

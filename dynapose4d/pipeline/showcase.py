@@ -84,10 +84,11 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
     picture = scene_path / "image.png" if scene_path.is_dir() else scene_path
     rgba = read_picture(picture)  # [H, W, 3|4] (a clip given alone: its frame 0)
     image = over_background(rgba, 1.0) if rgba.shape[-1] == 4 else rgba
-    inputs = manifest.get("inputs") or {}  # the run's --video / --keypoints, when it was given them
+    inputs = manifest.get("inputs") or {}  # the run's --video / --keypoints / --mask, when it was given them
     cfg = load_run_config(run_dir)
     scene = load_scene(scene_path, video=inputs.get("video"),
                        keypoints=inputs.get("keypoints") if inputs.get("keypoints") not in (None, "auto") else None,
+                       mask=inputs.get("mask"),
                        max_size=cfg.max_image_size, cutout=cfg.cutout,
                        video_align=cfg.video_align, video_frames=cfg.video_frames)  # the frames the run saw
     generated = run_dir / "inputs" / "video"
