@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynapose4d.core.errors import InputError
+from dynapose4d.core.errors import ConfigError, InputError
 from dynapose4d.priors import svd
 from dynapose4d.priors.puppet import PuppetConfig, puppet_video, skeleton_tree
 from dynapose4d.priors.svd import driving_video
@@ -144,6 +144,38 @@ def test_the_root_is_a_hub_near_the_centroid_and_loops_are_cut():
     assert bones[0][0] == 2 and len(bones) == 4 and depth.tolist() == [1, 1, 2, 2]
     bones, _ = skeleton_tree(kp, [(0, 1), (1, 2), (2, 0), (3, 4)], alpha)  # a loop and a second part
     assert len(bones) == 3 and {b[1] for b in bones} | {bones[0][0]} >= {0, 1, 2}
+
+
+def test_the_root_and_still_keypoints_named_in_the_settings():
+    """`root` grows the tree from the named keypoint; `still` keeps a bone from swinging: its angle is 0 in every
+    frame, its keypoint moves only as its parent bone does, and with every bone still each frame is the picture."""
+    img, kp = _bar(tip=True)
+    names = ["left", "middle", "right"]
+    bones, depth = skeleton_tree(kp, [(0, 1), (1, 2)], img[..., 3])
+    assert bones == [(1, 0), (1, 2)] and depth.tolist() == [1, 1]  # automatic: the middle hub
+    cfg = PuppetConfig(num_frames=8, amplitude=30.0, root="left")
+    frames, motion = puppet_video(img, kp, [(0, 1), (1, 2)], cfg, seed=0, names=names)
+    assert motion.bones == [(0, 1), (1, 2)] and motion.depth.tolist() == [1, 2]
+    assert torch.allclose(motion.keypoints[:, 0], kp[0].expand(8, 2))  # the root stays in place
+    still = PuppetConfig(num_frames=8, amplitude=30.0, root="left", still=["right"])
+    frames, motion = puppet_video(img, kp, [(0, 1), (1, 2)], still, seed=0, names=names)
+    assert motion.angles[:, 1].abs().max() == 0 and motion.angles[:, 0].abs().max() > math.radians(3)
+    assert torch.allclose(motion.transforms[:, 1], motion.transforms[:, 0])  # right end rides on the left bone
+    turned = motion.transforms[:, 0, :, :2] @ kp[2] + motion.transforms[:, 0, :, 2]  # [8, 2]
+    assert torch.allclose(motion.keypoints[:, 2], turned, atol=1e-4)
+    frames, motion = puppet_video(img, kp, [(0, 1), (1, 2)], PuppetConfig(num_frames=4, still=["left", "right"]),
+                                  names=names)
+    assert motion.angles.abs().max() == 0 and (frames - frames[:1]).abs().max() < 1e-5  # nothing moves
+    for bad, key in ((PuppetConfig(root="head"), "root"), (PuppetConfig(still=["right", "tail"]), "still")):
+        with pytest.raises(ConfigError) as e:
+            puppet_video(img, kp, [(0, 1), (1, 2)], bad, names=names)
+        msg = str(e.value)
+        assert f"dynamic.puppet.{key}" in msg and "left, middle, right" in msg and "\n" not in msg
+    # the video's hash follows the settings and the names they refer to
+    h = svd.video_hash(img, still, 0, kp, [(0, 1), (1, 2)], names)
+    assert h != svd.video_hash(img, PuppetConfig(num_frames=8, amplitude=30.0, root="left"), 0, kp,
+                               [(0, 1), (1, 2)], names)
+    assert h != svd.video_hash(img, still, 0, kp, [(0, 1), (1, 2)], ["right", "middle", "left"])
 
 
 def test_bad_skeletons_and_empty_pictures_fail_in_one_line():

@@ -374,3 +374,11 @@ def test_the_puppet_without_bones_is_a_one_line_error_before_anything_is_written
                  "--set", "dynamic.driver=puppet"]) != 0
     err = capsys.readouterr().err.strip()
     assert "flat.json" in err and "no bones" in err and len(err.splitlines()) == 1 and not run.exists()
+    # a keypoint name in dynamic.puppet that the keypoints do not have: one line, before anything is written
+    kp.write_text(json.dumps({"keypoints": [[12, 16], [16, 16], [20, 16]], "skeleton": [[0, 1], [1, 2]],
+                              "names": ["a", "b", "c"]}))
+    assert main(["run", str(scene / "image.png"), "--keypoints", str(kp), "--out", str(run), "--config", smoke,
+                 "--set", "dynamic.driver=puppet", "dynamic.puppet.still=[b,tail]"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "dynamic.puppet.still" in err and "'tail'" in err and "a, b, c" in err and len(err.splitlines()) == 1
+    assert not run.exists()

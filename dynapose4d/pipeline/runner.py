@@ -55,6 +55,7 @@ from dynapose4d.pipeline.run_folder import (
     run_videos,
     write_manifest,
 )
+from dynapose4d.priors.puppet import named_keypoints
 from dynapose4d.stages import logger as dlog
 from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
 from dynapose4d.stages.cape import stage as cape
@@ -168,6 +169,8 @@ class StageRunner:
             raise InputError(f"{scene.keypoints_path or scene.image_path or scene.root}: the skeleton has no bones, "
                              "and the puppet driving video (dynamic.driver=puppet) moves the picture by them; add "
                              "bones or give a video (--video)")
+        if puppet:  # dynamic.puppet.root / still name keypoints: an unknown one stops the run before writing
+            named_keypoints(self.cfg.dynamic.puppet, scene.names)
 
         created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
         self.run_dir.mkdir(parents=True, exist_ok=True)

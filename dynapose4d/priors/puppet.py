@@ -9,7 +9,8 @@ whatever the object is.
 
 The method:
   tree:     the skeleton's bones as a tree grown from a root in each connected part: the keypoint nearest the
-            object's centroid among those joining two bones or more (any keypoint when none does).
+            object's centroid among those joining two bones or more (any keypoint when none does), or the one
+            named by `root`.
   skinning: each pixel's weight on each bone falls off with its geodesic distance to the bone (path length
             inside the object, scikit-image's minimum-cost paths; outside the object a step costs `OUTSIDE`
             times more): w_b ∝ exp(-(d_b - min_b d_b) / τ), τ = `blend` x the object's longer side. Pixels at a
@@ -18,7 +19,8 @@ The method:
             loop of T frames (θ = 0 at t = 0 and t = T): A_b = `amplitude` x (1 - the share of the object the
             bone carries, itself and the bones below it; at least `MIN_SWING`), so a bone carrying a torso moves
             little and a limb swings fully; φ_b = `lag` x the bone's depth in the tree, so a swing runs towards
-            the tips; the signs s_b alternate between sibling bones, and the seed picks the overall sign.
+            the tips; the signs s_b alternate between sibling bones, and the seed picks the overall sign. The bones
+            ending at a keypoint named in `still` have A_b = 0.
             Forward kinematics turns the angles into one rigid motion per bone.
   drawing:  every pixel moves by the blend of its bones' motions (linear blend skinning). Each frame is drawn
             backwards: for every output pixel and every bone, the source point is found by inverting that
@@ -35,13 +37,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynapose4d.core.errors import InputError
+from dynapose4d.core.errors import ConfigError, InputError
 
 OUTSIDE = 50.0  # cost of a step outside the object relative to one inside it (geodesic skinning distances)
 NEWTON_STEPS = 4  # refinement steps of each bone's inverse (the blended motion is near-rigid at a bone)
@@ -59,10 +61,12 @@ class PuppetConfig:
     # of the object; a bone that carries a share s of it (with the bones below it) swings max(1 - s, 0.25) times this
     lag: float = 0.6  # phase delay (radians) of a bone's swing per level down the tree: swings run to the tips
     blend: float = 0.03  # skinning blend width at the joints, as a fraction of the object's longer side
+    root: str = ""  # name of the keypoint the tree grows from (it stays in place; its part of the skeleton swings
+    # about it); "": the keypoint joining two bones or more nearest the object's centroid
+    still: list[str] = field(default_factory=list)  # names of keypoints whose bone from their parent does not
+    # swing (the part beyond them moves only as their parent does), e.g. [tail] or the legs of a standing animal
 
     def validate(self) -> None:
-        from dynapose4d.core.errors import ConfigError
-
         if self.num_frames < 2:
             raise ConfigError(f"config key 'dynamic.puppet.num_frames': must be >= 2, got {self.num_frames}")
         if not 0 < self.blend <= 1:
@@ -86,32 +90,47 @@ class PuppetMotion:
     keypoints: torch.Tensor  # [T, N, 2]
 
 
+def named_keypoints(cfg: PuppetConfig, names: list[str]) -> tuple[int | None, set[int]]:
+    """The keypoint indices of `cfg.root` (None for "") and `cfg.still` among the scene's keypoint `names`; a name
+    that is not one of them is a ConfigError naming the key and the keypoints there are."""
+    index = {n: i for i, n in enumerate(names)}
+    for key, wanted in (("root", [cfg.root] if cfg.root else []), ("still", list(cfg.still))):
+        unknown = [w for w in wanted if w not in index]
+        if unknown:
+            raise ConfigError(f"config key 'dynamic.puppet.{key}': no keypoint named {', '.join(map(repr, unknown))}; "
+                              f"the keypoints are {', '.join(names)}")
+    return (index[cfg.root] if cfg.root else None), {index[w] for w in cfg.still}
+
+
 def puppet_video(image: torch.Tensor, keypoints: torch.Tensor, skeleton: list[tuple[int, int]],
-                 cfg: PuppetConfig | None = None, seed: int = 0) -> tuple[torch.Tensor, PuppetMotion]:
+                 cfg: PuppetConfig | None = None, seed: int = 0, names: list[str] | None = None
+                 ) -> tuple[torch.Tensor, PuppetMotion]:
     """Frames [T, H, W, 4] (straight RGBA, frame 0 = `image`) of the picture `image` [H, W, 4] moved as a puppet on
     its `keypoints` [N, 2] (pixels, centres at +0.5) and `skeleton` (0-based pairs), and the motion itself.
-    See the module docstring. Raises InputError when the skeleton has no bone or the picture no object."""
+    `names` [N] (default kp00, kp01, ...) are what `cfg.root` and `cfg.still` refer to. See the module docstring.
+    Raises InputError when the skeleton has no bone or the picture no object, ConfigError on an unknown name."""
     cfg = cfg or PuppetConfig()
+    root, still = named_keypoints(cfg, names or [f"kp{i:02d}" for i in range(int(keypoints.shape[0]))])
     alpha = image[..., 3].detach().float().cpu()  # [H, W]
     mask = (alpha > 0.5).numpy()
     if not mask.any():
         raise InputError("the picture has no object (alpha <= 0.5 everywhere): nothing to move as a puppet")
-    bones, depth = skeleton_tree(keypoints, skeleton, alpha)
+    bones, depth = skeleton_tree(keypoints, skeleton, alpha, root)
     if not bones:
         raise InputError("the puppet motion needs a skeleton with at least one bone; the keypoints have none")
     weights = skinning_weights(mask, keypoints, bones, cfg.blend)  # [B, H, W]
-    motion = plan_motion(keypoints, bones, depth, weights * alpha, cfg, seed)
+    motion = plan_motion(keypoints, bones, depth, weights * alpha, cfg, seed, still)
     frames = [image.detach().float().cpu()]
     for t in range(1, cfg.num_frames):
         frames.append(draw_frame(image, weights, depth, motion.transforms[t]))
     return torch.stack(frames), motion
 
 
-def skeleton_tree(keypoints: torch.Tensor, skeleton: list[tuple[int, int]], alpha: torch.Tensor
-                  ) -> tuple[list[tuple[int, int]], torch.Tensor]:
+def skeleton_tree(keypoints: torch.Tensor, skeleton: list[tuple[int, int]], alpha: torch.Tensor,
+                  root: int | None = None) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """The skeleton's bones as trees, one per connected part, each grown breadth-first from its root (see the module
-    docstring): bones [(parent, child)] in tree order, depth [B] (1 for a bone at a root). A bone that would close
-    a loop is left out."""
+    docstring; `root`, a keypoint index, is the root of its part): bones [(parent, child)] in tree order, depth [B]
+    (1 for a bone at a root). A bone that would close a loop is left out."""
     n = int(keypoints.shape[0])
     nbrs: list[list[int]] = [[] for _ in range(n)]
     for a, b in skeleton:
@@ -131,10 +150,10 @@ def skeleton_tree(keypoints: torch.Tensor, skeleton: list[tuple[int, int]], alph
             continue
         part = _part(start, nbrs)
         hubs = [k for k in part if len(set(nbrs[k])) >= 2] or part
-        root = min(hubs, key=lambda k: (float(dist[k]), k))
-        level = {root: 0}
-        seen[root] = True
-        queue = deque([root])
+        top = root if root in part else min(hubs, key=lambda k: (float(dist[k]), k))
+        level = {top: 0}
+        seen[top] = True
+        queue = deque([top])
         while queue:
             p = queue.popleft()
             for c in sorted(set(nbrs[p])):
@@ -182,9 +201,10 @@ def skinning_weights(mask: np.ndarray, keypoints: torch.Tensor, bones: list[tupl
 
 
 def plan_motion(keypoints: torch.Tensor, bones: list[tuple[int, int]], depth: torch.Tensor, mass: torch.Tensor,
-                cfg: PuppetConfig, seed: int = 0) -> PuppetMotion:
+                cfg: PuppetConfig, seed: int = 0, still: set[int] | None = None) -> PuppetMotion:
     """Angles, per-bone rigid motions and keypoint positions of the puppet's loop (see the module docstring);
-    `mass` [B, H, W] is each bone's skinning weight times the object's alpha (what share of the object it moves)."""
+    `mass` [B, H, W] is each bone's skinning weight times the object's alpha (what share of the object it moves);
+    the bones ending at a keypoint of `still` do not swing."""
     T, B = cfg.num_frames, len(bones)
     share = mass.flatten(1).sum(1)  # [B]
     share = share / share.sum().clamp_min(1e-8)
@@ -201,6 +221,7 @@ def plan_motion(keypoints: torch.Tensor, bones: list[tuple[int, int]], depth: to
         for rank, j in enumerate(kids):
             s[j] = sign * (1.0 if rank % 2 == 0 else -1.0)
     amp = math.radians(cfg.amplitude) * (1.0 - carried.clamp(0, 1)).clamp_min(MIN_SWING)  # [B]
+    amp = amp * torch.tensor([0.0 if c in (still or set()) else 1.0 for _p, c in bones])
     phase = cfg.lag * depth  # [B]
     t = torch.arange(T, dtype=torch.float32)[:, None]  # [T, 1]
     angles = s * amp * (torch.sin(2 * math.pi * t / T + phase) - torch.sin(phase)) / 2  # [T, B]

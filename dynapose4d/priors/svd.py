@@ -173,16 +173,17 @@ def generate_video(image: torch.Tensor, cfg: SVDConfig, seed: int = 0, pipe: Any
 
 
 def video_hash(image: torch.Tensor, cfg: SVDConfig | PuppetConfig, seed: int, keypoints: torch.Tensor | None = None,
-               skeleton: list[tuple[int, int]] | None = None) -> str:
+               skeleton: list[tuple[int, int]] | None = None, names: list[str] | None = None) -> str:
     """The generated video's identity: hash of the scene image [H, W, 4], the seed and every setting of its
-    generator that shapes the frames (all but `device`); the puppet's also of the `keypoints` [N, 2] and
-    `skeleton` it moves."""
+    generator that shapes the frames (all but `device`); the puppet's also of the `keypoints` [N, 2],
+    `skeleton` it moves and their `names` (which its `root` and `still` settings refer to)."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
     what: dict[str, Any] = {"seed": int(seed)}
     if isinstance(cfg, PuppetConfig):
         what["puppet"] = settings
         what["keypoints"] = None if keypoints is None else _rounded(keypoints)
         what["skeleton"] = [list(map(int, b)) for b in skeleton or []]
+        what["names"] = list(names or [])
     else:
         what["svd"] = settings
     h = hashlib.sha256(_image_sha(image).encode())
@@ -252,7 +253,8 @@ def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | PuppetConfig
     cfg = cfg or SVDConfig()
     puppet = isinstance(cfg, PuppetConfig)
     folder = generated_video_folder(run_dir)
-    key = video_hash(scene.image, cfg, seed, *((scene.keypoints, scene.skeleton) if puppet else ()))
+    names = getattr(scene, "names", None)  # what dynamic.puppet.root / still refer to
+    key = video_hash(scene.image, cfg, seed, *((scene.keypoints, scene.skeleton, names) if puppet else ()))
     source = read_source(folder)
     if source is not None and source.get("hash") == key:
         frames = read_frames(folder)
@@ -260,7 +262,7 @@ def driving_video(scene: Any, run_dir: str | Path, cfg: SVDConfig | PuppetConfig
             return frames
     source: dict[str, Any] = {"hash": key, "seed": int(seed), "image_sha256": _image_sha(scene.image)}
     if puppet:
-        frames, motion = puppet_video(scene.image, scene.keypoints, scene.skeleton, cfg, seed)
+        frames, motion = puppet_video(scene.image, scene.keypoints, scene.skeleton, cfg, seed, names)
         source.update(puppet=asdict(cfg), keypoints=_rounded(motion.keypoints))
     else:
         frames = generate_video(scene.image, cfg, seed=seed, pipe=pipe)
