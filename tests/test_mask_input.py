@@ -15,7 +15,7 @@ from dynapose4d.cli import main
 from dynapose4d.core.errors import InputError
 from dynapose4d.core.io import read_image, write_image
 from dynapose4d.data.cutout import object_pieces
-from dynapose4d.data.scene import MIN_CLEAR, load_scene
+from dynapose4d.data.scene import MASK_SNAP, MIN_CLEAR, load_scene
 from dynapose4d.data.synthetic import write_scene
 from dynapose4d.pipeline.config import load_config
 from dynapose4d.pipeline.run_command import command_line
@@ -71,9 +71,10 @@ def test_a_binary_mask_cuts_the_object_out_of_clutter_with_a_matted_edge(quadrup
     assert _iou(s.image[..., 3], ref.image[..., 3]) > 0.9
 
 
-def test_a_jpeg_mask_is_read_as_black_and_white(quadruped, tmp_path):
+def test_lossy_masks_are_read_as_black_and_white(quadruped, tmp_path):
     """JPEG's compression greys a black-and-white mask: taken as grey, the background got faint alpha (2-3% of it)
-    and twice the PNG mask's error; read at 1/2 and matted it is as good as the PNG."""
+    and twice the PNG mask's error; read at 1/2 and matted it is as good as the PNG. A lossy WebP's faint noise is
+    snapped away."""
     from PIL import Image
 
     photo = _cluttered(tmp_path, quadruped)
@@ -86,6 +87,13 @@ def test_a_jpeg_mask_is_read_as_black_and_white(quadruped, tmp_path):
     png, jpg = load_scene(photo, mask=tmp_path / "mask.png"), load_scene(photo, mask=tmp_path / "mask.jpg")
     assert torch.equal(jpg.cutout[..., 3][truth == 0] > 0, png.cutout[..., 3][truth == 0] > 0)
     assert (jpg.cutout[..., 3] - truth).abs().mean() <= 1.05 * (png.cutout[..., 3] - truth).abs().mean()
+    # a lossy WebP's noise (grey up to ~0.1 around the object) is snapped to black and white
+    Image.fromarray(binary).save(tmp_path / "mask.webp", quality=60)
+    grey = read_image(tmp_path / "mask.webp")[..., 0]
+    assert ((grey > 0) & (truth == 0)).float().mean() > 0.005
+    webp = load_scene(photo, mask=tmp_path / "mask.webp")
+    assert ((webp.cutout[..., 3] > 0) & (png.cutout[..., 3] == 0)).float().mean() < 0.002
+    assert _iou(webp.cutout[..., 3], truth) > 0.95
 
 
 def test_a_soft_mask_is_the_alpha_and_a_cut_out_png_gives_its_alpha(quadruped, tmp_path):
@@ -93,17 +101,19 @@ def test_a_soft_mask_is_the_alpha_and_a_cut_out_png_gives_its_alpha(quadruped, t
     truth = quadruped[..., 3]
     write_image(tmp_path / "soft.png", truth[..., None].expand(-1, -1, 3))  # grey levels: used as they are
     s = load_scene(photo, mask=tmp_path / "soft.png")
-    assert (s.cutout[..., 3] - truth).abs().max() <= 0.5 / 255 + 1e-6
+    snapped = torch.where(truth < MASK_SNAP, 0.0, torch.where(truth > 1 - MASK_SNAP, 1.0, truth))
+    assert ((truth > 0.2) & (truth < 0.8)).sum() > 50  # the antialiased edge's grey levels are kept
+    assert (s.cutout[..., 3] - snapped).abs().max() <= 0.5 / 255 + 1e-6
     # a cut-out PNG (the object with alpha, made by another tool) as the mask: its alpha, not its colours
     write_image(tmp_path / "cut.png", quadruped)
     s = load_scene(photo, mask=tmp_path / "cut.png")
-    assert (s.cutout[..., 3] - truth).abs().max() <= 0.5 / 255 + 1e-6
+    assert (s.cutout[..., 3] - snapped).abs().max() <= 0.5 / 255 + 1e-6
     # a mask replaces the picture's own alpha too
     write_image(tmp_path / "own.png", quadruped)
     square = torch.zeros(128, 128)
     square[30:50, 8:120] = 0.75  # a bar (long enough for automatic keypoints)
     write_image(tmp_path / "square.png", square[..., None].expand(-1, -1, 3))
-    s = load_scene(tmp_path / "own.png", mask=tmp_path / "square.png")
+    s = load_scene(tmp_path / "own.png", mask=tmp_path / "square.png")  # 0.75 is kept as it is
     assert (s.cutout[..., 3] - square).abs().max() <= 0.5 / 255 + 1e-6
 
 

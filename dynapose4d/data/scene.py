@@ -353,6 +353,7 @@ def _shrink_alpha(alpha: torch.Tensor, k: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+MASK_SNAP = 0.1  # a mask file's values within this of 0 or 1 are taken as 0 or 1 (compression noise, `_masked`)
 MIN_CLEAR = 0.005  # an alpha under 1/2 on less of the image than this is no mask: the image is cut out as if opaque
 # (a PNG saved as RGBA with a few stray translucent pixels outlined nothing)
 CUTOUTS = ("auto", "plain", "grabcut")  # how pictures and frames without alpha are cut out (RunConfig.cutout)
@@ -399,10 +400,12 @@ class _Cutter:
 def _masked(image: torch.Tensor, path: Path, image_name: str) -> torch.Tensor:
     """The picture [H, W, 3|4] with its alpha from the mask file at `path` -> [H, W, 4]. The mask must have the
     picture's size; its alpha is used when it has one that is a mask (under 1/2 on `MIN_CLEAR` of it, such as a
-    cut-out PNG), else its grey level (white: object). A mask of only 0 and 1 (a painted or segmented one) gets its
-    edge matted as a GrabCut cut does (`data.cutout.matte_edges`); other values are used as the alpha they say,
-    except in a JPEG, whose compression blurs a black-and-white mask into grey: it is taken as black and white (at
-    1/2) and matted (a JPEG mask used as grey gave faint alpha to 2-3% of the background, and twice the error)."""
+    cut-out PNG), else its grey level (white: object); values within `MASK_SNAP` of 0 or 1 are taken as 0 or 1
+    (a lossy WebP mask's noise gave faint alpha to 4% of the background). A mask of only 0 and 1 then (a painted or
+    segmented one) gets its edge matted as a GrabCut cut does (`data.cutout.matte_edges`); other values are used as
+    the alpha they say, except in a JPEG, whose compression blurs a black-and-white mask into grey: it is taken as
+    black and white (at 1/2) and matted (a JPEG mask used as grey gave faint alpha to 2-3% of the background, and
+    twice the error)."""
     m = read_image(path)  # [H, W, 3|4]
     H, W = image.shape[:2]
     if tuple(m.shape[:2]) != (H, W):
@@ -416,6 +419,7 @@ def _masked(image: torch.Tensor, path: Path, image_name: str) -> torch.Tensor:
         raise InputError(f"{path}: the mask has no pixel over 1/2 (white: object): no object")
     if path.suffix.lower() in (".jpg", ".jpeg"):
         alpha = (alpha > 0.5).float()
+    alpha = torch.where(alpha < MASK_SNAP, 0.0, torch.where(alpha > 1 - MASK_SNAP, 1.0, alpha))
     rgb = image[..., :3].float()
     if bool(((alpha == 0) | (alpha == 1)).all()):
         return matte_edges(rgb, alpha)
