@@ -200,12 +200,16 @@ def test_cutout_setting_is_checked_and_the_run_shows_the_cut(objects, tmp_path):
                 video=tmp_path / "frames").run()
     cut = read_image(tmp_path / "run" / "inputs" / "cutout.png")  # [128, 128, 4] for the user to check
     assert cut.shape == (128, 128, 4) and _iou(cut[..., 3], objects["humanoid"][..., 3]) >= 0.8
-    assert any("GrabCut cut the object out of 3 image(s)" in line and "cutout.png" in line for line in lines)
+    assert any("GrabCut cut the object out of the picture and 2 other image(s)" in line and "cutout.png" in line
+               for line in lines)
+    mask = read_image(tmp_path / "run" / "inputs" / "mask.png")  # GrabCut's mask, white on black, to correct
+    assert mask.shape == (128, 128, 3) and torch.equal(mask[..., 0] > 0.5, cut[..., 3] > 0.5)
     # the same folder resumed on a picture with alpha: the old cut-out is not left behind
     write_image(tmp_path / "true.png", objects["humanoid"])
     StageRunner(tmp_path / "true.png", tmp_path / "run", cfg, stages=_fakes.FAKE_STAGES, echo=lines.append,
                 video=tmp_path / "frames", resume=True).run()
     assert not (tmp_path / "run" / "inputs" / "cutout.png").exists()
+    assert not (tmp_path / "run" / "inputs" / "mask.png").exists()
     # plain: the same input is refused before anything is written
     cfg = load_config(None, [*_fakes.fake_overrides(), "cutout=plain"])
     with pytest.raises(InputError):

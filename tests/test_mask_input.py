@@ -175,6 +175,26 @@ def test_a_run_records_its_mask_and_reruns_when_the_mask_changes(quadruped, tmp_
     assert command_line(args) == "dynapose4d run p.png --out r --mask m.png"
 
 
+def test_grabcuts_mask_is_written_to_be_corrected_and_passed_back(quadruped, tmp_path):
+    """RUN/inputs/mask.png is GrabCut's mask of the picture; corrected by the user and passed back with --mask on
+    the same folder, it is used (and kept), and the stages rerun on the corrected alpha."""
+    photo = _cluttered(tmp_path, quadruped)
+    run = tmp_path / "run"
+    cfg = load_config(None, _fakes.fake_overrides() + ["stages=[static]"])
+    lines: list[str] = []
+    StageRunner(photo, run, cfg, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
+    mask_png = run / "inputs" / "mask.png"
+    grab = read_image(mask_png)[..., 0]  # GrabCut's wrong cut (clutter)
+    assert _iou(grab, quadruped[..., 3]) < 0.6 and any(f"--mask {mask_png}" in line for line in lines)
+    write_image(mask_png, (quadruped[..., 3] > 0.5).float()[..., None].expand(-1, -1, 3))  # the user's correction
+    lines.clear()
+    StageRunner(photo, run, cfg, stages=_fakes.FAKE_STAGES, echo=lines.append, mask=mask_png, resume=True).run()
+    assert any("scene differs" in line for line in lines) and any("[static] starting" in line for line in lines)
+    assert mask_png.is_file() and _iou(read_image(mask_png)[..., 0], quadruped[..., 3]) == 1.0
+    assert _iou(read_image(run / "inputs" / "cutout.png")[..., 3], quadruped[..., 3]) > 0.95
+    assert json.loads((run / "manifest.json").read_text())["inputs"]["mask"] == str(mask_png.resolve())
+
+
 def test_an_rgba_picture_opaque_but_for_a_few_pixels_is_cut_out(quadruped, tmp_path):
     """A PNG saved as RGBA whose alpha outlines nothing (opaque but for stray pixels) is cut out as an RGB one;
     an alpha transparent on MIN_CLEAR of the picture or more is the object's mask."""

@@ -179,22 +179,8 @@ class StageRunner:
             write_auto_keypoints(scene, self.run_dir / "inputs")
             self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
                       f"{self.run_dir / 'inputs' / 'keypoints.json'} (edit it and pass --keypoints FILE to use yours)")
-        cut_png = self.run_dir / "inputs" / "cutout.png"
-        if scene.cutout is not None:  # a real background: show the user what was cut out
-            write_image(cut_png, scene.cutout)
-        elif cut_png.is_file():  # left by an earlier run of this folder on another picture: no longer true
-            cut_png.unlink()
-        if scene.mask_path is not None:
-            self.echo(f"the picture's alpha is the mask {scene.mask_path}; cut out: {cut_png}")
-        if scene.grabcut_cuts:
-            self.echo(f"no alpha and a background that is not one colour: GrabCut cut the object out of "
-                      f"{scene.grabcut_cuts} image(s)" + (f"; check {cut_png}" if scene.cutout is not None else "")
-                      + " (where it is wrong, pass --mask FILE or a picture with alpha)")
-        if scene.cutout_pieces and scene.cutout_pieces[0] < ONE_PIECE:
-            self.echo(f"warning: GrabCut's cut of the picture is in {len(scene.cutout_pieces)} pieces, the largest "
-                      f"{100 * scene.cutout_pieces[0]:.0f}% of it: it has probably taken background for the object "
-                      f"or split it; look at {cut_png} and, where it is wrong, give the object's mask (--mask FILE: "
-                      "white on black, the picture's size) or a picture with alpha")
+        for line in write_cutout(scene, self.run_dir / "inputs"):
+            self.echo(line)
         for line in video_notes(scene):
             self.echo(line)
         if puppet:
@@ -395,6 +381,41 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         names = [s.strip() for s in str(args.stages).split(",") if s.strip()]
         overrides.append(f"stages=[{','.join(names)}]")
     return load_config(args.config, overrides)
+
+
+def write_cutout(scene: Scene, inputs: Path) -> list[str]:
+    """Write what the run made of the picture's cut-out to `inputs` (RUN/inputs) and return the lines that say so:
+    cutout.png, the picture as GrabCut or the mask file cut it out; mask.png, GrabCut's mask (white on black, the
+    picture's size) for the user to correct and pass back with --mask. Files an earlier run of the folder left
+    that no longer hold are removed (not the mask in use, which may be that very file)."""
+    cut_png, mask_png = inputs / "cutout.png", inputs / "mask.png"
+    grabcut_picture = scene.cutout is not None and scene.mask_path is None
+    if scene.cutout is not None:  # a real background or a mask: show the user what was cut out
+        write_image(cut_png, scene.cutout)
+    elif cut_png.is_file():  # left by an earlier run of this folder on another picture: no longer true
+        cut_png.unlink()
+    if grabcut_picture:
+        write_image(mask_png, (scene.cutout[..., 3] > 0.5).float()[..., None].expand(-1, -1, 3))  # [H, W, 3]
+    elif mask_png.is_file() and (scene.mask_path is None or scene.mask_path.resolve() != mask_png.resolve()):
+        mask_png.unlink()
+    lines = []
+    if scene.mask_path is not None:
+        lines.append(f"the picture's alpha is the mask {scene.mask_path}; cut out: {cut_png}")
+    frames = scene.grabcut_cuts - int(grabcut_picture)
+    if grabcut_picture:
+        lines.append("no alpha and a background that is not one colour: GrabCut cut the object out of the picture"
+                     + (f" and {frames} other image(s)" if frames else "") + f"; check {cut_png} (where it is "
+                     f"wrong, correct {mask_png}, white on black, and pass --mask {mask_png}; or pass a picture "
+                     "with alpha)")
+    elif frames:
+        lines.append(f"no alpha and a background that is not one colour: GrabCut cut the object out of {frames} "
+                     "video frame(s) or view(s), each on its own (where it is wrong, give them with alpha)")
+    if scene.cutout_pieces and scene.cutout_pieces[0] < ONE_PIECE:
+        lines.append(f"warning: GrabCut's cut of the picture is in {len(scene.cutout_pieces)} pieces, the largest "
+                     f"{100 * scene.cutout_pieces[0]:.0f}% of it: it has probably taken background for the object or "
+                     f"split it; look at {cut_png} and, where it is wrong, give the object's mask (--mask FILE: white "
+                     f"on black, the picture's size; {mask_png} is GrabCut's, to correct) or a picture with alpha")
+    return lines
 
 
 def run_cli(args: argparse.Namespace) -> int:
