@@ -39,6 +39,7 @@ def evaluate(run: Path) -> dict:
     cfg = load_run_config(run)
     scene = load_scene(manifest["scene"], keypoints=None if manifest["inputs"]["keypoints"] == "auto"
                        else manifest["inputs"]["keypoints"], max_size=cfg.max_image_size, cutout=cfg.cutout,
+                       u2net=cfg.u2net,
                        mask=manifest["inputs"].get("mask"))
     source = read_source(generated_video_folder(run))
     if source is None or "puppet" not in source:

@@ -72,8 +72,10 @@ outputs can be written back in the pixels of the scene's own files (`dynapose4d.
 
 Images without alpha (the run's `cutout` setting): "plain" removes a uniform background
 (`dynapose4d.data.background`, `remove_background`, and its limits) and refuses any other; "grabcut" cuts the
-object out of a real background (`dynapose4d.data.cutout`, OpenCV's GrabCut, and its limits); "auto" (default)
-uses the first where the border is one colour and the second elsewhere, image by image.
+object out of a real background (`dynapose4d.data.cutout`, OpenCV's GrabCut, and its limits); "u2net" does so
+with U²-Net, the salient-object network of DreamGaussian's preprocessing (`dynapose4d.data.u2net`; its weights
+file is the `u2net` argument); "auto" (default) uses the first where the border is one colour and elsewhere
+U²-Net when its weights file exists, else GrabCut, image by image.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ import torch.nn.functional as F
 
 from dynapose4d.cape import MAX_SUPPORT_KEYPOINTS
 from dynapose4d.core.cameras import REFERENCE_CAMERA, Camera, load_camera, load_cameras
-from dynapose4d.core.errors import InputError
+from dynapose4d.core.errors import InputError, MissingWeightsError
 from dynapose4d.core.io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -116,6 +118,8 @@ from dynapose4d.data.recentring import (
     shrink_frame,
     stored_recentring,
 )
+from dynapose4d.data.u2net import WEIGHTS_HINT as U2NET_HINT
+from dynapose4d.data.u2net import load_u2net, u2net_alpha
 from dynapose4d.evaluation.gt import check_gt_frames, gt_frame_size, load_gt
 
 MIN_SIZE = 8  # smallest accepted image side, pixels
@@ -149,10 +153,11 @@ class Scene:
     gt_keypoints: bool = False  # gt/keypoints3d.json holds this scene's keypoints (False for automatic keypoints)
     cutout: torch.Tensor | None = None  # [H0, W0, 4] the picture as GrabCut or the mask file cut it out (file
     # pixels), else None
-    cutout_pieces: list[float] = field(default_factory=list)  # the GrabCut cut picture's pieces, shares of the
-    # object largest first (`data.cutout.object_pieces`); [] when GrabCut did not cut the picture
+    cutout_pieces: list[float] = field(default_factory=list)  # the automatically cut picture's pieces, shares of
+    # the object largest first (`data.cutout.object_pieces`); [] when GrabCut or U²-Net did not cut the picture
     mask_path: Path | None = None  # the mask file that gave the picture its alpha (`load_scene`'s `mask`), else None
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
+    u2net_cuts: int = 0  # images that U²-Net cut out (`data.u2net`; cutout auto with its weights, or u2net)
     gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
     video_registration: Registration | None = None  # a video of another size than the picture: how it was laid
     # onto the picture (frame 0's object box onto the picture's; None: the picture's size, used as it is)
@@ -185,12 +190,12 @@ class Scene:
 
 def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str | Path | None = None,
                max_size: int = 0, cutout: str = "auto", video_align: str = "auto", video_frames: int = 0,
-               mask: str | Path | None = None) -> Scene:
+               mask: str | Path | None = None, u2net: str | Path | None = None) -> Scene:
     """Load and validate the scene folder at `path` (docs/scene-folder.md), or a picture (png, jpg, webp, bmp, tif,
     heic) given alone. Raises `InputError` (one line, naming the file) on any bad input; see the module docstring for
     the files, recentring and the downscale, and `dynapose4d.data.background` for the background removal. The
     frames are brought within `max_size` pixels on their longer side (0: kept at the files' size). `cutout` says how
-    images without alpha get it: "auto", "plain" or "grabcut" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
+    images without alpha get it: "auto", "plain", "grabcut" or "u2net" (`_Cutter.rgba`; `Scene.grabcut_cuts` counts the
     GrabCut cuts, `Scene.cutout` keeps the picture's cut-out when it was one). `video_align` says how the video is
     laid onto the picture: "auto" by frame 0's object box when its frames are of another size (else as they are),
     "box" always by that box, "none" as they are (frames of another size are an error). `video_frames` N > 0 keeps
@@ -201,7 +206,9 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
     and skeleton are made from the mask (`dynapose4d.data.auto_keypoints`) and kept in `Scene.auto_keypoints`.
     `mask` (an image of the picture's size, `_masked`) replaces the folder's mask.png; either gives the picture
-    its alpha in place of its own and of any cut-out (video frames and views are cut out as before)."""
+    its alpha in place of its own and of any cut-out (video frames and views are cut out as before). `u2net`: the
+    U²-Net weights file that `cutout` "auto" (when it exists) and "u2net" cut real backgrounds with
+    (`dynapose4d.data.u2net`; `Scene.u2net_cuts` counts its cuts)."""
     root = Path(path)
     if not root.exists():
         raise InputError(f"{root}: scene folder or picture not found")
@@ -221,7 +228,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
             raise InputError(f"{image_path}: file not found (a scene needs image.png)")
     if video_align not in VIDEO_ALIGNS:
         raise ValueError(f"video_align {video_align!r}: expected one of {VIDEO_ALIGNS}")
-    cutter = _Cutter(cutout)
+    cutter = _Cutter(cutout, u2net)
     if clip:  # a clip alone: its frame 0 is the picture and, unless --video says otherwise, it drives it
         image, more = read_first_frame(image_path)
         video = image_path if video is None and more else video
@@ -237,8 +244,9 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     else:
         mask_path = None
         image = cutter.rgba(image, image_path)  # [H, W, 4]
-        cut_picture = image if cutter.grabcut else None  # the picture GrabCut cut out, in the file's pixels
-        pieces = object_pieces(image[..., 3]) if cutter.grabcut else []
+        # the picture as GrabCut or U²-Net cut it out, in the file's pixels
+        cut_picture = image if cutter.grabcut or cutter.learned else None
+        pieces = object_pieces(image[..., 3]) if cut_picture is not None else []
     has_camera = not picture and (root / "camera.json").exists()
     kp_path = Path(keypoints) if keypoints is not None else (None if picture else root / "keypoints.json")
     auto = None
@@ -287,7 +295,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         has_camera_json=has_camera, video=None if vid is None else vid.contiguous(), views=views,
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
-        cutout=cut_picture, grabcut_cuts=cutter.grabcut, cutout_pieces=pieces, mask_path=mask_path,
+        cutout=cut_picture, grabcut_cuts=cutter.grabcut, u2net_cuts=cutter.learned, cutout_pieces=pieces,
+        mask_path=mask_path,
         gt_max_size=gt_max_size,
         video_registration=None if block is None else block.registration,
         video_fit=None if block is None else block.fit,
@@ -356,22 +365,40 @@ def _shrink_alpha(alpha: torch.Tensor, k: int) -> np.ndarray:
 MASK_SNAP = 0.1  # a mask file's values within this of 0 or 1 are taken as 0 or 1 (compression noise, `_masked`)
 MIN_CLEAR = 0.005  # an alpha under 1/2 on less of the image than this is no mask: the image is cut out as if opaque
 # (a PNG saved as RGBA with a few stray translucent pixels outlined nothing)
-CUTOUTS = ("auto", "plain", "grabcut")  # how pictures and frames without alpha are cut out (RunConfig.cutout)
+CUTOUTS = ("auto", "plain", "grabcut", "u2net")  # how pictures and frames without alpha are cut out (RunConfig.cutout)
 VIDEO_ALIGNS = ("auto", "box", "none")  # how a driving video is laid onto the picture (RunConfig.video_align)
 
 
 class _Cutter:
-    """Gives images without alpha their alpha by the run's `cutout` rule, and counts the GrabCut cuts."""
+    """Gives images without alpha their alpha by the run's `cutout` rule, and counts the GrabCut and U²-Net cuts.
+    `u2net`: the U²-Net weights file (`data.u2net`), loaded on first use; "auto" uses it when it exists."""
 
-    def __init__(self, mode: str = "auto") -> None:
+    def __init__(self, mode: str = "auto", u2net: str | Path | None = None) -> None:
         if mode not in CUTOUTS:
             raise ValueError(f"cutout {mode!r}: expected one of {CUTOUTS}")
-        self.mode, self.grabcut = mode, 0
+        self.mode, self.grabcut, self.learned = mode, 0, 0
+        self.u2net_path = Path(u2net).expanduser() if u2net else None
+        self._model: torch.nn.Module | None = None
+        self.use_u2net = mode == "u2net" or (mode == "auto" and self.u2net_path is not None
+                                             and self.u2net_path.is_file())
+        if mode == "u2net" and (self.u2net_path is None or not self.u2net_path.is_file()):
+            raise MissingWeightsError(f"cutout=u2net: U²-Net weights not found at {self.u2net_path or '(unset)'}: "
+                                      f"{U2NET_HINT} (or cutout=auto: GrabCut without them)")
+
+    def _cut_u2net(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGBA [H, W, 4]: the picture's colours with U²-Net's alpha (`data.u2net.u2net_alpha`), values within
+        `MASK_SNAP` of 0 or 1 taken as 0 or 1 (its output is never exactly 0 on a background)."""
+        if self._model is None:
+            self._model = load_u2net(self.u2net_path)
+        a = u2net_alpha(self._model, rgb)  # [H, W]
+        a = torch.where(a < MASK_SNAP, 0.0, torch.where(a > 1 - MASK_SNAP, 1.0, a))
+        return torch.cat([rgb[..., :3].float(), a[..., None]], -1)
 
     def rgba(self, img: torch.Tensor, path: Path | str) -> torch.Tensor:
         """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is under 1/2 on `MIN_CLEAR` of the image or more; else
-        "plain" removes a uniform background, "grabcut" cuts the object out of any background, "auto" does the
-        first when the border is one colour and the second otherwise."""
+        "plain" removes a uniform background, "grabcut" cuts the object out of any background, "u2net" does so
+        by U²-Net, "auto" does the first when the border is one colour and else U²-Net when its weights exist,
+        GrabCut when they do not."""
         if img.shape[-1] == 4 and img[..., 3].min().item() < 1.0:
             if img[..., 3].max().item() <= 0.0:
                 raise InputError(f"{path}: the alpha channel is empty (fully transparent): no object to use")
@@ -380,12 +407,15 @@ class _Cutter:
         kind = "no alpha" if img.shape[-1] == 3 else (
             "alpha is fully opaque" if img[..., 3].min().item() >= 1.0 else
             f"alpha is {100 * (1 - MIN_CLEAR):g}% opaque or more (not an object's mask)")
-        out = remove_background(img[..., :3]) if self.mode != "grabcut" else None
+        out = remove_background(img[..., :3]) if self.mode in ("auto", "plain") else None
         how = "on the uniform background"
         if out is None and self.mode == "plain":
             raise InputError(f"{path}: {kind} and the background is not a uniform colour: provide an RGBA image "
                              "(or set cutout=auto to cut it out with GrabCut)")
-        if out is None:
+        if out is None and self.use_u2net:
+            out = self._cut_u2net(img[..., :3])
+            how, self.learned = "by U²-Net", self.learned + 1
+        elif out is None:
             out = grabcut_rgba(img[..., :3])
             how, self.grabcut = "by GrabCut", self.grabcut + 1
         frac = (out[..., 3] > 0.5).float().mean().item()

@@ -46,7 +46,11 @@ class RunConfig:
     # size). 0 = the files' own size. docs/scene-folder.md
     cutout: str = "auto"  # pictures, frames and views without alpha: "plain" removes a uniform background and
     # refuses any other; "grabcut" cuts the object out of any background (OpenCV GrabCut, no model; see
-    # dynapose4d/data/cutout.py for its limits); "auto" uses plain where the border is one colour, else grabcut
+    # dynapose4d/data/cutout.py for its limits); "u2net" with U²-Net (the `u2net` weights; DreamGaussian's
+    # preprocessing); "auto" uses plain where the border is one colour, else u2net when its weights file exists,
+    # else grabcut
+    u2net: str = "~/.cache/dynapose4d/u2net.pth"  # U²-Net weights, the authors' u2net.pth or u2netp.pth (from
+    # github.com/xuebinqin/U-2-Net, saved_models/): with them `cutout` auto cuts real backgrounds by U²-Net
     video_align: str = "auto"  # how the driving video is laid onto the picture: "auto" by frame 0's object box when
     # its frames are of another size than the picture (else as they are); "box" always so (a clip framed otherwise
     # than the picture); "none" as they are (frames of another size are refused). docs/scene-folder.md

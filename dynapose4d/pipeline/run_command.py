@@ -18,7 +18,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", help="scene folder (docs/scene-folder.md), a picture (png, jpg, webp, bmp, tif, heic) "
                                  "alone, a clip (mp4, mov, webm, mkv, avi, gif) alone (its frame 0 is the picture, "
                                  "the clip the driving video), or synthetic:<template>:<seed>. Without alpha the "
-                                 "object is cut out (plain background, else GrabCut; --set cutout=plain|grabcut|auto)")
+                                 "object is cut out (plain background, else U²-Net with its weights, else GrabCut; "
+                                 "--set cutout=plain|grabcut|u2net|auto)")
     p.add_argument("--out", required=True, help="run folder to create (or resume; docs/run-folder.md)")
     p.add_argument("--video", default=None, help="driving video: an mp4 (or mov, webm, mkv, avi, gif) or a "
                                                  "folder of frames 000.png ... (replaces the scene's own); of any "

@@ -251,7 +251,7 @@ class StageRunner:
 
     def _load_scene(self) -> Scene:
         return scene_io.load_scene(self.scene_path, video=self.video, keypoints=self.keypoints, mask=self.mask,
-                                   max_size=self.cfg.max_image_size, cutout=self.cfg.cutout,
+                                   max_size=self.cfg.max_image_size, cutout=self.cfg.cutout, u2net=self.cfg.u2net,
                                    video_align=self.cfg.video_align, video_frames=self.cfg.video_frames)
 
     def _plan(self, manifest: dict[str, Any], fp: str) -> list[PlanStep]:
@@ -385,36 +385,37 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def write_cutout(scene: Scene, inputs: Path) -> list[str]:
     """Write what the run made of the picture's cut-out to `inputs` (RUN/inputs) and return the lines that say so:
-    cutout.png, the picture as GrabCut or the mask file cut it out; mask.png, GrabCut's mask (white on black, the
-    picture's size) for the user to correct and pass back with --mask. Files an earlier run of the folder left
-    that no longer hold are removed (not the mask in use, which may be that very file)."""
+    cutout.png, the picture as GrabCut, U²-Net or the mask file cut it out; mask.png, the automatic cut's mask
+    (white on black, the picture's size) for the user to correct and pass back with --mask. Files an earlier run
+    of the folder left that no longer hold are removed (not the mask in use, which may be that very file)."""
     cut_png, mask_png = inputs / "cutout.png", inputs / "mask.png"
-    grabcut_picture = scene.cutout is not None and scene.mask_path is None
+    auto_picture = scene.cutout is not None and scene.mask_path is None  # cut by GrabCut or U²-Net
+    how = "U²-Net" if scene.u2net_cuts else "GrabCut"
     if scene.cutout is not None:  # a real background or a mask: show the user what was cut out
         write_image(cut_png, scene.cutout)
     elif cut_png.is_file():  # left by an earlier run of this folder on another picture: no longer true
         cut_png.unlink()
-    if grabcut_picture:
+    if auto_picture:
         write_image(mask_png, (scene.cutout[..., 3] > 0.5).float()[..., None].expand(-1, -1, 3))  # [H, W, 3]
     elif mask_png.is_file() and (scene.mask_path is None or scene.mask_path.resolve() != mask_png.resolve()):
         mask_png.unlink()
     lines = []
     if scene.mask_path is not None:
         lines.append(f"the picture's alpha is the mask {scene.mask_path}; cut out: {cut_png}")
-    frames = scene.grabcut_cuts - int(grabcut_picture)
-    if grabcut_picture:
-        lines.append("no alpha and a background that is not one colour: GrabCut cut the object out of the picture"
+    frames = scene.grabcut_cuts + scene.u2net_cuts - int(auto_picture)
+    if auto_picture:
+        lines.append(f"no alpha and a background that is not one colour: {how} cut the object out of the picture"
                      + (f" and {frames} other image(s)" if frames else "") + f"; check {cut_png} (where it is "
                      f"wrong, correct {mask_png}, white on black, and pass --mask {mask_png}; or pass a picture "
                      "with alpha)")
     elif frames:
-        lines.append(f"no alpha and a background that is not one colour: GrabCut cut the object out of {frames} "
+        lines.append(f"no alpha and a background that is not one colour: {how} cut the object out of {frames} "
                      "video frame(s) or view(s), each on its own (where it is wrong, give them with alpha)")
     if scene.cutout_pieces and scene.cutout_pieces[0] < ONE_PIECE:
-        lines.append(f"warning: GrabCut's cut of the picture is in {len(scene.cutout_pieces)} pieces, the largest "
+        lines.append(f"warning: {how}'s cut of the picture is in {len(scene.cutout_pieces)} pieces, the largest "
                      f"{100 * scene.cutout_pieces[0]:.0f}% of it: it has probably taken background for the object or "
                      f"split it; look at {cut_png} and, where it is wrong, give the object's mask (--mask FILE: white "
-                     f"on black, the picture's size; {mask_png} is GrabCut's, to correct) or a picture with alpha")
+                     f"on black, the picture's size; {mask_png} is {how}'s, to correct) or a picture with alpha")
     return lines
 
 

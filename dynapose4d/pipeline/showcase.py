@@ -89,7 +89,7 @@ def showcase(run_dir: str | Path, out: str | Path, size: int = 128, loops: int =
     scene = load_scene(scene_path, video=inputs.get("video"),
                        keypoints=inputs.get("keypoints") if inputs.get("keypoints") not in (None, "auto") else None,
                        mask=inputs.get("mask"),
-                       max_size=cfg.max_image_size, cutout=cfg.cutout,
+                       max_size=cfg.max_image_size, cutout=cfg.cutout, u2net=cfg.u2net,
                        video_align=cfg.video_align, video_frames=cfg.video_frames)  # the frames the run saw
     generated = run_dir / "inputs" / "video"
     if scene.video is not None:
