@@ -140,6 +140,28 @@ def test_heic_pictures_are_read_and_run_as_a_picture(tmp_path: Path) -> None:
     assert scene.image.shape[-1] == 4 and scene.image_path.name == "obj.heif"
 
 
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_heic_with_a_camera_orientation_is_turned_once_as_a_jpeg_is(tmp_path: Path, orientation: int) -> None:
+    """A HEIC saved with an EXIF orientation: the HEIF reader turns it as it decodes and resets the tag, so it
+    must come out as the same picture in a JPEG does (turned once, not twice or never)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    a = np.zeros((40, 80, 3), np.uint8)
+    a[:, :20] = (255, 0, 0)  # red on the left, blue on the right, green along the top: every turn differs
+    a[:, 60:] = (0, 0, 255)
+    a[:6] = (0, 255, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(tmp_path / "o.jpg", exif=exif.tobytes(), quality=98)
+    Image.fromarray(a).save(tmp_path / "o.heic", exif=exif.tobytes(), quality=100)
+    jpg, heic = read_image(tmp_path / "o.jpg"), read_image(tmp_path / "o.heic")
+    assert jpg.shape == heic.shape == ((80, 40, 3) if orientation in (6, 8) else (40, 80, 3))
+    assert float((jpg - heic).abs().mean()) < 0.03  # lossy codecs: the same picture within a few levels
+    upright = torch.from_numpy(a / 255.0).float()
+    assert jpg.shape != upright.shape or float((jpg - upright).abs().mean()) > 0.1  # it was turned
+
+
 def _keypoints_file(tmp_path: Path) -> Path:
     import json
 
