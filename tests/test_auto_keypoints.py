@@ -276,3 +276,96 @@ def test_a_large_mask_gets_its_keypoints_on_a_shrunk_copy(tmp_path, monkeypatch)
         assert np.hypot(*(e1 - 20 * np.array(e)).T).min() < 200
     ij = np.floor(shrunk.keypoints).astype(int)
     assert big[ij[:, 1], ij[:, 0]].all()
+
+
+def _prune_one_at_a_time(graph, spur_ratio: float, gap: float) -> None:
+    """Reference for `_AxisGraph.prune_spurs`: walk every terminal branch again after each removal and remove the
+    spur of least reach (ties by end pixel)."""
+    while True:
+        spurs = []
+        for _, e, p in graph.terminal_branches():
+            reach = graph.reach(p)
+            if reach < spur_ratio * graph.radius[p[-1]] or reach < gap:
+                spurs.append((reach, e, p))
+        if not spurs:
+            return
+        graph.remove(min(spurs, key=lambda s: (s[0], s[1]))[2])
+
+
+def _noisy_blob(size: int, seed: int) -> np.ndarray:
+    """A blob with a ragged outline (smoothed noise thresholded): its medial axis has hundreds of spurs."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = 1.0 - 4 * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2)
+    noise = ndimage.gaussian_filter(rng.standard_normal((size, size)), 1.5)
+    return base + 0.6 * noise / noise.std() > 0.55
+
+
+def test_pruning_spurs_by_heap_equals_pruning_them_one_walk_at_a_time(tmp_path):
+    """The heap-ordered pruning leaves exactly the tree the plain loop leaves (same removals in the same order:
+    least reach first), on clean shapes, a synthetic scene's mask and ragged blobs with hundreds of spurs."""
+    import copy
+
+    from dynapose4d.data.auto_keypoints import _AxisGraph
+    from dynapose4d.data.synthetic import write_scene
+
+    scene = write_scene("quadruped", tmp_path / "q", seed=0, num_frames=1, size=128)
+    masks = [l_shape(), bumpy_bar(), _alpha(scene / "image.png"), _noisy_blob(160, 0), _noisy_blob(200, 1)]
+    spurs_seen = []
+    for mask in masks:
+        from scipy import ndimage
+
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        obj = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+        for ratio, gap in ((0.5, 4.0), (0.5, 12.0)):
+            g0 = _AxisGraph(obj)
+            fast, ref = copy.copy(g0), copy.copy(g0)
+            fast.adj, ref.adj = [set(a) for a in g0.adj], [set(a) for a in g0.adj]
+            spurs_seen.append(len(ref.terminal_branches()))
+            fast.prune_spurs(ratio, gap)
+            _prune_one_at_a_time(ref, ratio, gap)
+            assert fast.adj == ref.adj
+    assert max(spurs_seen) > 100  # the ragged blobs do have many spurs
+
+
+def test_a_branch_that_becomes_a_spur_when_its_junction_goes_is_pruned():
+    """A thick body's centre J (radius 40) with arms left and up, and a thin arm right that forks at j (radius 5)
+    into a long twig A and a stub B. Only B is a spur at first; once it is gone j is no junction, A runs on to J,
+    and there its reach is far below half J's radius: A must go too (the heap has to take A in at that point)."""
+    import copy
+
+    from dynapose4d.data.auto_keypoints import _AxisGraph
+
+    coords, radius = [(0, 0)], [40.0]  # 0: J
+
+    def chain(start: int, steps: list[tuple[int, int]], r: float) -> list[int]:
+        ids, prev = [], start
+        for c in steps:
+            coords.append(c)
+            radius.append(r)
+            ids.append(len(coords) - 1)
+            edges.append((prev, ids[-1]))
+            prev = ids[-1]
+        return ids
+
+    edges: list[tuple[int, int]] = []
+    chain(0, [(0, -x) for x in range(1, 60)], 20.0)  # left arm
+    chain(0, [(-y, 0) for y in range(1, 60)], 20.0)  # up arm
+    right = chain(0, [(0, x) for x in range(1, 11)], 5.0)  # to j = (0, 10)
+    j = right[-1]
+    chain(j, [(0, x) for x in range(11, 21)], 3.0)  # A: ten pixels on
+    chain(j, [(-1, 10)], 1.0)  # B: one pixel up
+    g = _AxisGraph.__new__(_AxisGraph)
+    g.coords, g.radius = np.array(coords, dtype=np.float64), np.array(radius)
+    g.adj = [set() for _ in coords]
+    for a, b in edges:
+        g.adj[a].add(b)
+        g.adj[b].add(a)
+    ref = copy.copy(g)
+    ref.adj = [set(a) for a in g.adj]
+    g.prune_spurs(0.5, 1.0)
+    _prune_one_at_a_time(ref, 0.5, 1.0)
+    assert g.adj == ref.adj
+    assert not g.adj[right[0]] and len(g.adj[0]) == 2  # the whole right arm is gone: a path left to up
