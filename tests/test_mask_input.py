@@ -241,3 +241,35 @@ def test_object_pieces_and_the_warning_on_a_cut_in_pieces(quadruped, tmp_path):
     lines.clear()
     StageRunner(tmp_path / "one.png", tmp_path / "run1", cfg, stages=_fakes.FAKE_STAGES, echo=lines.append).run()
     assert any("GrabCut cut the object" in line for line in lines) and not any("warning" in line for line in lines)
+
+
+def test_with_the_users_mask_the_frames_are_cut_with_the_pictures_colours(tmp_path):
+    """A clip on clutter, the picture's mask given: each frame is cut with GrabCut's colour mixtures fitted on the
+    picture and its mask, not from the border (which takes the clutter for object). Against the frames' true
+    alpha; the picture's own alpha (an RGBA picture) is no background sample, so then the frames go as before."""
+    scene = write_scene("quadruped", tmp_path / "s", seed=0, num_frames=4, size=128)
+    truth = [read_image(f) for f in sorted((scene / "video").glob("*.png"))]  # [128, 128, 4] each
+    bg = make_background("clutter", 128, 128, seed=0)
+    for t, f in enumerate(truth):
+        write_image(tmp_path / "frames" / f"{t:03d}.png", composite(f, bg))
+    write_image(tmp_path / "photo.png", composite(truth[0], bg))
+    write_image(tmp_path / "mask.png", (truth[0][..., 3] > 0.5).float()[..., None].expand(-1, -1, 3))
+    plain = load_scene(tmp_path / "photo.png", video=tmp_path / "frames")  # border starts (no mask)
+    masked = load_scene(tmp_path / "photo.png", video=tmp_path / "frames", mask=tmp_path / "mask.png")
+    assert masked.grabcut_cuts == plain.grabcut_cuts - 1 == 4  # the frames, not the picture
+
+    def frame_ious(s) -> list[float]:  # the scene's frames against the truth resampled the same way
+        ref = load_scene(tmp_path / "true.png", video=tmp_path / "true_frames")
+        return [_iou(a, b) for a, b in zip(s.video[1:, ..., 3], ref.video[1:, ..., 3])]
+
+    write_image(tmp_path / "true.png", truth[0])
+    for t, f in enumerate(truth):
+        write_image(tmp_path / "true_frames" / f"{t:03d}.png", f)
+    with_mask, border = frame_ious(masked), frame_ious(plain)
+    assert max(border) < 0.3 and sum(with_mask) / 3 > 0.5, (with_mask, border)
+    assert all(w > b + 0.15 for w, b in zip(with_mask, border)), (with_mask, border)
+    # an RGBA picture with the mask: its transparent pixels show no background, the frames start from the border
+    write_image(tmp_path / "rgba.png", torch.cat([composite(truth[0], bg), torch.ones(128, 128, 1) * 0.0 +
+                                                  (truth[0][..., 3:] > 0.01).float()], -1))
+    rgba = load_scene(tmp_path / "rgba.png", video=tmp_path / "frames", mask=tmp_path / "mask.png")
+    assert max(frame_ious(rgba)) < 0.3

@@ -15,13 +15,18 @@ The method and its limits:
   that touches the frame's edge keeps its colours (only what lies in the ring itself is cut off). The
   background must be seen along the border: background colours that appear only around the object (a
   cluttered room) are taken for object. Video frames are cut one by one the same way (starting from the
-  previous frame's mask was measured worse: experiments/cutout_eval.py).
+  previous frame's mask was measured worse: experiments/cutout_eval.py), except when the picture's mask is the
+  user's: then GrabCut's two colour mixtures are fitted once on the picture and its mask (`colour_models`) and
+  each frame is cut with them as they are (OpenCV's frozen-model mode), which cut clutter and colour-noise
+  backgrounds far better than the border start and the others as well (experiments/RESULTS.md).
   Colours shared by object and background (a grey coat on a grey wall) go either way: GrabCut is a colour
   model, not a recogniser. The run writes the cut-out picture to RUN/inputs/cutout.png to check; where it is
   wrong, cut the object out with a better tool (a PNG with alpha) and pass that instead.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,24 +50,76 @@ ONE_PIECE = 0.9  # a cut whose largest 8-connected piece holds less of the objec
 # photographs were 2-6 pieces, the largest 32-84% of the object
 
 
-def grabcut_alpha(rgb: torch.Tensor) -> torch.Tensor:
-    """Alpha [H, W] (0 or 1) of the object in an RGB image [H, W, 3] in [0, 1] on a real background (see the
-    module docstring for the method and its limits). Deterministic: OpenCV's random generator is seeded."""
-    import cv2  # OpenCV is only needed here; keep it off the import path of everything else
+@dataclass
+class ColourModels:
+    """GrabCut's two colour mixtures (OpenCV's layout, [1, 65] each) fitted on a picture whose object mask is
+    known (`colour_models`): a video of the same scene is then cut with them (`grabcut_alpha`)."""
 
-    cv2.setRNGSeed(0)  # k-means of the border colours and GrabCut's own mixture initialisation
+    background: np.ndarray  # [1, 65]
+    foreground: np.ndarray  # [1, 65]
+
+
+def _working_copy(rgb: torch.Tensor, cv2) -> np.ndarray:
+    """The image GrabCut works on: uint8 BGR [h, w, 3] at most `WORK_SIZE` on its longer side, blurred by `BLUR`."""
     H, W = rgb.shape[:2]
     s = min(1.0, WORK_SIZE / max(H, W))
     h, w = max(1, round(H * s)), max(1, round(W * s))
     img = (rgb.detach().float().cpu()[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # [H, W, 3]
     small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (H, W) else img
     small = np.ascontiguousarray(small[..., ::-1])  # [h, w, 3] BGR, as OpenCV expects
-    small = cv2.GaussianBlur(small, (0, 0), BLUR)  # sensor grain would otherwise split the colour models
+    return cv2.GaussianBlur(small, (0, 0), BLUR)  # sensor grain would otherwise split the colour models
+
+
+def colour_models(rgb: torch.Tensor, alpha: torch.Tensor) -> ColourModels:
+    """GrabCut's object and background colour mixtures of a picture rgb [H, W, 3] in [0, 1] whose object is
+    alpha [H, W] > 1/2 (the user's mask): fitted once on all its pixels, labelled for certain."""
+    import cv2
+
+    cv2.setRNGSeed(0)
+    small = _working_copy(rgb, cv2)
+    h, w = small.shape[:2]
+    a = F.interpolate(alpha.detach().float().cpu()[None, None], size=(h, w), mode="area")[0, 0].numpy()
+    labels = np.where(a > 0.5, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(small, labels, None, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK)
+    return ColourModels(bgd, fgd)
+
+
+def grabcut_alpha(rgb: torch.Tensor, models: ColourModels | None = None) -> torch.Tensor:
+    """Alpha [H, W] (0 or 1) of the object in an RGB image [H, W, 3] in [0, 1] on a real background (see the
+    module docstring for the method and its limits). With `models` (a picture of the same scene and its known
+    mask, `colour_models`) the cut uses those colour mixtures as they are instead of learning them from the
+    border. Deterministic: OpenCV's random generator is seeded."""
+    import cv2  # OpenCV is only needed here; keep it off the import path of everything else
+
+    cv2.setRNGSeed(0)  # k-means of the border colours and GrabCut's own mixture initialisation
+    H, W = rgb.shape[:2]
+    small = _working_copy(rgb, cv2)
+    h, w = small.shape[:2]
+    if models is not None:
+        labels = _ring_labels(h, w, cv2)
+        bgd, fgd = models.background.copy(), models.foreground.copy()
+        cv2.grabCut(small, labels, None, bgd, fgd, ITERATIONS, cv2.GC_EVAL_FREEZE_MODEL)
+        return _labels_alpha(labels, H, W, cv2)
     labels = _initial_labels(small, cv2)
     if not (labels == cv2.GC_PR_FGD).any():  # every colour is one of the border's: nothing stands out
         return torch.zeros(H, W)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(small, labels, None, bgd, fgd, ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    return _labels_alpha(labels, H, W, cv2)
+
+
+def _ring_labels(h: int, w: int, cv2) -> np.ndarray:
+    """Labels [h, w]: the border ring certain background, the rest undecided ("probably background")."""
+    b = max(1, round(RING * min(h, w)))
+    labels = np.full((h, w), cv2.GC_BGD, np.uint8)
+    labels[b:h - b, b:w - b] = cv2.GC_PR_BGD
+    return labels
+
+
+def _labels_alpha(labels: np.ndarray, H: int, W: int, cv2) -> torch.Tensor:
+    """GrabCut's labels [h, w] -> alpha [H, W] (0 or 1): brought to the image's size, cleaned (`clean_mask`)."""
+    h, w = labels.shape
     obj = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)  # [h, w]
     if (h, w) != (H, W):
         up = F.interpolate(torch.from_numpy(obj)[None, None], size=(H, W), mode="bilinear", align_corners=False)
@@ -80,10 +137,11 @@ def object_pieces(alpha: torch.Tensor) -> list[float]:
     return sorted((f for f in shares if f >= 0.01), reverse=True)
 
 
-def grabcut_rgba(rgb: torch.Tensor) -> torch.Tensor:
+def grabcut_rgba(rgb: torch.Tensor, models: ColourModels | None = None) -> torch.Tensor:
     """RGBA [H, W, 4] of the object in an RGB image [H, W, 3] on a real background: GrabCut's cut
-    (`grabcut_alpha`) with its edge matted (`matte_edges`)."""
-    return matte_edges(rgb, grabcut_alpha(rgb))
+    (`grabcut_alpha`, with the colour `models` of a masked picture of the scene when given) with its edge matted
+    (`matte_edges`)."""
+    return matte_edges(rgb, grabcut_alpha(rgb, models))
 
 
 def matte_edges(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

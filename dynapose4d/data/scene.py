@@ -104,7 +104,7 @@ from dynapose4d.core.io import (
 )
 from dynapose4d.data.auto_keypoints import AutoKeypoints, auto_keypoints
 from dynapose4d.data.background import remove_background
-from dynapose4d.data.cutout import grabcut_rgba, matte_edges, object_pieces
+from dynapose4d.data.cutout import ColourModels, colour_models, grabcut_rgba, matte_edges, object_pieces
 from dynapose4d.data.recentring import (
     FILL,
     Recentring,
@@ -206,7 +206,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
     and skeleton are made from the mask (`dynapose4d.data.auto_keypoints`) and kept in `Scene.auto_keypoints`.
     `mask` (an image of the picture's size, `_masked`) replaces the folder's mask.png; either gives the picture
-    its alpha in place of its own and of any cut-out (video frames and views are cut out as before). `u2net`: the
+    its alpha in place of its own and of any cut-out (video frames and views are cut out as before, GrabCut with
+    the colour models of the picture and the mask when the picture has no alpha of its own). `u2net`: the
     U²-Net weights file that `cutout` "auto" (when it exists) and "u2net" cut real backgrounds with
     (`dynapose4d.data.u2net`; `Scene.u2net_cuts` counts its cuts)."""
     root = Path(path)
@@ -239,8 +240,11 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
     mask_path = Path(mask) if mask is not None else (None if picture else root / "mask.png")
     if mask_path is not None and (mask is not None or mask_path.exists()):
+        own_alpha = image.shape[-1] == 4 and (image[..., 3] < 0.5).float().mean().item() >= MIN_CLEAR
         image = _masked(image, mask_path, image_path.name)  # [H, W, 4]: the user's mask replaces any cut-out
         cut_picture, pieces = image, []
+        if not own_alpha:  # the picture shows its background: frames that need GrabCut take its colours from it
+            cutter.models = colour_models(image[..., :3], image[..., 3])
     else:
         mask_path = None
         image = cutter.rgba(image, image_path)  # [H, W, 4]
@@ -377,6 +381,7 @@ class _Cutter:
         if mode not in CUTOUTS:
             raise ValueError(f"cutout {mode!r}: expected one of {CUTOUTS}")
         self.mode, self.grabcut, self.learned = mode, 0, 0
+        self.models: ColourModels | None = None  # colour mixtures of the picture and the user's mask, for frames
         self.u2net_path = Path(u2net).expanduser() if u2net else None
         self._model: torch.nn.Module | None = None
         self.use_u2net = mode == "u2net" or (mode == "auto" and self.u2net_path is not None
@@ -416,7 +421,7 @@ class _Cutter:
             out = self._cut_u2net(img[..., :3])
             how, self.learned = "by U²-Net", self.learned + 1
         elif out is None:
-            out = grabcut_rgba(img[..., :3])
+            out = grabcut_rgba(img[..., :3], self.models)
             how, self.grabcut = "by GrabCut", self.grabcut + 1
         frac = (out[..., 3] > 0.5).float().mean().item()
         if frac == 0.0:
