@@ -257,6 +257,7 @@ def test_with_the_users_mask_the_frames_are_cut_with_the_pictures_colours(tmp_pa
     plain = load_scene(tmp_path / "photo.png", video=tmp_path / "frames")  # border starts (no mask)
     masked = load_scene(tmp_path / "photo.png", video=tmp_path / "frames", mask=tmp_path / "mask.png")
     assert masked.grabcut_cuts == plain.grabcut_cuts - 1 == 4  # the frames, not the picture
+    assert masked.frames_by_picture_colours and not plain.frames_by_picture_colours
 
     def frame_ious(s) -> list[float]:  # the scene's frames against the truth resampled the same way
         ref = load_scene(tmp_path / "true.png", video=tmp_path / "true_frames")
@@ -272,4 +273,4 @@ def test_with_the_users_mask_the_frames_are_cut_with_the_pictures_colours(tmp_pa
     write_image(tmp_path / "rgba.png", torch.cat([composite(truth[0], bg), torch.ones(128, 128, 1) * 0.0 +
                                                   (truth[0][..., 3:] > 0.01).float()], -1))
     rgba = load_scene(tmp_path / "rgba.png", video=tmp_path / "frames", mask=tmp_path / "mask.png")
-    assert max(frame_ious(rgba)) < 0.3
+    assert max(frame_ious(rgba)) < 0.3 and not rgba.frames_by_picture_colours

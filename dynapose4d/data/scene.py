@@ -156,6 +156,8 @@ class Scene:
     cutout_pieces: list[float] = field(default_factory=list)  # the automatically cut picture's pieces, shares of
     # the object largest first (`data.cutout.object_pieces`); [] when GrabCut or U²-Net did not cut the picture
     mask_path: Path | None = None  # the mask file that gave the picture its alpha (`load_scene`'s `mask`), else None
+    frames_by_picture_colours: bool = False  # GrabCut cut the frames and views with the colours of the picture and
+    # its mask (`data.cutout.colour_models`), not from each one's border
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
     u2net_cuts: int = 0  # images that U²-Net cut out (`data.u2net`; cutout auto with its weights, or u2net)
     gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
@@ -300,7 +302,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         gt_dir=gt_dir if has_gt else None, recentring=recentring, image_path=image_path,
         keypoints_path=None if auto is not None else kp_path, auto_keypoints=auto, gt_keypoints=gt_keypoints,
         cutout=cut_picture, grabcut_cuts=cutter.grabcut, u2net_cuts=cutter.learned, cutout_pieces=pieces,
-        mask_path=mask_path,
+        mask_path=mask_path, frames_by_picture_colours=cutter.models is not None and cutter.grabcut > 0,
         gt_max_size=gt_max_size,
         video_registration=None if block is None else block.registration,
         video_fit=None if block is None else block.fit,

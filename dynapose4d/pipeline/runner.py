@@ -410,7 +410,9 @@ def write_cutout(scene: Scene, inputs: Path) -> list[str]:
                      "with alpha)")
     elif frames:
         lines.append(f"no alpha and a background that is not one colour: {how} cut the object out of {frames} "
-                     "video frame(s) or view(s), each on its own (where it is wrong, give them with alpha)")
+                     "video frame(s) or view(s), each on its own" + (
+                         " with the colours of the picture and its mask" if scene.frames_by_picture_colours else "")
+                     + " (where it is wrong, give them with alpha)")
     if scene.cutout_pieces and scene.cutout_pieces[0] < ONE_PIECE:
         lines.append(f"warning: {how}'s cut of the picture is in {len(scene.cutout_pieces)} pieces, the largest "
                      f"{100 * scene.cutout_pieces[0]:.0f}% of it: it has probably taken background for the object or "
