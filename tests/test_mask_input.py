@@ -274,3 +274,28 @@ def test_with_the_users_mask_the_frames_are_cut_with_the_pictures_colours(tmp_pa
                                                   (truth[0][..., 3:] > 0.01).float()], -1))
     rgba = load_scene(tmp_path / "rgba.png", video=tmp_path / "frames", mask=tmp_path / "mask.png")
     assert max(frame_ious(rgba)) < 0.3 and not rgba.frames_by_picture_colours
+
+
+def test_a_frame_the_pictures_colours_miss_is_cut_from_its_border(tmp_path):
+    """A frame whose object shows colours the picture does not (a red object, then a green one) finds almost
+    nothing with the picture's colour mixtures: it is cut from its border instead (on grain, where that works)."""
+    scene = write_scene("quadruped", tmp_path / "s", seed=0, num_frames=2, size=128)
+    pic, second = read_image(scene / "image.png"), read_image(scene / "video" / "001.png")
+    pic = torch.cat([torch.tensor([0.9, 0.1, 0.1]).expand(128, 128, 3), pic[..., 3:]], -1)  # red
+    turned = torch.cat([torch.tensor([0.1, 0.8, 0.1]).expand(128, 128, 3), second[..., 3:]], -1)  # green
+    bg = make_background("grain", 128, 128, seed=0)
+    write_image(tmp_path / "photo.png", composite(pic, bg))
+    write_image(tmp_path / "frames" / "000.png", composite(pic, bg))
+    write_image(tmp_path / "frames" / "001.png", composite(turned, bg))
+    write_image(tmp_path / "mask.png", (pic[..., 3] > 0.5).float()[..., None].expand(-1, -1, 3))
+    from dynapose4d.data.cutout import colour_models, grabcut_alpha
+
+    models = colour_models(composite(pic, bg), (pic[..., 3] > 0.5).float())
+    assert grabcut_alpha(composite(turned, bg), models).mean() < 0.25 * (pic[..., 3] > 0.5).float().mean()
+    s = load_scene(tmp_path / "photo.png", video=tmp_path / "frames", mask=tmp_path / "mask.png")
+    write_image(tmp_path / "t" / "000.png", pic)
+    write_image(tmp_path / "t" / "001.png", turned)
+    write_image(tmp_path / "true.png", pic)
+    ref = load_scene(tmp_path / "true.png", video=tmp_path / "t")
+    assert _iou(s.video[1, ..., 3], ref.video[1, ..., 3]) > 0.8  # the border start's cut, not the empty one
+    assert s.frames_by_picture_colours  # frame 0 still went by the picture's colours
