@@ -278,7 +278,8 @@ def test_with_the_users_mask_the_frames_are_cut_with_the_pictures_colours(tmp_pa
 
 def test_a_frame_the_pictures_colours_miss_is_cut_from_its_border(tmp_path):
     """A frame whose object shows colours the picture does not (a red object, then a green one) finds almost
-    nothing with the picture's colour mixtures: it is cut from its border instead (on grain, where that works)."""
+    nothing with the picture's colour mixtures: it is cut from its border instead (on grain, where that works).
+    (Views go the same way: `_Cutter.rgba(..., same_scene=True)`.)"""
     scene = write_scene("quadruped", tmp_path / "s", seed=0, num_frames=2, size=128)
     pic, second = read_image(scene / "image.png"), read_image(scene / "video" / "001.png")
     pic = torch.cat([torch.tensor([0.9, 0.1, 0.1]).expand(128, 128, 3), pic[..., 3:]], -1)  # red

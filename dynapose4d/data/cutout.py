@@ -18,9 +18,9 @@ The method and its limits:
   previous frame's mask was measured worse: experiments/cutout_eval.py), except when the picture's mask is the
   user's: then GrabCut's two colour mixtures are fitted once on the picture and its mask (`colour_models`) and
   each frame is cut with them as they are (OpenCV's frozen-model mode), which cut clutter and colour-noise
-  backgrounds far better than the border start and the others as well (experiments/RESULTS.md); a frame where
-  they find far less object than the picture has (new colours: the object turned) is cut from its border.
-  Views (other cameras, the unseen sides' colours) are always cut from their border.
+  backgrounds far better than the border start and the others as well (experiments/RESULTS.md); so are views; a
+  frame or view where they find far less object than the picture has (new colours: the object turned, a view
+  of its back) is cut from its border.
   Colours shared by object and background (a grey coat on a grey wall) go either way: GrabCut is a colour
   model, not a recogniser. The run writes the cut-out picture to RUN/inputs/cutout.png to check; where it is
   wrong, cut the object out with a better tool (a PNG with alpha) and pass that instead.

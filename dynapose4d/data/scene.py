@@ -156,8 +156,8 @@ class Scene:
     cutout_pieces: list[float] = field(default_factory=list)  # the automatically cut picture's pieces, shares of
     # the object largest first (`data.cutout.object_pieces`); [] when GrabCut or U²-Net did not cut the picture
     mask_path: Path | None = None  # the mask file that gave the picture its alpha (`load_scene`'s `mask`), else None
-    frames_by_picture_colours: bool = False  # GrabCut cut video frames with the colours of the picture and its mask
-    # (`data.cutout.colour_models`), not from each one's border
+    frames_by_picture_colours: bool = False  # GrabCut cut video frames or views with the colours of the picture and
+    # its mask (`data.cutout.colour_models`), not from each one's border
     grabcut_cuts: int = 0  # images (picture, video frames, views) that GrabCut cut out (`data.cutout`)
     u2net_cuts: int = 0  # images that U²-Net cut out (`data.u2net`; cutout auto with its weights, or u2net)
     gt_max_size: int = 0  # gt frames are compared within this longer side (`max_size`; 0: all at their own size)
@@ -208,8 +208,8 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
     file in keypoints.json's format) replaces its keypoints.json. Without either keypoints file the keypoints
     and skeleton are made from the mask (`dynapose4d.data.auto_keypoints`) and kept in `Scene.auto_keypoints`.
     `mask` (an image of the picture's size, `_masked`) replaces the folder's mask.png; either gives the picture
-    its alpha in place of its own and of any cut-out (video frames and views are cut out as before; the frames by
-    GrabCut with the colour models of the picture and the mask when the picture has no alpha of its own). `u2net`: the
+    its alpha in place of its own and of any cut-out (video frames and views are cut out as before, but by GrabCut
+    with the colour models of the picture and the mask when the picture has no alpha of its own). `u2net`: the
     U²-Net weights file that `cutout` "auto" (when it exists) and "u2net" cut real backgrounds with
     (`dynapose4d.data.u2net`; `Scene.u2net_cuts` counts its cuts)."""
     root = Path(path)
@@ -369,8 +369,8 @@ def _shrink_alpha(alpha: torch.Tensor, k: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-MODELS_MIN_AREA = 0.25  # a frame cut with the picture's colours that finds under this share of the picture's object
-# area is cut from its border instead (a view of the unseen side found nothing with the picture's colours)
+MODELS_MIN_AREA = 0.25  # a frame or view cut with the picture's colours that finds under this share of the picture's
+# object area is cut from its border instead (views of the demo's back found 0-2% of it with the picture's colours)
 MASK_SNAP = 0.1  # a mask file's values within this of 0 or 1 are taken as 0 or 1 (compression noise, `_masked`)
 MIN_CLEAR = 0.005  # an alpha under 1/2 on less of the image than this is no mask: the image is cut out as if opaque
 # (a PNG saved as RGBA with a few stray translucent pixels outlined nothing)
@@ -387,6 +387,7 @@ class _Cutter:
             raise ValueError(f"cutout {mode!r}: expected one of {CUTOUTS}")
         self.mode, self.grabcut, self.learned, self.by_models = mode, 0, 0, 0
         self.models: ColourModels | None = None  # colour mixtures of the picture and the user's mask, for frames
+        # and views
         self.models_area = 0.0  # the share of the picture its mask covers (a frame's cut with the models far
         # below it has missed the object: that frame is cut from its border instead)
         self.u2net_path = Path(u2net).expanduser() if u2net else None
@@ -406,12 +407,13 @@ class _Cutter:
         a = torch.where(a < MASK_SNAP, 0.0, torch.where(a > 1 - MASK_SNAP, 1.0, a))
         return torch.cat([rgb[..., :3].float(), a[..., None]], -1)
 
-    def rgba(self, img: torch.Tensor, path: Path | str, frame: bool = False) -> torch.Tensor:
+    def rgba(self, img: torch.Tensor, path: Path | str, same_scene: bool = False) -> torch.Tensor:
         """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is under 1/2 on `MIN_CLEAR` of the image or more; else
         "plain" removes a uniform background, "grabcut" cuts the object out of any background, "u2net" does so
         by U²-Net, "auto" does the first when the border is one colour and else U²-Net when its weights exist,
-        GrabCut when they do not. A video `frame` is cut by GrabCut with the picture's colour `models` when there
-        are some, unless that finds under `MODELS_MIN_AREA` of the picture's object (then from its border)."""
+        GrabCut when they do not. A video frame or view (`same_scene`) is cut by GrabCut with the picture's colour
+        `models` when there are some, unless that finds under `MODELS_MIN_AREA` of the picture's object (then from
+        its border)."""
         if img.shape[-1] == 4 and img[..., 3].min().item() < 1.0:
             if img[..., 3].max().item() <= 0.0:
                 raise InputError(f"{path}: the alpha channel is empty (fully transparent): no object to use")
@@ -429,7 +431,7 @@ class _Cutter:
             out = self._cut_u2net(img[..., :3])
             how, self.learned = "by U²-Net", self.learned + 1
         elif out is None:
-            models = self.models if frame else None
+            models = self.models if same_scene else None
             out = grabcut_rgba(img[..., :3], models)
             if models is not None and (out[..., 3] > 0.5).float().mean().item() < MODELS_MIN_AREA * self.models_area:
                 out = grabcut_rgba(img[..., :3])  # the picture's colours missed the object here (it turned?)
@@ -626,7 +628,7 @@ def _read_video_path(path: Path, target: _VideoTarget, cutter: _Cutter) -> _Fram
         elif size != first[1]:  # mp4 frames all have the stream's size
             raise InputError(f"{where}: video frames of different sizes: {size[0]}x{size[1]}, "
                              f"but {Path(first[0]).name} is {first[1][0]}x{first[1][1]}")
-        rgba = cutter.rgba(img, where, frame=True)
+        rgba = cutter.rgba(img, where, same_scene=True)
         if out is None:
             out = _FrameBlock(expected, size, *_video_layout(rgba, target, where))
         out.add(rgba)
@@ -742,7 +744,7 @@ def _read_views(folder: Path, H: int, W: int, cutter: _Cutter) -> list[tuple[Cam
         p = folder / f"{cam.name}.png"
         if not p.is_file():
             raise InputError(f"{p}: file not found (views/cameras.json lists camera '{cam.name}')")
-        img = _read_rgba(p, cutter)
+        img = cutter.rgba(read_image(p), p, same_scene=True)
         if tuple(img.shape[:2]) != (H, W):
             raise InputError(f"{p}: view is {img.shape[1]}x{img.shape[0]} but image.png is {W}x{H}")
         views.append((cam, img))
