@@ -47,13 +47,12 @@ import torch
 
 from dynapose4d.cape.mp100 import MP100Annotation, MP100Set
 from dynapose4d.core.errors import InputError
+from dynapose4d.core.images import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT_SIZE = 256  # crop side in pixels (PoseAnything's image_size)
 HEATMAP_SIZE = 64  # the support heatmaps' side (stride 4), for the target-weight rule
 BOX_PADDING = 1.25  # crop side / the box's longer side
 PIXEL_STD = 200.0  # mmpose's scale unit
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_EPISODES = 200  # episodes per test category (PoseAnything's test config)
 NUM_QUERIES = 15  # query samples per episode
 NUM_SHOTS = 1  # supports per episode (the 1-shot benchmark)

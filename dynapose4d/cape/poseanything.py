@@ -22,9 +22,8 @@ import torch.nn.functional as F
 
 from dynapose4d.cape.poseanything_model import INPUT_SIZE, PoseAnything, full_precision, skeleton_adjacency
 from dynapose4d.core.errors import InputError, MissingWeightsError
+from dynapose4d.core.images import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PADDING = 1.25  # the test-time crop is this x the object box's longer side
 OFFICIAL_WEIGHTS_HINT = ("download the official 1-shot split-1 Tiny or Small checkpoint from the Google Drive links "
                          "in github.com/orhir/PoseAnything's README (configs/1shots/graph_split1_config.py = Tiny, "

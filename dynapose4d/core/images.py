@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel mean and deviation of ImageNet-trained networks' inputs
+IMAGENET_STD = (0.229, 0.224, 0.225)  # (PoseAnything's backbone, MP-100 crops, U²-Net)
+
 
 def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
     """Float image(s) in [0, 1] (any leading dims, channels last) -> uint8 numpy."""

@@ -242,7 +242,7 @@ def load_scene(path: str | Path, video: str | Path | None = None, keypoints: str
         raise InputError(f"{image_path}: image is {W}x{H} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
     mask_path = Path(mask) if mask is not None else (None if picture else root / "mask.png")
     if mask_path is not None and (mask is not None or mask_path.exists()):
-        own_alpha = image.shape[-1] == 4 and (image[..., 3] < 0.5).float().mean().item() >= MIN_CLEAR
+        own_alpha = image.shape[-1] == 4 and _outlines(image[..., 3])
         image = _masked(image, mask_path, image_path.name)  # [H, W, 4]: the user's mask replaces any cut-out
         cut_picture, pieces = image, []
         if not own_alpha:  # the picture shows its background: frames that need GrabCut take its colours from it
@@ -404,8 +404,7 @@ class _Cutter:
         if self._model is None:
             self._model = load_u2net(self.u2net_path)
         a = u2net_alpha(self._model, rgb)  # [H, W]
-        a = torch.where(a < MASK_SNAP, 0.0, torch.where(a > 1 - MASK_SNAP, 1.0, a))
-        return torch.cat([rgb[..., :3].float(), a[..., None]], -1)
+        return torch.cat([rgb[..., :3].float(), _snapped(a)[..., None]], -1)
 
     def rgba(self, img: torch.Tensor, path: Path | str, same_scene: bool = False) -> torch.Tensor:
         """[H, W, 3|4] -> [H, W, 4]: alpha kept when it is under 1/2 on `MIN_CLEAR` of the image or more; else
@@ -417,7 +416,7 @@ class _Cutter:
         if img.shape[-1] == 4 and img[..., 3].min().item() < 1.0:
             if img[..., 3].max().item() <= 0.0:
                 raise InputError(f"{path}: the alpha channel is empty (fully transparent): no object to use")
-            if (img[..., 3] < 0.5).float().mean().item() >= MIN_CLEAR:
+            if _outlines(img[..., 3]):
                 return img.float()
         kind = "no alpha" if img.shape[-1] == 3 else (
             "alpha is fully opaque" if img[..., 3].min().item() >= 1.0 else
@@ -461,7 +460,7 @@ def _masked(image: torch.Tensor, path: Path, image_name: str) -> torch.Tensor:
     if tuple(m.shape[:2]) != (H, W):
         raise InputError(f"{path}: the mask is {m.shape[1]}x{m.shape[0]} pixels, the picture ({image_name}) "
                          f"{W}x{H}: a mask must have the picture's size")
-    if m.shape[-1] == 4 and (m[..., 3] < 0.5).float().mean().item() >= MIN_CLEAR:
+    if m.shape[-1] == 4 and _outlines(m[..., 3]):
         alpha = m[..., 3]
     else:
         alpha = m[..., :3].mean(-1)  # [H, W]
@@ -469,15 +468,21 @@ def _masked(image: torch.Tensor, path: Path, image_name: str) -> torch.Tensor:
         raise InputError(f"{path}: the mask has no pixel over 1/2 (white: object): no object")
     if path.suffix.lower() in (".jpg", ".jpeg"):
         alpha = (alpha > 0.5).float()
-    alpha = torch.where(alpha < MASK_SNAP, 0.0, torch.where(alpha > 1 - MASK_SNAP, 1.0, alpha))
+    alpha = _snapped(alpha)
     rgb = image[..., :3].float()
     if bool(((alpha == 0) | (alpha == 1)).all()):
         return matte_edges(rgb, alpha)
     return torch.cat([rgb, alpha[..., None].float()], -1)
 
 
-def _read_rgba(path: Path, cutter: _Cutter) -> torch.Tensor:
-    return cutter.rgba(read_image(path), path)
+def _outlines(alpha: torch.Tensor) -> bool:
+    """Whether alpha [H, W] outlines an object: under 1/2 on `MIN_CLEAR` of the image or more."""
+    return (alpha < 0.5).float().mean().item() >= MIN_CLEAR
+
+
+def _snapped(alpha: torch.Tensor) -> torch.Tensor:
+    """Alpha [H, W] with values within `MASK_SNAP` of 0 or 1 set to 0 or 1."""
+    return torch.where(alpha < MASK_SNAP, 0.0, torch.where(alpha > 1 - MASK_SNAP, 1.0, alpha))
 
 
 def _read_json(path: Path):

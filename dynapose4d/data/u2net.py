@@ -33,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dynapose4d.core.errors import MissingWeightsError
+from dynapose4d.core.images import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT_SIZE = 320  # the side the authors' test code and rembg resize every picture to
-MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation of the input
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # the input's normalisation
 WEIGHTS_HINT = ("u2net.pth (176 MB) or u2netp.pth (4.7 MB) from the U-2-Net repository (github.com/xuebinqin/"
                 "U-2-Net, saved_models/), set by `--set u2net=PATH`")
 # (in, mid, out) of the encoder stages 1-6 and the decoder stages 5d-1d
