@@ -122,7 +122,7 @@ def test_config_show_prints_the_resolved_config_with_docs(capsys, no_wandb_env):
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert all(re.search(r" # \S", ln) for ln in lines), [ln for ln in lines if " # " not in ln][:3]
     assert "  steps: 7  # optimisation steps" in out
-    assert "seed: 0  # global seed (lightning.seed_everything)\n" in out
+    assert "seed: 0  # global seed (lightning.seed_everything) (allowed: in [0, 4294967295])\n" in out
     # one line per leaf key, one per section
     assert len(lines) >= len(_leaves(to_dict(want)))
 
@@ -397,3 +397,20 @@ def test_cameras_doc_states_the_code_conventions():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# Each of these was a traceback (from the optimiser, a ZeroDivisionError, Lightning's Trainer, the optimiser) after
+# the run folder was made.
+@pytest.mark.parametrize("override, message", [
+    ("cape.lr=-1", "config key 'cape.lr': must be > 0, got -1.0"),
+    ("dynamic.video_fps=0", "config key 'dynamic.video_fps': must be >= 1, got 0"),
+    ("trainer.precision=fp8", "config key 'trainer.precision': 'fp8' is not one of"),
+    ("static.lr_means=nan", "config key 'static.lr_means': must be a finite number"),
+])
+def test_a_setting_out_of_range_is_one_line_before_anything_is_written(override, message, tmp_path, monkeypatch,
+                                                                       capsys, no_wandb_env):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "synthetic:humanoid:0", "--out", "R", "--config", "smoke", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--set {override}: {message}" in err, err
+    assert not Path("R").exists()

@@ -120,3 +120,166 @@ def test_a_run_config_written_by_an_earlier_version_is_read(tmp_path):
     with pytest.raises(ConfigError, match="config.yaml"):
         load_run_config(tmp_path)
     assert load_run_config(tmp_path / "nowhere") == RunConfig()
+
+
+# ----- value rules: every number and every fixed-choice string of the run config is checked when it is loaded ----
+
+from dataclasses import fields, is_dataclass  # noqa: E402
+from typing import get_type_hints  # noqa: E402
+
+from dynapose4d.core.structured import Bound, check_rules  # noqa: E402
+from dynapose4d.export import ExportConfig  # noqa: E402
+
+# String fields that take any text (paths, model ids, names); every other string field lists its choices in RULES.
+# trainer.strategy is checked against Lightning's strategy registry by load_config.
+FREE_TEXT = {"u2net", "zero123.model", "zero123.path", "cape.checkpoint", "dynamic.svd.model", "dynamic.puppet.root",
+             "trainer.strategy", "wandb.project", "wandb.entity", "wandb.group"}
+
+
+def _leaves(schema: type = RunConfig, prefix: str = ""):
+    """(dotted key, field type, its class's rule or None, default) of every non-dataclass field under `schema`."""
+    hints, default = get_type_hints(schema), schema()
+    for f in fields(schema):
+        t, key = hints[f.name], prefix + f.name
+        if is_dataclass(t):
+            yield from _leaves(t, key + ".")
+        else:
+            yield key, t, getattr(schema, "RULES", {}).get(f.name), getattr(default, f.name), schema
+
+
+LEAVES = list(_leaves())
+NUMERIC = [(k, r, d) for k, t, r, d, _ in LEAVES if isinstance(r, Bound)]
+CHOICES = [(k, r) for k, _, r, _, _ in LEAVES if isinstance(r, tuple)]
+
+
+def test_every_number_and_word_of_the_run_config_has_a_rule():
+    """A new field must say what it accepts: a Bound for numbers, its words for a fixed-choice string (the export
+    section has its own check, `export_settings_problem`)."""
+    missing = [k for k, t, r, _, cls in LEAVES
+               if t in (int, float, list[int], list[float]) and not isinstance(r, Bound) and cls is not ExportConfig]
+    words = [k for k, t, r, _, _ in LEAVES
+             if t in (str, str | None) and k not in FREE_TEXT and not isinstance(r, tuple)]
+    assert not missing, f"numeric fields without a Bound in their class's RULES: {missing}"
+    assert not words, f"string fields without choices in RULES (or add them to FREE_TEXT): {words}"
+    assert len(NUMERIC) > 100 and len(CHOICES) >= 12
+
+
+def _outside(bound: Bound, default):
+    """Values just outside `bound`, of the field's type."""
+    as_int = isinstance(default, int) or (isinstance(default, list) and default and isinstance(default[0], int))
+    out = []
+    if bound.low is not None:
+        out.append(bound.low if bound.above else bound.low - (1 if as_int else 0.01))
+    if bound.high is not None:
+        out.append(bound.high if bound.below else bound.high + (1 if as_int else 0.01))
+    if not as_int:
+        out.append("nan")
+    return out
+
+
+@pytest.mark.parametrize("key, bound, default", NUMERIC, ids=[k for k, _, _ in NUMERIC])
+def test_a_number_outside_its_bound_stops_the_load_naming_the_key(key, bound, default):
+    for v in _outside(bound, default):
+        value = f"[{v},{','.join(map(str, default[1:]))}]" if isinstance(default, list) else v
+        with pytest.raises(ConfigError, match=rf"--set {key}=.*config key '{key}': must be"):
+            load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key, words", CHOICES, ids=[k for k, _ in CHOICES])
+def test_a_word_outside_its_choices_stops_the_load_and_each_choice_loads(key, words):
+    with pytest.raises(ConfigError, match=rf"config key '{key}': 'bogus' is not one of"):
+        load_config(None, [f"{key}=bogus"])
+    for w in words:
+        assert str(_get(load_config(None, [f"{key}={w}"]), key)) == w
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_bound_messages_and_edges():
+    assert Bound(0, above=True).problem(0.0) == "must be > 0" and Bound(0, above=True).problem(1e-9) is None
+    assert Bound(0, 1, above=True, below=True).problem(1.0) == "must be in (0, 1)"
+    assert Bound(0, 1).problem(1.0) is None and Bound(0, 1).problem(1.5) == "must be in [0, 1]"
+    assert Bound(1).problem(0) == "must be >= 1" and Bound(high=2.5, below=True).problem(2.5) == "must be < 2.5"
+    assert Bound(0, 2**32 - 1).problem(-1) == "must be in [0, 4294967295]"
+    assert Bound().problem(float("inf")) == "must be a finite number" and Bound().problem(-1e30) is None
+
+
+def test_rules_name_the_file_that_broke_them_and_are_checked_by_the_stages_too(tmp_path):
+    from dynapose4d.stages.dynamic.config import DynamicConfig
+    from dynapose4d.stages.static.config import StaticConfig, check_config
+
+    p = tmp_path / "mine.yaml"
+    p.write_text("defaults: [base.yaml]\ncape:\n  lr: -1\n")
+    (tmp_path / "base.yaml").write_text("dynamic:\n  video_fps: 0\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: config key 'dynamic\.video_fps': must be >= 1, got 0"):
+        load_config(p)
+    (tmp_path / "base.yaml").write_text("seed: 3\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: config key 'cape\.lr': must be > 0"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"dynamic\.sds_chunk': must be >= 0"):  # built in code, not loaded
+        DynamicConfig(sds_chunk=-1).validate()
+    with pytest.raises(ConfigError, match=r"dynamic\.puppet\.blend': must be in \(0, 1\]"):
+        load_config(None, ["dynamic.puppet.blend=0"])
+    with pytest.raises(ConfigError, match=r"static\.sds\.t_min/t_max"):
+        check_config(StaticConfig(sds=type(StaticConfig().sds)(t_min=0.9, t_max=0.5)))
+    with pytest.raises(ConfigError, match=r"hexplane\.resolution': expected \[x, y, z, t\]"):
+        load_config(None, ["dynamic.hexplane.resolution=[8,8,8]"])
+    from dynapose4d.stages.base import check_strategy
+
+    check_strategy(load_config(None, ["trainer.strategy=ddp_spawn"]).trainer)
+    with pytest.raises(ConfigError, match=r"trainer\.strategy': 'dpp' is not one of \['auto', 'ddp'"):
+        check_strategy(load_config(None, ["trainer.strategy=dpp"]).trainer)
+    check_rules(RunConfig())  # the defaults keep their own rules
+
+
+def test_precision_choices_are_what_lightning_takes():
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    from dynapose4d.core.precision import AUTO, PRECISIONS
+
+    accepted = {str(a) for group in get_args(_PRECISION_INPUT) for a in get_args(group)}
+    assert set(PRECISIONS) - {AUTO} <= accepted
+
+
+def test_an_edited_run_config_breaking_a_rule_is_one_line_naming_it(tmp_path):
+    from dynapose4d.pipeline.config import load_run_config, save_config
+
+    save_config(load_config("smoke"), tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "  video_fps: 8\n" in text
+    (tmp_path / "config.yaml").write_text(text.replace("  video_fps: 8\n", "  video_fps: -8\n", 1))
+    with pytest.raises(ConfigError, match=r"config\.yaml: config key 'dynamic\.video_fps': must be >= 1"):
+        load_run_config(tmp_path)
+
+
+def test_train_cape_settings_have_rules_too():
+    """`train-cape`'s settings: every number has a Bound, every fixed-choice word its choices, and a value outside
+    them stops the load naming the key (all of them tried)."""
+    from dynapose4d.stages.train_cape import CapeTrainConfig, load_train_config
+
+    leaves = list(_leaves(CapeTrainConfig))
+    free = {"init", "mp100.root", "trainer.strategy"}
+    missing = [k for k, t, r, _, _ in leaves if t in (int, float, list[int], list[float]) and not isinstance(r, Bound)]
+    words = [k for k, t, r, _, _ in leaves if t in (str, list[str]) and k not in free and not isinstance(r, tuple)]
+    assert not missing and not words, (missing, words)
+    tried = 0
+    for key, _, rule, default, _ in leaves:
+        if isinstance(rule, Bound):
+            for v in _outside(rule, default):
+                value = f"[{v},{','.join(map(str, default[1:]))}]" if isinstance(default, list) else v
+                with pytest.raises(ConfigError, match=rf"config key '{key}': must be"):
+                    load_train_config(None, [f"{key}={value}"])
+                tried += 1
+        elif isinstance(rule, tuple):
+            with pytest.raises(ConfigError, match=rf"config key '{key}': 'bogus' is not one of"):
+                load_train_config(None, [f"{key}={'[bogus]' if isinstance(default, list) else 'bogus'}"])
+            tried += 1
+    assert tried > 60
+    with pytest.raises(ConfigError, match=r"data\.templates': 'dragon' is not one of"):
+        load_train_config(None, ["data.templates=[humanoid,dragon]"])

@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from dynapose4d.cape.render_sets import RenderSet, render_objects
 from dynapose4d.core import seeding
 from dynapose4d.core.cameras import Camera
 from dynapose4d.core.io import save_checkpoint
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Bound, Rule
+from dynapose4d.data.synthetic import TEMPLATES
 
 CACHE_VERSION = 1
 TRAIN_SEED_LIMIT = 10**6  # training objects use seeds below this; evaluation objects seeds from it upwards
@@ -52,6 +54,13 @@ class ProceduralConfig:
     workers: int = 0  # generation processes (0 = in this process)
     render_device: str = "auto"  # "cpu", "cuda" or "auto" (cuda when available)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "size": Bound(16), "num_objects": AT_LEAST_1, "seed_start": AT_LEAST_0, "templates": TEMPLATES,
+        "num_frames": AT_LEAST_1, "frames_per_object": AT_LEAST_1, "views_per_frame": AT_LEAST_1,
+        "elevation": Bound(-90, 90), "azimuth_spread": Bound(0, 180), "radius": POSITIVE, "workers": AT_LEAST_0,
+        "render_device": ("auto", "cpu", "cuda"),
+    }
+
 
 @dataclass
 class EvalSetConfig:
@@ -67,6 +76,12 @@ class EvalSetConfig:
     frame_stride: int = 1  # use every k-th frame as a query (1 = all frames)
     workers: int = 0  # generation processes (0 = in this process)
     render_device: str = "auto"  # "cpu", "cuda" or "auto" (cuda when available)
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "size": Bound(16), "objects_per_template": AT_LEAST_1, "templates": TEMPLATES, "offsets": Bound(-180, 180),
+        "elevation": Bound(-90, 90), "num_frames": AT_LEAST_1, "frame_stride": AT_LEAST_1, "workers": AT_LEAST_0,
+        "render_device": ("auto", "cpu", "cuda"),
+    }
 
 
 @dataclass
@@ -86,6 +101,13 @@ class AugmentConfig:
     occluded_weight: float = 0.3  # loss weight of query keypoints that are hidden (but inside the image)
     elastic: float = 0.0  # std of a smooth random displacement of the query (fraction of the image; 0 = off)
     elastic_grid: int = 4  # control points per side of that displacement field
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "scale": POSITIVE, "rotation": Bound(0, 180), "translate": FRACTION, "hue": FRACTION,
+        "saturation": AT_LEAST_0, "brightness": AT_LEAST_0, "image_brightness": AT_LEAST_0, "background": FRACTION,
+        "flip": FRACTION, "drop_keypoints": FRACTION, "occluded_weight": AT_LEAST_0, "elastic": AT_LEAST_0,
+        "elastic_grid": Bound(2),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ render sets

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bound, Rule
 
 
 @dataclass
@@ -44,6 +47,12 @@ class CAPEModelConfig:
     ffn_dim: int = 256  # hidden width of the feed-forward blocks
     pool_sigma: float = 1.0  # support pooling Gaussian std, in stride-4 cells
     window: int = 2  # proposal soft-argmax window radius around the heatmap peak, in stride-4 cells
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "input_size": Bound(32), "widths": AT_LEAST_1, "blocks": AT_LEAST_1, "dim": AT_LEAST_1, "heads": AT_LEAST_1,
+        "enc_layers": AT_LEAST_0, "dec_layers": AT_LEAST_1, "ffn_dim": AT_LEAST_1, "pool_sigma": POSITIVE,
+        "window": AT_LEAST_0,
+    }
 
     def validate(self) -> None:
         if len(self.widths) != 3 or len(self.blocks) != 3:

@@ -20,6 +20,8 @@ import torch
 AUTO = "auto"
 BF16 = "bf16-mixed"
 FP32 = "32-true"
+# The precision settings a run config accepts: "auto", and the strings Lightning's Trainer takes
+PRECISIONS = (AUTO, FP32, BF16, "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "bf16", "64")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 /proc/cpuinfo flags with native bf16 arithmetic
 
 

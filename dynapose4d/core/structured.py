@@ -2,8 +2,11 @@
 with `defaults: [base.yaml]` chains), then `key.sub=value` overrides; plain dicts and short hashes of them; and
 each field's doc read from the comment on the line where it is defined (`dynapose4d config show`).
 
-Unknown keys and wrong types fail with a `ConfigError` that names the file or override and the key. Used by the
-run config (`dynapose4d.pipeline.config`) and by `train-cape`'s settings alike.
+Unknown keys and wrong types fail with a `ConfigError` that names the file or override and the key; so do values
+outside a field's rule: a config dataclass lists, in a `RULES` class variable, a `Bound` for each numeric field
+(each element of a list of numbers) and the allowed words of each string field that has a fixed set
+(`check_rules`); any float must also be finite. Used by the run config (`dynapose4d.pipeline.config`) and by
+`train-cape`'s settings alike.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import hashlib
 import inspect
 import io
 import json
+import math
 import os
 import tokenize
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import yaml
 from omegaconf import OmegaConf
@@ -33,6 +37,78 @@ PACKAGED_PRESETS = Path(__file__).resolve().parent / "configs"
 SOURCE_PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The allowed values of a numeric config field (of each element of a list field): `low <= v <= high`, the ends
+    excluded with `above` / `below`; None leaves that side open. Values must be finite whatever the bound."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False  # the low end is excluded (e.g. a learning rate: > 0)
+    below: bool = False  # the high end is excluded
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` breaks the bound ("must be > 0"), or None when it does not."""
+        if not math.isfinite(value):
+            return "must be a finite number"
+        too_low = self.low is not None and (value <= self.low if self.above else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.below else value > self.high)
+        return f"must be {self.describe()}" if too_low or too_high else None
+
+    def describe(self) -> str:
+        """The allowed values in words: "> 0", "in [0, 1]", "any number"."""
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.above else '['}{low}, {high}{')' if self.below else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.above else '>='} {low}"
+        if self.high is not None:
+            return f"{'<' if self.below else '<='} {high}"
+        return "any number"
+
+
+def _number(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else f"{x}"
+
+
+ANY = Bound()  # any finite number
+AT_LEAST_0 = Bound(0)  # counts that may be 0 (off), weights, learning rates that may be 0 (frozen)
+AT_LEAST_1 = Bound(1)  # counts and sizes that must be at least one
+POSITIVE = Bound(0, above=True)  # learning rates, scales, frame rates
+FRACTION = Bound(0, 1)  # probabilities and shares
+
+# A field's rule: a Bound for a number (or list of numbers), the allowed words for a string.
+Rule = Union[Bound, tuple[str, ...]]
+
+
+def check_rules(obj: Any, prefix: str = "") -> None:
+    """ConfigError naming the key for the first field of the config dataclass `obj` (recursively) whose value breaks
+    its rule in `type(obj).RULES`, or is a float that is not finite."""
+    rules: dict[str, Rule] = getattr(type(obj), "RULES", {})
+    for f in fields(obj):
+        value, key, rule = getattr(obj, f.name), f"{prefix}{f.name}", rules.get(f.name)
+        if is_dataclass(value):
+            check_rules(value, key + ".")
+            continue
+        if isinstance(rule, tuple):  # a word, or each word of a list
+            for word in value if isinstance(value, list) else [value]:
+                if word not in rule:
+                    raise ConfigError(f"config key '{key}': {word!r} is not one of {list(rule)}")
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            problem = (rule or ANY).problem(v)
+            if problem:
+                raise ConfigError(f"config key '{key}': {problem}, got {v!r}")
+
+
+def ordered_pair(values: list[float], key: str) -> None:
+    """ConfigError naming `key` unless `values` is a [low, high] pair with low <= high."""
+    if len(values) != 2 or values[0] > values[1]:
+        raise ConfigError(f"config key '{key}': expected [low, high] with low <= high, got {list(values)}")
+
+
 def _fail(e: Exception, where: str) -> ConfigError:
     key = getattr(e, "full_key", None) or getattr(e, "key", None)
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -43,7 +119,7 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
                      overrides: list[str] | tuple[str, ...] = ()) -> T:
     """An instance of the dataclass `schema`: its defaults, then an optional YAML file (or a chain via
     `defaults: [file.yaml]`), then `key.sub=value` overrides. Raises ConfigError naming the file or override and
-    the key on unknown keys, wrong types or unreadable YAML."""
+    the key on unknown keys, wrong types, values outside their `RULES` (`check_rules`) or unreadable YAML."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
         for layer in _yaml_chain(resolve_preset(path)):
@@ -51,6 +127,7 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
                 cfg = OmegaConf.merge(cfg, layer[1])
             except OmegaConfBaseException as e:
                 raise _fail(e, str(layer[0])) from None
+            _check_layer(cfg, str(layer[0]))
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"--set {ov!r}: expected key=value")
@@ -58,7 +135,19 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except OmegaConfBaseException as e:
             raise _fail(e, f"--set {ov}") from None
+        _check_layer(cfg, f"--set {ov}")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _check_layer(cfg: Any, where: str) -> None:
+    """`check_rules` on the config as merged so far, the error naming `where` (the file or override just merged:
+    the rules hold field by field, so the first layer that breaks one is the one that set it)."""
+    try:
+        check_rules(OmegaConf.to_object(cfg))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except OmegaConfBaseException:  # a mandatory value still missing: a later layer may set it
+        pass
 
 
 def known_keys(schema: type, data: Any, prefix: str = "") -> tuple[Any, list[str]]:
@@ -228,13 +317,17 @@ def _flow(value: Any) -> str:
 
 
 def to_commented_yaml(obj: Any, indent: int = 0) -> str:
-    """A config dataclass instance as YAML, each field followed by its doc (`field_docs`) as a comment."""
+    """A config dataclass instance as YAML, each field followed by its doc (`field_docs`) as a comment, and by the
+    values its rule allows ("(allowed: >= 1)")."""
     docs = field_docs(type(obj))
     lines = []
     pad = "  " * indent
     for f in fields(obj):
         value = getattr(obj, f.name)
         doc = " ".join(docs.get(f.name, "").split())
+        rule = getattr(type(obj), "RULES", {}).get(f.name)
+        if isinstance(rule, Bound) and rule != ANY:
+            doc = f"{doc} (allowed: {rule.describe()})".strip()
         comment = f"  # {doc}" if doc else ""
         key = f.name if yaml.safe_load(f.name) == f.name else _flow(f.name)  # e.g. a key "on" or "yes"
         if is_dataclass(value):

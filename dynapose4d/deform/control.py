@@ -12,12 +12,14 @@ blended control rotation. Scales are not deformed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from dynapose4d.core import seeding
 from dynapose4d.core.rotations import quat_multiply, quat_to_matrix
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, Rule
 from dynapose4d.deform.hexplane import time_coordinate
 
 
@@ -34,6 +36,11 @@ class ControlConfig:
     mlp_lr: float = 0.001  # Adam learning rate of the MLP
     control_lr: float = 0.0001  # Adam learning rate of the control positions and radii (0 = fixed)
     anchor_first_frame: bool = False  # φ(S, 0) = S exactly: the transforms are taken relative to τ = 0
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "num_controls": AT_LEAST_1, "k": AT_LEAST_1, "width": AT_LEAST_1, "depth": AT_LEAST_1,
+        "pos_freqs": AT_LEAST_0, "time_freqs": AT_LEAST_0, "mlp_lr": AT_LEAST_0, "control_lr": AT_LEAST_0,
+    }
 
 
 def farthest_point_sample(points: torch.Tensor, m: int, seed: int = 0) -> torch.Tensor:

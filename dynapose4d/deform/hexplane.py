@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, POSITIVE, Rule
 
 
 @dataclass
@@ -37,6 +40,11 @@ class HexPlaneConfig:
     anchor_first_frame: bool = False  # φ(S, 0) = S exactly: residuals minus their value at τ = 0 (frame 0 = canonical)
     grid_lr: float = 0.0064  # Adam learning rate of the planes (DreamGaussian4D)
     mlp_lr: float = 0.00064  # Adam learning rate of the MLP (DreamGaussian4D)
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "features": AT_LEAST_1, "resolution": AT_LEAST_1, "multires": AT_LEAST_1, "bounds": POSITIVE,
+        "width": AT_LEAST_1, "depth": AT_LEAST_1, "grid_lr": AT_LEAST_0, "mlp_lr": AT_LEAST_0,
+    }
 
 
 def time_coordinate(tau: torch.Tensor, num_frames: int) -> torch.Tensor:

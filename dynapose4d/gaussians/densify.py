@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import reset_opa
+
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Rule
 
 
 @dataclass
@@ -37,6 +39,12 @@ class DensifyConfig:
     reset_opacity_every: int = 700  # opacity reset interval in steps, our own schedule (0 = never; DG: 700)
     reset_opacity_value: float = 0.01  # opacities are clamped to at most this value at a reset
     max_gaussians: int = 100000  # no growth beyond this many Gaussians (pruning continues)
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "start_step": AT_LEAST_0, "stop_step": AT_LEAST_0, "every": AT_LEAST_1, "grow_grad2d": POSITIVE,
+        "grow_scale3d": POSITIVE, "prune_opacity": FRACTION, "prune_scale3d": POSITIVE,
+        "reset_opacity_every": AT_LEAST_0, "reset_opacity_value": FRACTION, "max_gaussians": AT_LEAST_1,
+    }
 
 
 class Densifier:

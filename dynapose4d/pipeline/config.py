@@ -13,12 +13,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from omegaconf import OmegaConf
 
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.io import write_text
-from dynapose4d.core.structured import known_keys, merge_structured
+from dynapose4d.core.structured import AT_LEAST_0, Bound, Rule, check_rules, known_keys, merge_structured
 from dynapose4d.data.scene import CUTOUTS, VIDEO_ALIGNS
 from dynapose4d.export import ExportConfig, export_settings_problem
 from dynapose4d.priors.zero123 import Zero123Config
@@ -26,6 +27,7 @@ from dynapose4d.stages.cape.config import CapeStageConfig
 from dynapose4d.stages.dynamic.config import DynamicConfig
 from dynapose4d.stages.settings import TrainerConfig, WandbConfig
 from dynapose4d.stages.static.config import StaticConfig
+from dynapose4d.stages.static.config import check_config as check_static_config
 
 STAGE_NAMES: tuple[str, ...] = ("static", "cape", "dynamic")
 
@@ -64,6 +66,11 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     export: ExportConfig = field(default_factory=ExportConfig)  # RUN/export, written after the dynamic stage
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": Bound(0, 2**32 - 1), "max_image_size": AT_LEAST_0, "cutout": CUTOUTS, "video_align": VIDEO_ALIGNS,
+        "video_frames": AT_LEAST_0,
+    }
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 environ: Mapping[str, str] | None = None) -> RunConfig:
@@ -72,11 +79,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     `key.sub=value` overrides, in that order (see `merge_structured`); also checks the stage names."""
     overrides = [*wandb_env_overrides(os.environ if environ is None else environ), *overrides]
     obj = merge_structured(RunConfig, path, overrides)
-    if obj.cutout not in CUTOUTS:
-        raise ConfigError(f"config key 'cutout': {obj.cutout!r}; choose from {list(CUTOUTS)}")
-    if obj.video_align not in VIDEO_ALIGNS:
-        raise ConfigError(f"config key 'video_align': {obj.video_align!r}; choose from {list(VIDEO_ALIGNS)}")
-    if obj.video_frames < 0 or obj.video_frames == 1:
+    if obj.video_frames == 1:
         raise ConfigError(f"config key 'video_frames': {obj.video_frames}; 0 (all) or at least 2")
     bad = [s for s in obj.stages if s not in STAGE_NAMES]
     if bad:
@@ -84,7 +87,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     problem = export_settings_problem(obj.export)
     if problem:
         raise ConfigError(f"config key {problem}")
-    obj.cape.validate()  # the stages check their sections again; here a bad value stops before any stage runs
+    # the stages check their sections again; here a bad value stops before anything is written
+    check_static_config(obj.static)
+    obj.cape.validate()
     obj.dynamic.validate()
     return obj
 
@@ -109,8 +114,10 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         warnings.warn(f"{path}: left out keys this version does not know: {', '.join(dropped)}", stacklevel=2)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), data)
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors: one line naming the file
+        obj: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        check_rules(obj)
+        return obj
+    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors and broken rules: one line naming the file
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
 
 

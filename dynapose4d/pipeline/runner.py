@@ -57,7 +57,7 @@ from dynapose4d.pipeline.run_folder import (
 )
 from dynapose4d.priors.puppet import named_keypoints
 from dynapose4d.stages import logger as dlog
-from dynapose4d.stages.base import StageContext, quiet_lightning, summary_line
+from dynapose4d.stages.base import StageContext, check_strategy, quiet_lightning, summary_line
 from dynapose4d.stages.cape import stage as cape
 from dynapose4d.stages.dynamic import stage as dynamic
 from dynapose4d.stages.static import stage as static
@@ -135,6 +135,7 @@ class StageRunner:
         """Run the plan; returns the final manifest. A failing stage is marked failed and its error re-raised."""
         if ddp.rank() != 0:
             return self._follow()
+        check_strategy(self.cfg.trainer)
         existing = self._check_folder()
         scene = self._load_scene()
         fp = scene_fingerprint(scene)

@@ -38,12 +38,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dynapose4d.core.errors import ConfigError, InputError
+from dynapose4d.core.structured import ANY, Bound, Rule
 
 OUTSIDE = 50.0  # cost of a step outside the object relative to one inside it (geodesic skinning distances)
 NEWTON_STEPS = 4  # refinement steps of each bone's inverse (the blended motion is near-rigid at a bone)
@@ -66,14 +68,8 @@ class PuppetConfig:
     still: list[str] = field(default_factory=list)  # names of keypoints whose bone from their parent does not
     # swing (the part beyond them moves only as their parent does), e.g. [tail] or the legs of a standing animal
 
-    def validate(self) -> None:
-        if self.num_frames < 2:
-            raise ConfigError(f"config key 'dynamic.puppet.num_frames': must be >= 2, got {self.num_frames}")
-        if not 0 < self.blend <= 1:
-            raise ConfigError(f"config key 'dynamic.puppet.blend': must be in (0, 1], got {self.blend}")
-        if not 0 <= self.amplitude <= 90:
-            raise ConfigError(f"config key 'dynamic.puppet.amplitude': must be in [0, 90] degrees, "
-                              f"got {self.amplitude}")
+    RULES: ClassVar[dict[str, Rule]] = {"num_frames": Bound(2), "amplitude": Bound(0, 90), "lag": ANY,
+                                        "blend": Bound(0, 1, above=True)}
 
 
 @dataclass

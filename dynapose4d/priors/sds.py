@@ -12,8 +12,11 @@ Timesteps: DreamGaussian anneals t deterministically from 0.98·T to 0.02·T ove
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+
+from dynapose4d.core.structured import AT_LEAST_0, FRACTION, Rule
 
 
 @dataclass
@@ -24,6 +27,8 @@ class SDSConfig:
     t_min: float = 0.02  # smallest timestep, as a fraction of the model's training timesteps
     t_max: float = 0.98  # largest timestep (fraction)
     anneal: bool = True  # t goes from t_max to t_min over training; False: uniform in [t_min, t_max]
+
+    RULES: ClassVar[dict[str, Rule]] = {"guidance_scale": AT_LEAST_0, "t_min": FRACTION, "t_max": FRACTION}
 
 
 def sds_timesteps(progress: float, batch: int, num_train_timesteps: int, cfg: SDSConfig,

@@ -31,7 +31,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from dynapose4d.core.errors import MissingWeightsError
 from dynapose4d.core.images import over_background, to_uint8
 from dynapose4d.core.io import atomic_folder, read_image, write_image, write_json
 from dynapose4d.core.memory import free_memory
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bound, Rule
 from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import crop_back, pad_to_aspect
 from dynapose4d.priors.puppet import PuppetConfig, puppet_video
@@ -69,6 +70,13 @@ class SVDConfig:
     decode_chunk_size: int = 0  # frames decoded at once by the VAE; 0 = all at once (fewer: less memory)
     alpha_threshold: float = 0.08  # alpha = clamp(distance-to-white / threshold, 0, 1) on every frame
     device: str = "auto"  # "auto" (cuda when available), "cuda" or "cpu"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "num_frames": Bound(2), "width": Bound(8), "height": Bound(8), "num_inference_steps": AT_LEAST_1,
+        "min_guidance_scale": AT_LEAST_0, "max_guidance_scale": AT_LEAST_0, "fps": AT_LEAST_1,
+        "motion_bucket_id": AT_LEAST_0, "noise_aug_strength": AT_LEAST_0, "decode_chunk_size": AT_LEAST_0,
+        "alpha_threshold": POSITIVE, "device": ("auto", "cuda", "cpu"),
+    }
 
 
 def _missing(model: str, why: str) -> MissingWeightsError:

@@ -35,13 +35,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dynapose4d.core.errors import ConfigError, MissingWeightsError
+from dynapose4d.core.structured import Bound, Rule
 from dynapose4d.priors import load_failure
 from dynapose4d.priors.framing import pad_to_aspect
 from dynapose4d.priors.sds import SDSConfig, cfg_combine, sds_loss, sds_timesteps, sds_weight
@@ -66,6 +67,8 @@ class Zero123Config:
     kind: str = "auto"  # camera embedding: "zero123" (Zero-1-to-3 / XL), "stable_zero123", or "auto": by name
     size: int = 256  # the model's image size (Zero-1-to-3: 256, latents 32 x 32)
     fp16: bool = True  # fp16 weights on CUDA (fp32 on CPU)
+
+    RULES: ClassVar[dict[str, Rule]] = {"kind": (*KINDS, "auto"), "size": Bound(8)}
 
     @property
     def source(self) -> str:

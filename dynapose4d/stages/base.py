@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.strategies import StrategyRegistry
 
-from dynapose4d.core.errors import InputError
+from dynapose4d.core.errors import ConfigError, InputError
 from dynapose4d.core.precision import resolve_precision
 from dynapose4d.data.scene import Scene
 from dynapose4d.priors.puppet import PuppetConfig
@@ -66,6 +67,14 @@ class StageContext:
 def stage_logger(ctx: StageContext, stage: str) -> RunLogger:
     """The stage's logger (`make_logger`) with this run's W&B settings and resolved config."""
     return make_logger(ctx.run_dir, stage, ctx.wandb, ctx.config, ctx.is_last)
+
+
+def check_strategy(tc: TrainerConfig) -> None:
+    """ConfigError unless `trainer.strategy` is "auto" or a strategy Lightning registers (the run config loads
+    without Lightning, so this is checked here, before a run writes anything)."""
+    strategies = ("auto", *StrategyRegistry.available_strategies())
+    if tc.strategy not in strategies:
+        raise ConfigError(f"config key 'trainer.strategy': {tc.strategy!r} is not one of {list(strategies)}")
 
 
 def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: bool = True, **kwargs: Any):

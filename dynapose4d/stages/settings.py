@@ -9,6 +9,10 @@ show` prints these docs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from dynapose4d.core.precision import PRECISIONS
+from dynapose4d.core.structured import AT_LEAST_1, Rule
 
 
 @dataclass
@@ -23,6 +27,11 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 50  # interval of the resumable "last.ckpt" of each stage
     progress_bar: bool = True  # a progress bar per stage with the current losses
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "accelerator": ("auto", "cpu", "gpu", "cuda"), "devices": AT_LEAST_1, "precision": PRECISIONS,
+        "log_every_n_steps": AT_LEAST_1, "checkpoint_every_n_steps": AT_LEAST_1,
+    }
+
 
 @dataclass
 class WandbConfig:
@@ -35,3 +44,5 @@ class WandbConfig:
     mode: str = "offline"
     group: str | None = None  # W&B group; None = the run folder's name (one group per pipeline run)
     tags: list[str] = field(default_factory=list)  # W&B tags
+
+    RULES: ClassVar[dict[str, Rule]] = {"mode": ("offline", "online", "disabled")}

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -31,7 +31,8 @@ from dynapose4d.cape.model import CAPEModel, CAPEModelConfig
 from dynapose4d.cape.mp100 import MixedPairs, MP100Pairs, load_split
 from dynapose4d.core.errors import ConfigError
 from dynapose4d.core.precision import float32_matmul_precision, resolve_precision, uses_cuda
-from dynapose4d.core.structured import merge_structured
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Bound, Rule, merge_structured
+from dynapose4d.stages.base import check_strategy
 from dynapose4d.stages.cape.module import CAPEModule, fit, pair_loader
 from dynapose4d.stages.settings import TrainerConfig
 
@@ -43,6 +44,8 @@ class MP100DataConfig:
     root: str = ""  # folder with annotations/mp100_split{k}_{train,val,test}.json and the images; "" = none
     split: int = 1  # which of the 5 category splits trains
     fraction: float = 0.5  # share of the pairs drawn from MP-100 when root is set
+
+    RULES: ClassVar[dict[str, Rule]] = {"split": Bound(1, 5), "fraction": FRACTION}
 
 
 @dataclass
@@ -72,10 +75,17 @@ class CapeTrainConfig:
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(accelerator="auto", progress_bar=True,
                                                                          log_every_n_steps=20))
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": Bound(0, 2**32 - 1), "steps": AT_LEAST_1, "time_limit_minutes": AT_LEAST_0, "batch_size": AT_LEAST_1,
+        "lr": POSITIVE, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "lambda_heat": AT_LEAST_0,
+        "heat_sigma": POSITIVE, "num_workers": AT_LEAST_0, "print_every": AT_LEAST_0,
+    }
+
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CapeTrainConfig:
     """Defaults, then a YAML file, then `key.sub=value` overrides; ConfigError naming the key on a bad one."""
     obj = merge_structured(CapeTrainConfig, path, overrides)
+    check_strategy(obj.trainer)
     try:
         obj.model.validate()
     except ValueError as e:

@@ -6,9 +6,20 @@ it is defined (`dynapose4d config show` prints these docs); measured effects are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dynapose4d.cape.data import AugmentConfig
-from dynapose4d.core.errors import ConfigError
+from dynapose4d.core.precision import PRECISIONS
+from dynapose4d.core.structured import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    POSITIVE,
+    Bound,
+    Rule,
+    check_rules,
+    ordered_pair,
+)
 
 
 def _finetune_augment() -> AugmentConfig:
@@ -51,10 +62,15 @@ class CapeStageConfig:
     predict_batch: int = 16  # driving frames per CAPE forward
     overlay_fps: int = 8  # frame rate of overlay.mp4 / overlay.gif
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "arch": ("graph", "poseanything"), "steps": AT_LEAST_0, "batch_size": AT_LEAST_1, "lr": POSITIVE,
+        "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "num_views": AT_LEAST_1, "reference_views": AT_LEAST_0,
+        "elevation": Bound(-90, 90), "pose_angle": Bound(0, 180), "posed_fraction": FRACTION,
+        "depth_tolerance": AT_LEAST_0, "lambda_heat": AT_LEAST_0, "heat_sigma": POSITIVE, "num_workers": AT_LEAST_0,
+        "precision": PRECISIONS, "predict_batch": AT_LEAST_1, "overlay_fps": AT_LEAST_1,
+    }
+
     def validate(self) -> None:
-        if self.arch not in ("graph", "poseanything"):
-            raise ConfigError(f"cape.arch must be 'graph' or 'poseanything', got {self.arch!r}")
-        if self.steps < 0 or self.batch_size < 1 or self.num_views < 1:
-            raise ConfigError("cape: steps must be >= 0, batch_size and num_views >= 1")
-        if len(self.elevation) != 2 or self.elevation[0] > self.elevation[1]:
-            raise ConfigError(f"cape.elevation must be [low, high], got {self.elevation}")
+        """ConfigError naming the key on a value outside its `RULES`, or an elevation range out of order."""
+        check_rules(self, "cape.")
+        ordered_pair(self.elevation, "cape.elevation")

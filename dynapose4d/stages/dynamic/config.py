@@ -6,8 +6,10 @@ it is defined (`dynapose4d config show` prints these docs); measured effects are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dynapose4d.core.errors import ConfigError
+from dynapose4d.core.structured import AT_LEAST_0, AT_LEAST_1, FRACTION, Bound, Rule, check_rules, ordered_pair
 from dynapose4d.deform import DEFORM_KINDS, ControlConfig, HexPlaneConfig
 from dynapose4d.priors.puppet import PuppetConfig
 from dynapose4d.priors.sds import SDSConfig
@@ -58,23 +60,25 @@ class DynamicConfig:
     video_fps: int = 8  # frame rate of the written videos
     orbit_frames: int = 36  # frames of the orbit video (one turn; the motion loops meanwhile)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "steps": AT_LEAST_1, "batch_frames": AT_LEAST_1, "deform": DEFORM_KINDS, "canonical_lr": AT_LEAST_0,
+        "canonical_color_lr": AT_LEAST_0, "lambda_rgb": AT_LEAST_0, "lambda_alpha": AT_LEAST_0,
+        "lambda_kml": AT_LEAST_0, "lambda_scl": AT_LEAST_0, "lambda_rigid": AT_LEAST_0, "rigid_neighbours": AT_LEAST_1,
+        "lambda_track": AT_LEAST_0, "lambda_bone": AT_LEAST_0, "lambda_sds": AT_LEAST_0,
+        "sds_elevation_range": Bound(-90, 90), "sds_chunk": AT_LEAST_0, "background": FRACTION, "driver": DRIVERS,
+        "track_neighbours": AT_LEAST_1, "video_fps": AT_LEAST_1, "orbit_frames": AT_LEAST_1,
+    }
+
     def driving_source(self) -> SVDConfig | PuppetConfig:
         """The settings of the driver that makes the driving video of a scene without one (`driver`)."""
         return self.puppet if self.driver == "puppet" else self.svd
 
     def validate(self) -> None:
-        if self.driver not in DRIVERS:
-            raise ConfigError(f"config key 'dynamic.driver': {self.driver!r} is not one of {list(DRIVERS)}")
-        self.puppet.validate()
-        if self.deform not in DEFORM_KINDS:
-            raise ConfigError(f"config key 'dynamic.deform': {self.deform!r} is not one of {list(DEFORM_KINDS)}")
-        if self.sds_chunk < 0:
-            raise ConfigError(f"config key 'dynamic.sds_chunk': must be >= 0 (0 = the whole batch), "
-                              f"got {self.sds_chunk}")
-        for k in ("steps", "batch_frames"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"config key 'dynamic.{k}': must be >= 1, got {getattr(self, k)}")
-        for k in ("lambda_rgb", "lambda_alpha", "lambda_kml", "lambda_scl", "lambda_rigid", "lambda_track",
-                  "lambda_bone", "lambda_sds"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"config key 'dynamic.{k}': must be >= 0, got {getattr(self, k)}")
+        """ConfigError naming the key on a value outside its `RULES` (this section's and its subsections'), or on
+        fields that must agree with each other."""
+        check_rules(self, "dynamic.")
+        if len(self.hexplane.resolution) != 4:
+            raise ConfigError(f"config key 'dynamic.hexplane.resolution': expected [x, y, z, t], "
+                              f"got {self.hexplane.resolution}")
+        ordered_pair(self.sds_elevation_range, "dynamic.sds_elevation_range")
+        ordered_pair([self.sds.t_min, self.sds.t_max], "dynamic.sds.t_min/t_max")

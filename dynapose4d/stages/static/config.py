@@ -6,8 +6,19 @@ it is defined (`dynapose4d config show` prints these docs); measured effects are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dynapose4d.core.errors import ConfigError
+from dynapose4d.core.structured import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    POSITIVE,
+    Bound,
+    Rule,
+    check_rules,
+    ordered_pair,
+)
 from dynapose4d.gaussians.densify import DensifyConfig
 from dynapose4d.priors.sds import SDSConfig
 
@@ -53,16 +64,23 @@ class StaticConfig:
     orbit_elevation: float = 0.0  # elevation of the orbit video (degrees)
     video_fps: int = 12  # orbit video frame rate
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "steps": AT_LEAST_1, "init": INITS, "num_points": AT_LEAST_1, "init_radius": POSITIVE,
+        "init_opacity": Bound(0, 1, above=True, below=True), "inflate": AT_LEAST_0, "ref_size": AT_LEAST_0,
+        "prior": PRIORS, "lambda_rgb": AT_LEAST_0, "lambda_mask": AT_LEAST_0, "lambda_views": AT_LEAST_0,
+        "lambda_sds": AT_LEAST_0, "lr_means": POSITIVE, "lr_means_final": POSITIVE, "lr_sh0": AT_LEAST_0,
+        "lr_opacities": AT_LEAST_0, "lr_scales": AT_LEAST_0, "lr_quats": AT_LEAST_0, "novel_views": AT_LEAST_1,
+        "novel_elevation": Bound(-90, 90), "novel_sizes": Bound(8), "novel_size_until": FRACTION,
+        "black_background": FRACTION, "render_size": AT_LEAST_0, "orbit_frames": AT_LEAST_1,
+        "orbit_elevation": Bound(-90, 90), "video_fps": AT_LEAST_1,
+    }
+
 
 def check_config(cfg: StaticConfig) -> None:
-    """ConfigError naming the key on values the dataclass types cannot rule out."""
-    if cfg.prior not in PRIORS:
-        raise ConfigError(f"config key 'static.prior': {cfg.prior!r} is not one of {list(PRIORS)}")
-    if cfg.init not in INITS:
-        raise ConfigError(f"config key 'static.init': {cfg.init!r} is not one of {list(INITS)}")
-    if cfg.steps < 1:
-        raise ConfigError(f"config key 'static.steps': must be >= 1, got {cfg.steps}")
+    """ConfigError naming the key on values the dataclass types cannot rule out (its `RULES`, then the fields that
+    must agree with each other)."""
+    check_rules(cfg, "static.")
     if len(cfg.novel_sizes) != len(cfg.novel_size_until) + 1:
         raise ConfigError("config key 'static.novel_size_until': needs one entry fewer than static.novel_sizes")
-    if len(cfg.novel_elevation) != 2 or cfg.novel_elevation[0] > cfg.novel_elevation[1]:
-        raise ConfigError("config key 'static.novel_elevation': expected [min, max] degrees")
+    ordered_pair(cfg.novel_elevation, "static.novel_elevation")
+    ordered_pair([cfg.sds.t_min, cfg.sds.t_max], "static.sds.t_min/t_max")
