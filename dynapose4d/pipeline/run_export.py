@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from dynapose4d.core.errors import InputError
 from dynapose4d.export import DEFAULT_FORMATS, ExportConfig, export_files, export_run, export_settings_problem
 from dynapose4d.pipeline.config import load_run_config
-from dynapose4d.pipeline.run_folder import EXPORT_DIR, export_source, now_iso, read_manifest, write_manifest
+from dynapose4d.pipeline.run_folder import EXPORT_DIR, export_source, now_iso, read_manifest, run_lock, write_manifest
 from dynapose4d.stages import logger as dlog
 
 
@@ -114,12 +115,16 @@ def export_cli(args: argparse.Namespace) -> int:
     formats = args.format or (None if sorted(section.formats) == sorted(DEFAULT_FORMATS) else section.formats)
     picked = {k: getattr(args, k, None) for k in ("mesh_level", "mesh_resolution", "mesh_texture")}
     picked = {k: getattr(section, k) if v is None else v for k, v in picked.items()}
-    record = export_run(run_dir, out, up=args.up, formats=formats, **picked)
-    manifest = read_manifest(run_dir)
-    if manifest is not None and out.resolve() == (run_dir / EXPORT_DIR).resolve():
-        same = not args.format and args.up is None and all(picked[k] == getattr(section, k) for k in picked)
-        record_export(run_dir, manifest, record, run_cfg.wandb if run_cfg is not None else None,
-                      export_settings(section) if same else None)  # other settings: rebuilt after a rerun
+    into_run = out.resolve() == (run_dir / EXPORT_DIR).resolve()
+    with run_lock(run_dir, "dynapose4d export") if into_run else nullcontext() as took_over:  # no run writing it
+        if took_over:
+            print(took_over)
+        record = export_run(run_dir, out, up=args.up, formats=formats, **picked)
+        manifest = read_manifest(run_dir)
+        if manifest is not None and into_run:
+            same = not args.format and args.up is None and all(picked[k] == getattr(section, k) for k in picked)
+            record_export(run_dir, manifest, record, run_cfg.wandb if run_cfg is not None else None,
+                          export_settings(section) if same else None)  # other settings: rebuilt after a rerun
     files = export_files(record)
     for note in record.get("notes", []):
         print(note)

@@ -23,6 +23,7 @@ hashes and the skip/resume/fresh plan), `run_folder` (the manifest's I/O), `run_
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -48,10 +49,12 @@ from dynapose4d.pipeline.run_command import command_line
 from dynapose4d.pipeline.run_export import drop_stale_export, export_after_run
 from dynapose4d.pipeline.run_folder import (
     EXPORT_DIR,
+    LOCK,
     MANIFEST,
     MANIFEST_VERSION,
     now_iso,
     read_manifest,
+    run_lock,
     run_videos,
     write_manifest,
 )
@@ -137,6 +140,7 @@ class StageRunner:
             return self._follow()
         check_strategy(self.cfg.trainer)
         existing = self._check_folder()
+        as_found = json.dumps(existing, sort_keys=True)  # the manifest as read, to see whether it changes meanwhile
         scene = self._load_scene()
         fp = scene_fingerprint(scene)
         manifest = existing or {
@@ -173,48 +177,54 @@ class StageRunner:
         if puppet:  # dynamic.puppet.root / still name keypoints: an unknown one stops the run before writing
             named_keypoints(self.cfg.dynamic.puppet, scene.names)
 
-        created = not self.run_dir.exists() or not any(self.run_dir.iterdir())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        if scene.auto_keypoints is not None:  # the keypoints made from the mask, for the user to check or edit
-            write_auto_keypoints(scene, self.run_dir / "inputs")
-            self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
-                      f"{self.run_dir / 'inputs' / 'keypoints.json'} (edit it and pass --keypoints FILE to use yours)")
-        for line in write_cutout(scene, self.run_dir / "inputs"):
-            self.echo(line)
-        for line in video_notes(scene):
-            self.echo(line)
-        if puppet:
-            self.echo(f"no driving video: the picture is moved on its own skeleton by rule (dynamic.driver=puppet; "
-                      f"motion in the picture's plane only) into {self.run_dir / 'inputs' / 'video'}")
-        if self.command:
-            old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
-            write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
-        for name, action, rec, _ in plan:
-            if action != "skip":
-                manifest["stages"][name] = rec
-        drop_stale_export(self.run_dir, manifest)
-        write_manifest(self.run_dir, manifest)
+        created = not self.run_dir.exists() or not any(p.name != LOCK for p in self.run_dir.iterdir())
+        with run_lock(self.run_dir, self.command) as took_over:
+            if took_over:
+                self.echo(took_over)
+            if json.dumps(self._check_folder(), sort_keys=True) != as_found:
+                raise InputError(f"{self.run_dir}: another run wrote to it while this one was loading the scene; "
+                                 "run again (with --resume to continue what it did)")
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            if scene.auto_keypoints is not None:  # the keypoints made from the mask, for the user to check or edit
+                write_auto_keypoints(scene, self.run_dir / "inputs")
+                self.echo(f"no keypoints file: {len(scene.names)} automatic keypoints from the mask written to "
+                          f"{self.run_dir / 'inputs' / 'keypoints.json'} "
+                          "(edit it and pass --keypoints FILE to use yours)")
+            for line in write_cutout(scene, self.run_dir / "inputs"):
+                self.echo(line)
+            for line in video_notes(scene):
+                self.echo(line)
+            if puppet:
+                self.echo("no driving video: the picture is moved on its own skeleton by rule (dynamic.driver="
+                          f"puppet; motion in the picture's plane only) into {self.run_dir / 'inputs' / 'video'}")
+            if self.command:
+                old = (self.run_dir / "command.txt").read_text() if (self.run_dir / "command.txt").is_file() else ""
+                write_text(self.run_dir / "command.txt", old + f"{now_iso()}  {self.command}\n")
+            for name, action, rec, _ in plan:
+                if action != "skip":
+                    manifest["stages"][name] = rec
+            drop_stale_export(self.run_dir, manifest)
+            write_manifest(self.run_dir, manifest)
 
-        executing = [name for name, action, _, _ in plan if action != "skip"]
-        for name, action, _rec, reason in plan:
-            if action == "skip":
-                self.echo(f"[{name}] done earlier with the same config: skipped")
-                continue
-            if action == "fresh" and (self.run_dir / name).exists():
-                shutil.rmtree(self.run_dir / name)
-            self.echo(f"[{name}] {'resuming from its last checkpoint' if action == 'resume' else 'starting'}"
-                      + (f" ({reason})" if reason else ""))
-            try:
-                self._execute(name, scene, manifest, resume=action == "resume", is_last=name == executing[-1])
-            except InputError:
-                # bad input found by a stage before anything finished: leave no run folder behind
-                if created and not any(r.get("status") == "done" for r in manifest["stages"].values()):
-                    shutil.rmtree(self.run_dir, ignore_errors=True)
-                raise
-        export_after_run(self.run_dir, manifest, self.cfg.wandb, self.echo, self.cfg.export)
-        self._report_outputs(manifest)
-        return manifest
+            executing = [name for name, action, _, _ in plan if action != "skip"]
+            for name, action, _rec, reason in plan:
+                if action == "skip":
+                    self.echo(f"[{name}] done earlier with the same config: skipped")
+                    continue
+                if action == "fresh" and (self.run_dir / name).exists():
+                    shutil.rmtree(self.run_dir / name)
+                self.echo(f"[{name}] {'resuming from its last checkpoint' if action == 'resume' else 'starting'}"
+                          + (f" ({reason})" if reason else ""))
+                try:
+                    self._execute(name, scene, manifest, resume=action == "resume", is_last=name == executing[-1])
+                except InputError:
+                    # bad input found by a stage before anything finished: leave no run folder behind
+                    if created and not any(r.get("status") == "done" for r in manifest["stages"].values()):
+                        shutil.rmtree(self.run_dir, ignore_errors=True)
+                    raise
+            export_after_run(self.run_dir, manifest, self.cfg.wandb, self.echo, self.cfg.export)
+            self._report_outputs(manifest)
+            return manifest
 
     # ------------------------------------------------------------------------------------------------
     def _check_weights(self, scene: Scene, stages: list[str]) -> None:
@@ -239,7 +249,7 @@ class StageRunner:
             raise InputError(f"{d}: cannot be made: {where} is a file, not a folder")
         if not os.access(where, os.W_OK | os.X_OK):
             raise InputError(f"{d}: cannot be written: {where} is not writable")
-        nonempty = d.is_dir() and any(d.iterdir())
+        nonempty = d.is_dir() and any(p.name != LOCK for p in d.iterdir())
         if not nonempty:
             return None
         if not self.resume:
