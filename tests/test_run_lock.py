@@ -160,3 +160,30 @@ def test_the_lock_is_released_on_errors_and_kept_fresh_while_held(tmp_path, monk
         assert time.time() - (run / LOCK).stat().st_mtime < 5  # touched by the holder's heartbeat
     assert not (run / LOCK).exists()
     assert not [t for t in threading.enumerate() if t.name == "dynapose4d-lock"]  # the heartbeat ended with it
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_that_wrote_while_this_one_loaded_its_scene_is_not_overwritten(scene, tmp_path, monkeypatch, resume):
+    """Run B starts and finishes in the folder while run A is loading its scene (after A's look at the folder, before
+    A takes the lock): A stops with one line and B's finished run stays as it was."""
+    run = tmp_path / "run"
+    if resume:
+        _run(scene, run)
+    load = StageRunner._load_scene
+    calls = []
+
+    def load_while_another_runs(self):
+        if not calls:
+            calls.append(1)
+            cfg = load_config(None, _fakes.fake_overrides(3) + ["seed=7"])
+            StageRunner(scene, run, cfg, resume=resume, stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
+        return load(self)
+
+    monkeypatch.setattr(StageRunner, "_load_scene", load_while_another_runs)
+    before = _snapshot(run) if resume else None
+    with pytest.raises(InputError, match=r"another run wrote to it while this one was loading the scene"
+                       if resume else r"run folder exists and is not empty"):
+        _run(scene, run, resume=resume)
+    assert read_manifest(run)["seed"] == 7 and not (run / LOCK).exists()
+    if resume:
+        assert before != _snapshot(run)  # B reran (new seed); A changed nothing after it
