@@ -402,7 +402,7 @@ if __name__ == "__main__":
 # Each of these was a traceback (from the optimiser, a ZeroDivisionError, Lightning's Trainer, the optimiser) after
 # the run folder was made.
 @pytest.mark.parametrize("override, message", [
-    ("cape.lr=-1", "config key 'cape.lr': must be > 0, got -1.0"),
+    ("cape.lr=-1", "config key 'cape.lr': must be >= 0, got -1.0"),
     ("dynamic.video_fps=0", "config key 'dynamic.video_fps': must be >= 1, got 0"),
     ("trainer.precision=fp8", "config key 'trainer.precision': 'fp8' is not one of"),
     ("static.lr_means=nan", "config key 'static.lr_means': must be a finite number"),

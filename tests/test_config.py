@@ -218,7 +218,7 @@ def test_rules_name_the_file_that_broke_them_and_are_checked_by_the_stages_too(t
     with pytest.raises(ConfigError, match=r"base\.yaml: config key 'dynamic\.video_fps': must be >= 1, got 0"):
         load_config(p)
     (tmp_path / "base.yaml").write_text("seed: 3\n")
-    with pytest.raises(ConfigError, match=r"mine\.yaml: config key 'cape\.lr': must be > 0"):
+    with pytest.raises(ConfigError, match=r"mine\.yaml: config key 'cape\.lr': must be >= 0"):
         load_config(p)
     with pytest.raises(ConfigError, match=r"dynamic\.sds_chunk': must be >= 0"):  # built in code, not loaded
         DynamicConfig(sds_chunk=-1).validate()

@@ -77,7 +77,7 @@ class CapeTrainConfig:
 
     RULES: ClassVar[dict[str, Rule]] = {
         "seed": Bound(0, 2**32 - 1), "steps": AT_LEAST_1, "time_limit_minutes": AT_LEAST_0, "batch_size": AT_LEAST_1,
-        "lr": POSITIVE, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "lambda_heat": AT_LEAST_0,
+        "lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "lambda_heat": AT_LEAST_0,
         "heat_sigma": POSITIVE, "num_workers": AT_LEAST_0, "print_every": AT_LEAST_0,
     }
 

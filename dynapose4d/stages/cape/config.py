@@ -63,7 +63,7 @@ class CapeStageConfig:
     overlay_fps: int = 8  # frame rate of overlay.mp4 / overlay.gif
 
     RULES: ClassVar[dict[str, Rule]] = {
-        "arch": ("graph", "poseanything"), "steps": AT_LEAST_0, "batch_size": AT_LEAST_1, "lr": POSITIVE,
+        "arch": ("graph", "poseanything"), "steps": AT_LEAST_0, "batch_size": AT_LEAST_1, "lr": AT_LEAST_0,
         "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "num_views": AT_LEAST_1, "reference_views": AT_LEAST_0,
         "elevation": Bound(-90, 90), "pose_angle": Bound(0, 180), "posed_fraction": FRACTION,
         "depth_tolerance": AT_LEAST_0, "lambda_heat": AT_LEAST_0, "heat_sigma": POSITIVE, "num_workers": AT_LEAST_0,
