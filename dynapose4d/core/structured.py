@@ -121,13 +121,14 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
     `defaults: [file.yaml]`), then `key.sub=value` overrides. Raises ConfigError naming the file or override and
     the key on unknown keys, wrong types, values outside their `RULES` (`check_rules`) or unreadable YAML."""
     cfg = OmegaConf.structured(schema)
+    layers: list[tuple[str, Any]] = []  # (where, the config merged so far), to name the layer that broke a rule
     if path is not None:
         for layer in _yaml_chain(resolve_preset(path)):
             try:
                 cfg = OmegaConf.merge(cfg, layer[1])
             except OmegaConfBaseException as e:
                 raise _fail(e, str(layer[0])) from None
-            _check_layer(cfg, str(layer[0]))
+            layers.append((str(layer[0]), cfg))
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"--set {ov!r}: expected key=value")
@@ -135,18 +136,24 @@ def merge_structured(schema: type[T], path: str | Path | None = None,
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except OmegaConfBaseException as e:
             raise _fail(e, f"--set {ov}") from None
-        _check_layer(cfg, f"--set {ov}")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        layers.append((f"--set {ov}", cfg))
+    obj = OmegaConf.to_object(cfg)
+    try:
+        check_rules(obj)
+    except ConfigError:
+        for where, merged in layers:  # the rules hold field by field: the first layer that breaks one set it
+            _check_layer(merged, where)
+        raise
+    return obj  # type: ignore[return-value]
 
 
 def _check_layer(cfg: Any, where: str) -> None:
-    """`check_rules` on the config as merged so far, the error naming `where` (the file or override just merged:
-    the rules hold field by field, so the first layer that breaks one is the one that set it)."""
+    """`check_rules` on the config as merged up to one layer, the error naming `where` (its file or override)."""
     try:
         check_rules(OmegaConf.to_object(cfg))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    except OmegaConfBaseException:  # a mandatory value still missing: a later layer may set it
+    except OmegaConfBaseException:  # a mandatory value still missing: a later layer sets it
         pass
 
 
