@@ -10,14 +10,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from dynapose4d.core.errors import InputError, MissingWeightsError
+
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 def _env_defaults() -> None:
     # No WANDB_MODE default here: the config's `wandb.mode` (offline unless a preset or --set says otherwise) is
     # passed to every W&B run we start, and a WANDB_MODE the user exported wins over the preset (config.load_config).
     os.environ.setdefault("WANDB_SILENT", "true")  # the stage logs say where the runs are (online: their URL)
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Warnings this package raises print as one line, `dynapose4d: warning: MESSAGE` (Python's default adds the
+    file, line number and a line of source code, which say nothing to a user); other packages' keep their format."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if str(filename).startswith(PACKAGE_DIR) and not issubclass(category, DeprecationWarning):
+            print(f"dynapose4d: warning: {message}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def package_version() -> str:
@@ -85,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings():
+            return int(args.func(args) or 0)
     except (InputError, MissingWeightsError) as e:
         print(f"dynapose4d: error: {e}", file=sys.stderr)
         return 2

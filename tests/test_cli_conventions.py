@@ -414,3 +414,45 @@ def test_a_setting_out_of_range_is_one_line_before_anything_is_written(override,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--set {override}: {message}" in err, err
     assert not Path("R").exists()
+
+
+def test_the_packages_warnings_print_as_one_line_and_others_as_python_does(capsys):
+    import warnings
+
+    from dynapose4d.cli import PACKAGE_DIR, one_line_warnings
+
+    with warnings.catch_warnings(record=True) as log:  # stands for Python's own printing of the others
+        warnings.simplefilter("always")
+        with one_line_warnings():
+            warnings.warn_explicit("keypoints a and b coincide", UserWarning, f"{PACKAGE_DIR}/data/scene.py", 3)
+            warnings.warn_explicit("something else", UserWarning, "/elsewhere/lib.py", 4)
+    assert capsys.readouterr().err.splitlines() == ["dynapose4d: warning: keypoints a and b coincide"]
+    assert [(str(w.message), w.filename) for w in log] == [("something else", "/elsewhere/lib.py")]
+    assert warnings.showwarning.__module__ == "warnings"  # put back
+
+
+def test_lightnings_lines_that_say_nothing_are_dropped():
+    import logging
+
+    from dynapose4d.stages.base import quiet_lightning
+
+    quiet_lightning()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler, level = Keep(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for msg in ("GPU available: False, used: False", "TPU available: False, using: 0 TPU cores",
+                    "`Trainer.fit` stopped: `max_steps=4` reached.", "GPU available: True (cuda), used: False",
+                    "Using bfloat16 Automatic Mixed Precision (AMP)"):
+            log.info(msg)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert seen == ["GPU available: True (cuda), used: False", "Using bfloat16 Automatic Mixed Precision (AMP)"]

@@ -193,11 +193,15 @@ def quiet_fit() -> Iterator[None]:
 
 
 def quiet_lightning() -> None:
-    """Drop two lines of Lightning noise from every stage's output (an advert for litlogger printed by each
-    Trainer, and a torch-version deprecation warning from Lightning's own pytree helper)."""
+    """Drop Lightning's noise from every stage's output: an advert for litlogger, "GPU available: False",
+    "TPU available: False" and "`Trainer.fit` stopped: `max_steps=N` reached" printed by each Trainer, and a
+    torch-version deprecation warning from Lightning's own pytree helper. "GPU available: True, used: False"
+    stays (a GPU left unused)."""
     class _NoAdverts(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return "litlogger" not in str(record.msg)
+            msg = str(record.msg)
+            return "litlogger" not in msg and not msg.startswith(
+                ("GPU available: False", "TPU available: False", "`Trainer.fit` stopped: `max_steps="))
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
