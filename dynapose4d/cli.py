@@ -8,7 +8,9 @@ User errors (`InputError`) print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 from dynapose4d.core.errors import InputError, MissingWeightsError
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
+FULL_DISK = 64 * 2**20  # bytes free under which a failure while writing a run folder is put down to a full disk
 
 
 def _env_defaults() -> None:
@@ -43,6 +46,26 @@ def one_line_warnings() -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = shown
+
+
+def full_disk(error: BaseException, folder: str | os.PathLike | None) -> str | None:
+    """A one-line explanation when `error` came from a full disk (ENOSPC or EDQUOT in its chain, or under
+    `FULL_DISK` bytes left where `folder` is: torch.save reports a full disk as "unexpected pos ..."), else None."""
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if folder is None:
+        return None
+    where = Path(folder).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if any(getattr(c, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for c in chain) or free < FULL_DISK:
+        first = str(error).splitlines()[0] if str(error) else ""
+        return (f"{folder}: the disk is full ({free / 2**20:.0f} MB free; {type(error).__name__}: {first}); free "
+                "some space and run the command again (a run goes on from its last checkpoint with --resume)")
+    return None
 
 
 def package_version() -> str:
@@ -118,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dynapose4d: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug prints its traceback; a full disk is the user's to fix: one line
+        why = full_disk(e, getattr(args, "out", None) or getattr(args, "run", None))
+        if why is None:
+            raise
+        print(f"dynapose4d: error: {why}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -456,3 +456,39 @@ def test_lightnings_lines_that_say_nothing_are_dropped():
         log.removeHandler(handler)
         log.setLevel(level)
     assert seen == ["GPU available: True (cuda), used: False", "Using bfloat16 Automatic Mixed Precision (AMP)"]
+
+
+def test_a_full_disk_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys, no_wandb_env):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from dynapose4d import cli
+    from dynapose4d.pipeline.runner import StageRunner
+
+    monkeypatch.chdir(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    raised: list[BaseException] = []
+    monkeypatch.setattr(StageRunner, "run", lambda self: (_ for _ in ()).throw(raised[-1]))
+    args = ["run", "S", "--out", "R", "--config", "smoke"]
+
+    # torch.save on a full disk: "unexpected pos", no errno; the disk has 10 MB left
+    raised.append(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12, 10 * 2**20))
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dynapose4d: error: R: the disk is full (10 MB free; "
+                                                   "RuntimeError: [enforce fail"), err
+    # ENOSPC inside another error, with space left again by the time it is reported
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 10**12))
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", "R/cape/model.ckpt")
+    except OSError as e:
+        wrapped = RuntimeError("checkpoint failed")
+        wrapped.__cause__ = e
+    raised.append(wrapped)
+    assert cli.main(args) == 1 and "the disk is full" in capsys.readouterr().err
+    # anything else with space left is a bug: its traceback
+    raised.append(RuntimeError("unexpected pos 704 vs 598"))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        cli.main(args)

@@ -382,3 +382,55 @@ def test_the_puppet_without_bones_is_a_one_line_error_before_anything_is_written
     err = capsys.readouterr().err.strip()
     assert "dynamic.puppet.still" in err and "'tail'" in err and "a, b, c" in err and len(err.splitlines()) == 1
     assert not run.exists()
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """A full disk in the middle of writing last.ckpt: Lightning's own writer leaves a truncated file there (which
+    --resume could not read); AtomicCheckpointIO leaves the previous checkpoint as it was, and no temporary file."""
+    import errno
+    import zipfile
+
+    import torch
+    from lightning.fabric.plugins import TorchCheckpointIO
+    from lightning.fabric.plugins.io import torch_io
+
+    from dynapose4d.stages.base import AtomicCheckpointIO
+
+    def half_then_full(checkpoint, filepath):  # what a full disk does: some bytes, then ENOSPC
+        import io
+
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        with open(filepath, "wb") as f:
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+
+    for writer, survives in ((TorchCheckpointIO(), False), (AtomicCheckpointIO(), True)):
+        path = tmp_path / type(writer).__name__ / "last.ckpt"
+        writer.save_checkpoint({"step": 1, "w": torch.arange(1000.0)}, path)
+        with monkeypatch.context() as m:
+            m.setattr(torch_io, "_atomic_save", half_then_full)
+            with pytest.raises(OSError, match="No space left"):
+                writer.save_checkpoint({"step": 2, "w": torch.arange(2000.0)}, path)
+        assert zipfile.is_zipfile(path) == survives
+        if survives:
+            assert torch.load(path, weights_only=True)["step"] == 1
+        assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_resume_sets_a_damaged_checkpoint_aside_and_starts_the_stage_again(scene, tmp_path):
+    from dynapose4d.stages.base import StageContext, resume_checkpoint
+
+    run = tmp_path / "run"
+    last = run / "cape" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # the start of a zip archive, cut short
+    ctx = StageContext(scene=None, run_dir=run, resume=True)
+    with pytest.warns(UserWarning, match=r"last\.ckpt: damaged .* set aside as last\.ckpt\.damaged, the cape stage "
+                                         r"starts again from its first step"):
+        assert resume_checkpoint(ctx, "cape") is None
+    assert not last.exists() and last.with_name("last.ckpt.damaged").is_file()
+    import torch
+
+    torch.save({"step": 3}, last)
+    assert resume_checkpoint(ctx, "cape") == str(last)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.strategies import StrategyRegistry
 
 from dynapose4d.core.errors import ConfigError, InputError
+from dynapose4d.core.io import atomic_path
 from dynapose4d.core.precision import resolve_precision
 from dynapose4d.data.scene import Scene
 from dynapose4d.priors.puppet import PuppetConfig
@@ -77,6 +81,16 @@ def check_strategy(tc: TrainerConfig) -> None:
         raise ConfigError(f"config key 'trainer.strategy': {tc.strategy!r} is not one of {list(strategies)}")
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing to a temporary name beside the checkpoint and renaming it over the old
+    one: a write cut short (a full disk, a kill) leaves the previous checkpoint whole, not a truncated file that
+    `--resume` cannot read (Lightning's own writer left one on a full disk)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
 def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: bool = True, **kwargs: Any):
     """A Lightning Trainer for one stage: step-based, checkpoints to RUN/<stage>/checkpoints/last.ckpt,
     the stage's W&B logger (if any), CPU/GPU per `ctx.trainer`. `multi_device=False` pins one device
@@ -108,6 +122,7 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(ctx.stage_dir(stage)),
+        plugins=[AtomicCheckpointIO()],
     )
     if "callbacks" in kwargs:
         kwargs = dict(kwargs)
@@ -118,9 +133,18 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
 
 
 def resume_checkpoint(ctx: StageContext, stage: str) -> str | None:
-    """Path of the stage's last checkpoint when resuming an interrupted stage, else None."""
+    """Path of the stage's last checkpoint when resuming an interrupted stage, else None. A checkpoint that is not
+    a whole torch archive (cut short by a full disk or a kill, or by a version that wrote in place) is set aside as
+    last.ckpt.damaged and the stage starts from its first step, with a warning."""
     last = ctx.run_dir / stage / "checkpoints" / "last.ckpt"
-    return str(last) if ctx.resume and last.is_file() else None
+    if not (ctx.resume and last.is_file()):
+        return None
+    if not zipfile.is_zipfile(last):
+        os.replace(last, last.with_name("last.ckpt.damaged"))
+        warnings.warn(f"{last}: damaged (a write cut short); set aside as last.ckpt.damaged, the {stage} stage "
+                      "starts again from its first step", stacklevel=2)
+        return None
+    return str(last)
 
 
 class StageProgressBar(TQDMProgressBar):
