@@ -63,8 +63,8 @@ def full_disk(error: BaseException, folder: str | os.PathLike | None) -> str | N
     free = shutil.disk_usage(where).free
     if any(getattr(c, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for c in chain) or free < FULL_DISK:
         first = str(error).splitlines()[0] if str(error) else ""
-        return (f"{folder}: the disk is full ({free / 2**20:.0f} MB free; {type(error).__name__}: {first}); free "
-                "some space and run the command again (a run goes on from its last checkpoint with --resume)")
+        return (f"{folder}: the disk ran out of space ({free / 2**20:.0f} MB free now; {type(error).__name__}: "
+                f"{first}); free some and run the command again (a run goes on from its last checkpoint with --resume)")
     return None
 
 

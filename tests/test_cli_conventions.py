@@ -477,7 +477,7 @@ def test_a_full_disk_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeyp
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12, 10 * 2**20))
     assert cli.main(args) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("dynapose4d: error: R: the disk is full (10 MB free; "
+    assert err.count("\n") == 1 and err.startswith("dynapose4d: error: R: the disk ran out of space (10 MB free now; "
                                                    "RuntimeError: [enforce fail"), err
     # ENOSPC inside another error, with space left again by the time it is reported
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 10**12))
@@ -487,7 +487,7 @@ def test_a_full_disk_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeyp
         wrapped = RuntimeError("checkpoint failed")
         wrapped.__cause__ = e
     raised.append(wrapped)
-    assert cli.main(args) == 1 and "the disk is full" in capsys.readouterr().err
+    assert cli.main(args) == 1 and "the disk ran out of space" in capsys.readouterr().err
     # anything else with space left is a bug: its traceback
     raised.append(RuntimeError("unexpected pos 704 vs 598"))
     with pytest.raises(RuntimeError, match="unexpected pos"):
