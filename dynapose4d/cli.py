@@ -32,20 +32,20 @@ def _env_defaults() -> None:
 @contextmanager
 def one_line_warnings() -> Iterator[None]:
     """Warnings this package raises print as one line, `dynapose4d: warning: MESSAGE` (Python's default adds the
-    file, line number and a line of source code, which say nothing to a user); other packages' keep their format."""
-    shown = warnings.showwarning
+    file, line number and a line of source code, which say nothing to a user); other packages' keep their format.
+    Only the text changes (`warnings.formatwarning`): filters and recorders such as pytest.warns work as before."""
+    default = warnings.formatwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+    def one_line(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings' signature
         if str(filename).startswith(PACKAGE_DIR) and not issubclass(category, DeprecationWarning):
-            print(f"dynapose4d: warning: {message}", file=file or sys.stderr)
-        else:
-            shown(message, category, filename, lineno, file, line)
+            return f"dynapose4d: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
 
-    warnings.showwarning = show
+    warnings.formatwarning = one_line
     try:
         yield
     finally:
-        warnings.showwarning = shown
+        warnings.formatwarning = default
 
 
 def full_disk(error: BaseException, folder: str | os.PathLike | None) -> str | None:

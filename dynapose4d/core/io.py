@@ -129,9 +129,9 @@ def _pixels(im: Image.Image) -> np.ndarray:
 
 
 def write_image(path: str | Path, img: torch.Tensor | np.ndarray) -> None:
-    """Write a float [H, W, C] image in [0, 1] as PNG (atomically)."""
-    with atomic_path(path, keep_suffix=True) as tmp:
-        iio.imwrite(tmp, to_uint8(img))
+    """Write a float [H, W, C] image in [0, 1] as PNG (atomically; encoded in memory first, so a full disk is one
+    OSError from the write, with no encoder left to retry it when it is collected)."""
+    write_bytes(path, iio.imwrite("<bytes>", to_uint8(img), extension=Path(path).suffix or ".png"))
 
 
 def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 12) -> Path:
@@ -157,7 +157,7 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int = 
                 writer.send(np.ascontiguousarray(f))
             writer.close()
         else:
-            iio.imwrite(tmp, arr, extension=".gif", duration=int(1000 / fps), loop=0)
+            tmp.write_bytes(iio.imwrite("<bytes>", arr, extension=".gif", duration=int(1000 / fps), loop=0))
     return path
 
 
