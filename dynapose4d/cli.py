@@ -20,6 +20,7 @@ from pathlib import Path
 from dynapose4d.core.errors import InputError, MissingWeightsError
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
+RESUMABLE = ("run", "fit-static", "fit-dynamic")  # commands whose `--out` run folder `--resume` continues
 FULL_DISK = 64 * 2**20  # bytes free under which a failure while writing a run folder is put down to a full disk
 
 
@@ -138,9 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, MissingWeightsError) as e:
         print(f"dynapose4d: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("dynapose4d: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C, SIGTERM (Lightning raises SIGTERMException, a SystemExit of status 0) and the exit Lightning makes
+        # after a Ctrl-C: one line and the status a shell gives a process stopped by that signal; any other exit
+        # goes on as it was
+        from dynapose4d.stages.base import is_stop
+
+        stop = is_stop(e)
+        if stop is None:
+            raise
+        resumable = getattr(args, "out", None) if getattr(args, "command", "") in RESUMABLE else None
+        print(f"dynapose4d: stopped ({stop})" + (f"; `--resume` goes on from where {resumable} stopped"
+                                                  if resumable else ""), file=sys.stderr)
+        return 143 if stop == "SIGTERM" else 130  # 128 + the signal, as a shell reports a process it killed
     except Exception as e:  # a bug prints its traceback; a full disk is the user's to fix: one line
         why = full_disk(e, getattr(args, "out", None) or getattr(args, "run", None))
         if why is None:

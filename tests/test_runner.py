@@ -434,3 +434,61 @@ def test_resume_sets_a_damaged_checkpoint_aside_and_starts_the_stage_again(scene
 
     torch.save({"step": 3}, last)
     assert resume_checkpoint(ctx, "cape") == str(last)
+
+
+def test_sigterm_mid_stage_saves_the_step_reached_and_resume_goes_on_from_it(scene, tmp_path):
+    """A batch scheduler's SIGTERM while the cape stage trains (periodic checkpoints far apart): the stage is marked
+    stopped, last.ckpt holds the step reached, the lock is released, and --resume continues from that step."""
+    run = tmp_path / "run"
+    overrides = _fakes.fake_overrides(60) + ["trainer.checkpoint_every_n_steps=1000"]
+    args = {"scene": str(scene), "run": str(run), "resume": False, "overrides": overrides}
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "FAKE_SLEEP_CAPE": "0.05"}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "_fakes.py"), json.dumps(args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120 and proc.poll() is None:
+            if (run / "calls.txt").is_file() and "cape" in (run / "calls.txt").read_text():
+                time.sleep(1.5)  # some steps into the stage
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.wait(60)
+    m = read_manifest(run)
+    assert m["stages"]["cape"]["status"] == "failed" and m["stages"]["cape"]["error"] == "stopped (SIGTERM)"
+    assert (run / "cape" / "checkpoints" / "last.ckpt").is_file() and not (run / ".lock").exists()
+
+    _fakes.CALLS.clear()
+    _run(scene, run, resume=True, extra=["static.steps=60", "cape.steps=60", "dynamic.steps=60",
+                                         "trainer.checkpoint_every_n_steps=1000"])
+    assert _fakes.CALLS == [("cape", True), ("dynamic", False)]
+    start = json.loads((run / "cape" / "start_step.json").read_text())["start_step"]
+    assert 0 < start < 60  # from the step SIGTERM stopped at (no periodic checkpoint was written before step 1000)
+
+
+@pytest.mark.parametrize("stop, status, words", [("sigterm", 143, "stopped (SIGTERM)"),
+                                                  ("ctrl-c", 130, "stopped (interrupted)")])
+def test_a_stopped_run_is_one_line_with_the_signals_status(tmp_path, monkeypatch, capsys, stop, status, words):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from dynapose4d.cli import main
+
+    def stopped(self):
+        if stop == "sigterm":
+            raise SIGTERMException  # a SystemExit of status 0: a scheduler would have read "done"
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1) from None  # what Lightning does after a Ctrl-C (the KeyboardInterrupt is its context)
+
+    monkeypatch.setattr(StageRunner, "run", stopped)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "S", "--out", "R", "--config", "smoke"]) == status
+    err = capsys.readouterr().err
+    assert err == f"dynapose4d: {words}; `--resume` goes on from where R stopped\n"
+    with pytest.raises(SystemExit):  # any other exit is left alone
+        monkeypatch.setattr(StageRunner, "run", lambda self: sys.exit(3))
+        main(["run", "S", "--out", "R", "--config", "smoke"])

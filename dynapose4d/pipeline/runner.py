@@ -60,7 +60,7 @@ from dynapose4d.pipeline.run_folder import (
 )
 from dynapose4d.priors.puppet import named_keypoints
 from dynapose4d.stages import logger as dlog
-from dynapose4d.stages.base import StageContext, check_strategy, quiet_lightning, summary_line
+from dynapose4d.stages.base import StageContext, check_strategy, is_stop, quiet_lightning, summary_line
 from dynapose4d.stages.cape import stage as cape
 from dynapose4d.stages.dynamic import stage as dynamic
 from dynapose4d.stages.static import stage as static
@@ -293,8 +293,9 @@ class StageRunner:
             arts = self._check_artifacts(name, out) if write else {}  # other ranks do not write the files
         except BaseException as e:
             msg = str(e).splitlines()[0] if str(e) else ""
+            stop = is_stop(e)
             rec.update(status="failed", ended=now_iso(), seconds=round(time.perf_counter() - t0, 2),
-                       error=f"{type(e).__name__}: {msg}" if not isinstance(e, KeyboardInterrupt) else "interrupted")
+                       error=f"{type(e).__name__}: {msg}" if stop is None else f"stopped ({stop})")
             if write:
                 write_manifest(self.run_dir, manifest)
             dlog.finish_stage(self.run_dir, name)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.strategies import StrategyRegistry
 
 from dynapose4d.core.errors import ConfigError, InputError
@@ -91,6 +91,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
+class CheckpointOnStop(Callback):
+    """Writes the stage's last.ckpt at the step reached when the process is told to stop (SIGTERM, as a batch
+    scheduler preempting a job does; or Ctrl-C), so `--resume` goes on from there rather than from the last
+    periodic checkpoint. Other exceptions (a bug, a full disk) keep the last periodic one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if is_stop(exception) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: optimiser and loops too
+
+
+def is_stop(exception: BaseException) -> str | None:
+    """"SIGTERM" or "interrupted" when `exception` is Lightning's reaction to SIGTERM or to Ctrl-C (a
+    KeyboardInterrupt, or the SystemExit Lightning raises after one), else None."""
+    if type(exception).__name__ == "SIGTERMException":
+        return "SIGTERM"
+    if isinstance(exception, KeyboardInterrupt) or (
+            isinstance(exception, SystemExit) and isinstance(exception.__context__, KeyboardInterrupt)):
+        return "interrupted"
+    return None
+
+
 def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: bool = True, **kwargs: Any):
     """A Lightning Trainer for one stage: step-based, checkpoints to RUN/<stage>/checkpoints/last.ckpt,
     the stage's W&B logger (if any), CPU/GPU per `ctx.trainer`. `multi_device=False` pins one device
@@ -108,7 +132,8 @@ def build_trainer(ctx: StageContext, stage: str, max_steps: int, multi_device: b
         enable_version_counter=False,  # a resumed stage keeps writing last.ckpt, never last-v1.ckpt
     )
     show_bar = bool(tc.progress_bar)
-    callbacks: list[Any] = [ckpt] + ([StageProgressBar(stage)] if show_bar else [])
+    callbacks: list[Any] = [ckpt, CheckpointOnStop(ctx.stage_dir(stage) / "checkpoints" / "last.ckpt")]
+    callbacks += [StageProgressBar(stage)] if show_bar else []
     args: dict[str, Any] = dict(
         max_steps=max_steps,
         accelerator=tc.accelerator,
