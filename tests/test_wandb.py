@@ -133,3 +133,46 @@ def test_ddp_spawn_stage_logs_once_on_rank_zero(tmp_path):
     assert set(runs) == {"static", "cape"}
     assert len([h for h in runs["cape"]["history"] if "cape/loss" in h]) == 3
     assert runs["cape"]["summary"]["cape/pck"] == 0.9
+
+
+def _no_key(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+def test_online_without_a_key_or_a_network_logs_offline_with_one_warning(tmp_path, monkeypatch):
+    """`wandb.mode=online` where it cannot work: W&B stopped the stage with a traceback (no API key) or blocked for
+    90 s and then stopped it (no network). Now the runs are offline, the run finishes, and one warning says why."""
+    import socket
+
+    from dynapose4d.stages import logger
+
+    logger.online_problem.cache_clear()
+    logger._WARNED.clear()
+    _no_key(monkeypatch, tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))  # a server that is there: reachable
+    port = listener.getsockname()[1]
+    try:
+        assert logger.online_problem(f"http://127.0.0.1:{port}", False) == "no API key for 127.0.0.1 (`wandb " \
+                                                                          "login`, or WANDB_API_KEY)"
+        (tmp_path / "netrc").write_text(f"machine 127.0.0.1 login user password {'k' * 40}\n")
+        monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # what `wandb login` writes
+        logger.online_problem.cache_clear()
+        assert logger.online_problem(f"http://127.0.0.1:{port}", False) is None
+        assert logger.online_problem(f"http://127.0.0.1:{port}", True) is None
+    finally:
+        listener.close()
+    logger.online_problem.cache_clear()
+    assert logger.online_problem(f"http://127.0.0.1:{port}", True).startswith(f"cannot reach 127.0.0.1:{port} (")
+
+    logger.online_problem.cache_clear()
+    _no_key(monkeypatch, tmp_path)
+    scene = _fakes.write_tiny_scene(tmp_path / "scene")
+    run = tmp_path / "run"
+    ov = [o for o in _fakes.fake_overrides(3) if not o.startswith("wandb.")] + ["wandb.mode=online"]
+    with pytest.warns(UserWarning, match=r"W&B online mode: no API key for .*; logging offline under .*run/wandb "
+                                         r"instead \(`wandb sync .*run/wandb/offline-run-\*` uploads it later\)") as w:
+        StageRunner(scene, run, load_config(None, ov), stages=_fakes.FAKE_STAGES, echo=lambda s: None).run()
+    assert sum("W&B online mode" in str(x.message) for x in w) == 1  # once per run, not per stage
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 4  # the three stages' and the export's

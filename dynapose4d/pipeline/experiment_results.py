@@ -12,6 +12,7 @@ from typing import Any
 from dynapose4d.core.io import write_text
 from dynapose4d.data.scene_spec import scene_name
 from dynapose4d.pipeline.experiment_file import ExperimentFile, Job
+from dynapose4d.stages.logger import wandb_mode
 
 
 def _get(metrics: dict[str, Any], column: str) -> Any:
@@ -84,7 +85,7 @@ def log_wandb_table(exp: ExperimentFile, jobs: list[Job], cfg: Any, root: Path) 
     data = [[j.variant, j.scene_name, j.status, round(j.seconds, 1)] + [_get(j.metrics, c) for c in exp.metrics]
             for j in jobs]
     run = wandb.init(project=wc.project, entity=wc.entity, group=exp.wandb.group or exp.name, job_type="experiment",
-                     name=f"{exp.name}-results", dir=str(root), mode=wc.mode, tags=list(exp.wandb.tags),
+                     name=f"{exp.name}-results", dir=str(root), mode=wandb_mode(wc, root), tags=list(exp.wandb.tags),
                      config={"experiment": exp.name, "variants": exp.variants, "scenes": exp.scenes})
     run.log({"results": wandb.Table(columns=columns, data=data)})
     run.finish()

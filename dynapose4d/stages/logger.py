@@ -18,12 +18,17 @@ run of its own in the same group (job_type "export": `log_export`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import netrc
 import os
 import re
 import shutil
+import socket
+import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -127,12 +132,63 @@ def make_logger(run_dir: Path, stage: str, wandb: WandbConfig | None = None, con
     return logger
 
 
+ONLINE_TIMEOUT = 5.0  # seconds to reach the W&B server before a run asked to log online logs offline instead
+
+
+def wandb_mode(wc: WandbConfig, where: Path) -> str:
+    """The W&B mode a run started under `where` uses: `wc.mode`, except that "online" becomes "offline", with a
+    warning, when no API key is set up or the server cannot be reached (`online_problem`): W&B would stop the
+    stage with a traceback (no key) or block for 90 s and then stop it (no network)."""
+    if wc.mode != "online":
+        return wc.mode
+    problem = online_problem(os.environ.get("WANDB_BASE_URL") or _default_base_url(), bool(
+        os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE")))
+    if problem is None:
+        return "online"
+    if (problem, str(where)) not in _WARNED:  # once per run folder, not once per stage
+        _WARNED.add((problem, str(where)))
+        warnings.warn(f"W&B online mode: {problem}; logging offline under {where}/wandb instead (`wandb sync "
+                      f"{where}/wandb/offline-run-*` uploads it later)", stacklevel=2)
+    return "offline"
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+@functools.cache
+def online_problem(base_url: str, key_in_env: bool) -> str | None:
+    """Why W&B cannot log online to `base_url` from here: no API key for it (`key_in_env` False and none in the
+    netrc file `wandb login` writes), or its host not reachable within `ONLINE_TIMEOUT` s; None when it can. Asked
+    once per process."""
+    url = urlparse(base_url)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    if not key_in_env:
+        try:
+            found = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            found = None
+        if not found:
+            return f"no API key for {host} (`wandb login`, or WANDB_API_KEY)"
+    try:
+        socket.create_connection((host, port), timeout=ONLINE_TIMEOUT).close()
+    except OSError as e:
+        return f"cannot reach {host}:{port} ({e.strerror or e})"
+    return None
+
+
+def _default_base_url() -> str:
+    import wandb
+
+    return str(wandb.Settings().base_url)
+
+
 def _make_wandb_logger(run_dir: Path, stage: str, wc: WandbConfig, cfg: dict[str, Any], is_last: bool) -> Any:
     from lightning.pytorch.loggers import WandbLogger
 
+    mode = wandb_mode(wc, run_dir)
     wl = WandbLogger(
         project=wc.project, entity=wc.entity, group=wc.group or run_dir.name, job_type=stage,
-        name=f"{run_dir.name}-{stage}", save_dir=str(run_dir), mode=wc.mode, tags=list(wc.tags),
+        name=f"{run_dir.name}-{stage}", save_dir=str(run_dir), mode=mode, tags=list(wc.tags),
     )
     # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning per run
     getattr(wl, "_wandb_init", {}).pop("anonymous", None)
@@ -140,7 +196,7 @@ def _make_wandb_logger(run_dir: Path, stage: str, wc: WandbConfig, cfg: dict[str
         # Under `wandb agent` only the last stage reports into the sweep's run; the others get runs of their own.
         with _sweep_env(keep=is_last):
             exp = wl.experiment  # start the run now, with the resolved config
-        url = getattr(exp, "url", None) if wc.mode == "online" else None
+        url = getattr(exp, "url", None) if mode == "online" else None
         if url:  # the CLI keeps wandb itself quiet (WANDB_SILENT), so say where the live run is
             print(f"[{stage}] W&B run: {url}", flush=True)
         if cfg and exp is not None:
@@ -260,7 +316,8 @@ def log_export(run_dir: str | Path, wandb_cfg: Any, export_dir: str | Path, file
     run_dir, export_dir = Path(run_dir), Path(export_dir)
     with _sweep_env(keep=False):
         run = wandb.init(project=wc.project, entity=wc.entity, group=wc.group or run_dir.name, job_type="export",
-                         name=f"{run_dir.name}-export", dir=str(run_dir), mode=wc.mode, tags=list(wc.tags),
+                         name=f"{run_dir.name}-export", dir=str(run_dir), mode=wandb_mode(wc, run_dir),
+                         tags=list(wc.tags),
                          config={"run_dir": str(run_dir)}, reinit="create_new")
     try:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run_dir.name}-export")
