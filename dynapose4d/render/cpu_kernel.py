@@ -69,9 +69,9 @@ def load_extension(verbose: bool = False):
         except Exception as exc:  # no compiler / ninja / headers: fall back to pure torch
             _state["error"] = exc
             warnings.warn(
-                f"dynapose4d: could not build the CPU rasterizer extension ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); using the slower "
-                "pure-torch compositor.",
+                f"could not build the CPU rasterizer extension ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); rendering with the pure-torch "
+                "compositor, about 20x slower (a C++ compiler and a writable TORCH_EXTENSIONS_DIR build it)",
                 RuntimeWarning,
                 stacklevel=2,
             )
