@@ -168,6 +168,20 @@ def fake_overrides(steps: int = 3) -> list[str]:
             "wandb.enabled=false", "export.mesh_texture=0"]
 
 
+def start_pipeline(scene, run, overrides: list[str], resume: bool = False, **sleep: str):
+    """The fake pipeline in a subprocess (`main_subprocess`), e.g. for kill tests; `sleep` gives a stage's seconds
+    per step (`cape="0.1"` sets FAKE_SLEEP_CAPE). Returns the Popen (stderr piped)."""
+    import subprocess
+    import sys
+
+    tests = Path(__file__).parent
+    args = {"scene": str(scene), "run": str(run), "resume": resume, "overrides": overrides}
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           **{f"FAKE_SLEEP_{k.upper()}": v for k, v in sleep.items()}}
+    return subprocess.Popen([sys.executable, str(tests / "_fakes.py"), json.dumps(args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def main_subprocess(scene: str, run: str, resume: bool, overrides: list[str]) -> None:
     """Entry for kill tests: run the fake pipeline in this process."""
     from dynapose4d.pipeline.config import load_config

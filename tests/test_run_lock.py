@@ -41,11 +41,7 @@ def _run(scene, run, resume=False, steps=3):
 
 
 def _start(scene, run, resume=False, steps=40, sleep_cape="0.1") -> subprocess.Popen:
-    args = {"scene": str(scene), "run": str(run), "resume": resume, "overrides": _fakes.fake_overrides(steps)}
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "FAKE_SLEEP_CAPE": sleep_cape}
-    return subprocess.Popen([sys.executable, str(TESTS / "_fakes.py"), json.dumps(args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _fakes.start_pipeline(scene, run, _fakes.fake_overrides(steps), resume, cape=sleep_cape)
 
 
 def _snapshot(run: Path) -> dict[str, int]:

@@ -4,9 +4,7 @@ bad input leaving nothing behind. Fake stages (tests/_fakes.py) run real Lightni
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -139,11 +137,7 @@ def test_failure_after_checkpoint_resumes_from_it(scene, tmp_path):
 def test_kill_mid_stage_then_resume(scene, tmp_path):
     """A subprocess is SIGKILLed while the cape stage trains (slow steps); --resume continues from its checkpoint."""
     run = tmp_path / "run"
-    args = {"scene": str(scene), "run": str(run), "resume": False, "overrides": _fakes.fake_overrides(40)}
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "FAKE_SLEEP_CAPE": "0.1"}
-    proc = subprocess.Popen([sys.executable, str(TESTS / "_fakes.py"), json.dumps(args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _fakes.start_pipeline(scene, run, _fakes.fake_overrides(40), cape="0.1")
     ckpt = run / "cape" / "checkpoints" / "last.ckpt"
     t0 = time.time()
     try:
@@ -441,11 +435,7 @@ def test_sigterm_mid_stage_saves_the_step_reached_and_resume_goes_on_from_it(sce
     stopped, last.ckpt holds the step reached, the lock is released, and --resume continues from that step."""
     run = tmp_path / "run"
     overrides = _fakes.fake_overrides(60) + ["trainer.checkpoint_every_n_steps=1000"]
-    args = {"scene": str(scene), "run": str(run), "resume": False, "overrides": overrides}
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "FAKE_SLEEP_CAPE": "0.05"}
-    proc = subprocess.Popen([sys.executable, str(TESTS / "_fakes.py"), json.dumps(args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _fakes.start_pipeline(scene, run, overrides, cape="0.05")
     try:
         t0 = time.time()
         while time.time() - t0 < 120 and proc.poll() is None:
