@@ -25,8 +25,6 @@ from dynapose4d.pipeline.config import load_config
 from dynapose4d.pipeline.run_folder import LOCK, read_manifest, run_lock
 from dynapose4d.pipeline.runner import StageRunner
 
-TESTS = Path(__file__).parent
-
 
 @pytest.fixture
 def scene(tmp_path):

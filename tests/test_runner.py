@@ -18,8 +18,6 @@ from dynapose4d.pipeline.plan import OUTPUTS_VERSION, plan_stages
 from dynapose4d.pipeline.run_folder import read_manifest
 from dynapose4d.pipeline.runner import StageRunner
 
-TESTS = Path(__file__).parent
-
 
 @pytest.fixture
 def scene(tmp_path):
