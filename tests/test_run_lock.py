@@ -181,3 +181,20 @@ def test_a_run_that_wrote_while_this_one_loaded_its_scene_is_not_overwritten(sce
     assert read_manifest(run)["seed"] == 7 and not (run / LOCK).exists()
     if resume:
         assert before != _snapshot(run)  # B reran (new seed); A changed nothing after it
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(run_folder.json, "dump", full)
+    with pytest.raises(OSError, match="No space left"):
+        with run_lock(run):
+            pass
+    assert not (run / LOCK).exists()  # an empty lock would have held the folder for LOCK_STALE seconds
+    monkeypatch.undo()
+    with run_lock(run) as note:
+        assert note is None

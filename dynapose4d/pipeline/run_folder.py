@@ -76,7 +76,8 @@ def run_lock(run_dir: str | Path, command: str | None = None) -> Iterator[str | 
             path.unlink(missing_ok=True)
         if not _create_lock(path, me):  # another process took the left-behind lock first
             raise InputError(f"{run_dir}: in use by another dynapose4d process ({_describe(_read_lock(path)[0])})")
-        note = f"note: took over {path}, left behind by {_describe(holder)}"
+        if holder is not None:  # (None: its holder removed it meanwhile)
+            note = f"note: took over {path}, left behind by {_describe(holder)}"
     stop = threading.Event()
     beat = threading.Thread(target=_touch_until, args=(path, stop), name="dynapose4d-lock", daemon=True)
     beat.start()
@@ -94,8 +95,12 @@ def _create_lock(path: Path, info: dict[str, Any]) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+    except BaseException:  # e.g. a full disk: no empty lock left to hold the folder for LOCK_STALE seconds
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
