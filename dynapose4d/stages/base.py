@@ -15,6 +15,7 @@ from typing import Any
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynapose4d.core.errors import ConfigError, InputError
 from dynapose4d.core.io import atomic_path
@@ -107,7 +108,7 @@ class CheckpointOnStop(Callback):
 def is_stop(exception: BaseException) -> str | None:
     """"SIGTERM" or "interrupted" when `exception` is Lightning's reaction to SIGTERM or to Ctrl-C (a
     KeyboardInterrupt, or the SystemExit Lightning raises after one), else None."""
-    if type(exception).__name__ == "SIGTERMException":
+    if isinstance(exception, SIGTERMException):
         return "SIGTERM"
     if isinstance(exception, KeyboardInterrupt) or (
             isinstance(exception, SystemExit) and isinstance(exception.__context__, KeyboardInterrupt)):
