@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         stop = is_stop(e)
         if stop is None:
             raise
-        resumable = getattr(args, "out", None) if getattr(args, "command", "") in RESUMABLE else None
-        print(f"dynapose4d: stopped ({stop})" + (f"; `--resume` goes on from where {resumable} stopped"
-                                                  if resumable else ""), file=sys.stderr)
+        command = getattr(args, "command", "")
+        hint = (f"; `--resume` goes on from where {args.out} stopped" if command in RESUMABLE else
+                "; running it again goes on where it stopped" if command == "experiment" else "")
+        print(f"dynapose4d: stopped ({stop}){hint}", file=sys.stderr)
         return 143 if stop == "SIGTERM" else 130  # 128 + the signal, as a shell reports a process it killed
     except Exception as e:  # a bug prints its traceback; a full disk is the user's to fix: one line
         why = full_disk(e, getattr(args, "out", None) or getattr(args, "run", None))
