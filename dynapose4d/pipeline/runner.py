@@ -177,7 +177,7 @@ class StageRunner:
         if puppet:  # dynamic.puppet.root / still name keypoints: an unknown one stops the run before writing
             named_keypoints(self.cfg.dynamic.puppet, scene.names)
 
-        created = not self.run_dir.exists() or not any(p.name != LOCK for p in self.run_dir.iterdir())
+        created = existing is None  # the folder was absent or empty (a lock aside): this run makes it
         with run_lock(self.run_dir, self.command) as took_over:
             if took_over:
                 self.echo(took_over)
